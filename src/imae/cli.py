@@ -1,0 +1,134 @@
+"""The ``imae`` command: parse flags, resolve the configuration, call one function per subcommand.
+
+Every training and evaluation command takes the same common flags (``--preset``, ``--data-path``,
+``--download``, ``--output-dir``, ``--epochs``, ``--seed``, ``--device``, ``--set key=value``). Errors
+a user can fix print one line (``imae: error: ...``) and exit with status 2; a stopped training run
+(non-finite loss, failed write) exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from imae.errors import ImaeError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any]]] = {}
+
+
+def command(name: str, help: str):
+    """Register ``fn(args)`` as subcommand ``name``; ``add_args(parser)`` adds its own flags."""
+
+    def wrap(add_args):
+        def register(fn):
+            COMMANDS[name] = (help, add_args, fn)
+            return fn
+
+        return register
+
+    return wrap
+
+
+def add_common(p: argparse.ArgumentParser, preset_default: str | None = None) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("--preset", default=preset_default, help="configuration preset (configs/<name>.yaml) or a YAML path")
+    g.add_argument("--data-path", help="folder holding the data set")
+    g.add_argument("--download", action="store_true", default=None, help="download CIFAR through torchvision")
+    g.add_argument("--output-dir", help="where to write (default: runs/<preset>-<timestamp>)")
+    g.add_argument("--epochs", type=int, help="number of epochs")
+    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--device", help="auto, cpu or cuda")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any configuration field, e.g. --set train.blr=1e-4 (repeatable)")
+
+
+def common_overrides(args: argparse.Namespace, epochs_key: str = "train.epochs") -> dict[str, Any]:
+    """The common flags that were given, as dotted configuration keys."""
+    pairs = {"data.path": args.data_path, "data.download": args.download, "output_dir": args.output_dir,
+             epochs_key: args.epochs, "seed": args.seed, "device": args.device}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+# ----------------------------------------------------------------------------------------------
+# pretrain
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    add_common(p, preset_default="digits-mae")
+    p.add_argument("--resume", metavar="RUN_DIR|CKPT|auto",
+                   help="continue a run: its directory, a checkpoint, or 'auto' (the newest complete "
+                        "checkpoint in --output-dir, else start fresh)")
+    p.add_argument("--init-from", metavar="CKPT", help="start from these weights (ours or an official MAE .pth)")
+    p.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images (counted)")
+    p.add_argument("--skip-nonfinite", type=int, metavar="N", help="skip up to N updates whose loss is NaN/inf")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+
+
+@command("pretrain", "pre-train a vanilla MAE or an i-MAE")(_pretrain_args)
+def cmd_pretrain(args: argparse.Namespace) -> Path:
+    from imae.config import build_config, parse_set
+    from imae.engine.train import pretrain
+
+    overrides = common_overrides(args)
+    extra = {"init_from": args.init_from, "data.skip_corrupt": args.skip_corrupt,
+             "train.skip_nonfinite": args.skip_nonfinite, "train.compile": args.compile,
+             "imae.teacher": getattr(args, "teacher", None)}
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    overrides.update(parse_set(s) for s in args.sets)
+    cfg = build_config(args.preset, overrides)
+    # when resuming, the run's saved configuration applies and only the flags given here change it
+    run_dir = pretrain(cfg, resume=args.resume, overrides=overrides)
+    print(run_dir)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# quickstart: the README's main command
+
+
+def _quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default="runs/quickstart", help="folder for the runs (default runs/quickstart)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--epochs", type=int, help="epochs of each pre-training (default: the digits presets')")
+
+
+@command("quickstart", "the embedded default: pre-train on bundled digits (no download), a few minutes on CPU")(
+    _quickstart_args)
+def cmd_quickstart(args: argparse.Namespace) -> Path:
+    from imae.quickstart import run
+
+    return run(Path(args.output_dir), device=args.device, epochs=args.epochs)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imae import __version__
+
+    parser = argparse.ArgumentParser(prog="imae", description="i-MAE: interactive Masked Autoencoders")
+    parser.add_argument("--version", action="version", version=f"imae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_args, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        sys.exit(2)
+    try:
+        args.func(args)
+    except ImaeError as e:
+        print(f"imae: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("imae: interrupted", file=sys.stderr)
+        sys.exit(130)

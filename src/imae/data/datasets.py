@@ -1,0 +1,256 @@
+"""Data sets: where the images of each split come from.
+
+``load_split`` returns an :class:`ImageSet`: either decoded ``uint8`` images held in memory (digits,
+CIFAR, Tiny-ImageNet, small ImageFolder trees) or a list of files read by loader workers
+(ImageNet-scale trees). Sources:
+
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 images, 8x8, 10 classes) scaled to
+  16x16 RGB; needs no download. Every fifth image is in the test split.
+- ``cifar10`` / ``cifar100``: torchvision's pickled release under ``path`` (``--download`` fetches it),
+  or an ImageFolder tree (``path/train/<class>/*.jpg``) such as the JPEG copy of CIFAR-10.
+- ``imagefolder``: ``path/train/<class>/...`` and ``path/val`` or ``path/test`` (ImageNet layout).
+- ``tiny-imagenet``: the original layout (``train/<wnid>/images``, flat ``val/images`` with
+  ``val/val_annotations.txt``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imae.data.decode import decode_files
+from imae.errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# per-channel mean and std of pixels in [0, 1]
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "digits": ((0.2051, 0.2051, 0.2051), (0.3325, 0.3325, 0.3325)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tiny-imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+NATIVE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "tiny-imagenet": 64}
+DATASETS = tuple(NORMALIZATION)
+
+
+@dataclass
+class ImageSet:
+    """One split. Exactly one of ``images`` (uint8 [N, 3, H, W]) and ``files`` is set.
+
+    ``labels``: int64 [N] (-1 where unknown); ``skipped``: files that could not be decoded.
+    """
+
+    name: str
+    split: str
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    images: torch.Tensor | None = None
+    files: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.classes)) and bool((self.labels >= 0).all())
+
+    @property
+    def img_size(self) -> int | None:
+        return None if self.images is None else int(self.images.shape[-1])
+
+
+def load_split(dataset: str, split: str, path: str | None = None, img_size: int | None = None,
+               download: bool = False, in_memory: bool | None = None, max_per_class: int | None = None,
+               cache_dir: str | None = None, skip_corrupt: bool = False, progress: bool = True) -> ImageSet:
+    """Load ``split`` ("train" or "eval": the val/test split) of a data set.
+
+    Images held in memory are resized (shorter side) and centre-cropped to ``img_size`` when they differ.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown data set {dataset!r}; available: {', '.join(DATASETS)}")
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    mean, std = NORMALIZATION[dataset]
+    size = img_size or NATIVE_SIZE.get(dataset)
+    if dataset == "digits":
+        images, labels, classes = _digits(split)
+        images, labels = _cap_per_class_tensor(images, labels, max_per_class)
+        images = _resize_tensor(images, size)
+        return ImageSet(dataset, split, labels, classes, mean, std, images=images)
+    root = _existing_root(dataset, path)
+    if dataset in ("cifar10", "cifar100") and not _is_imagefolder(root / "train"):
+        images, labels, classes = _cifar(dataset, root, split, download)
+        images, labels = _cap_per_class_tensor(images, labels, max_per_class)
+        return ImageSet(dataset, split, labels, classes, mean, std, images=_resize_tensor(images, size))
+    if dataset == "tiny-imagenet":
+        files, labels, classes = _tiny_imagenet_files(root, split)
+    else:
+        files, labels, classes = _imagefolder_files(root, split)
+    files, labels = _cap_per_class_files(files, labels, max_per_class)
+    if in_memory is None:
+        in_memory = dataset != "imagefolder" or (size is not None and size <= 64)
+    if not in_memory:
+        return ImageSet(dataset, split, torch.tensor(labels), classes, mean, std, files=files)
+    if size is None:
+        raise DataError(f"set an image size (--set data.img_size=N) to hold {dataset} in memory")
+    images, kept, skipped = decode_files(files, size, cache_dir=cache_dir, skip_corrupt=skip_corrupt,
+                                         progress=progress, desc=f"decoding {dataset} {split}")
+    return ImageSet(dataset, split, torch.tensor(labels)[kept], classes, mean, std, images=images,
+                    skipped=skipped)
+
+
+# ----------------------------------------------------------------------------------------------
+# sources
+
+
+def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) * (255.0 / 16.0)).round().to(torch.uint8)  # [N, 8, 8]
+    y = torch.from_numpy(d.target.astype(np.int64))
+    test = torch.arange(len(y)) % 5 == 0
+    keep = test if split == "eval" else ~test
+    x = x[keep].unsqueeze(1).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).expand(-1, 3, -1, -1)
+    return x.contiguous(), y[keep], [str(i) for i in range(10)]
+
+
+def _cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        hint = "pass --download to fetch it" if not download else "check the folder and your connection"
+        raise DataError(f"{name} not found in {root} ({e}); {hint}, or point --data-path at an "
+                        f"ImageFolder tree with train/<class>/ folders") from None
+    except OSError as e:
+        raise DataError(f"cannot read {name} under {root}: {e}") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+
+
+def _imagefolder_files(root: Path, split: str) -> tuple[list[str], list[int], list[str]]:
+    if split == "train":
+        folder = root / "train"
+    else:
+        folder = next((root / s for s in ("val", "test") if (root / s).is_dir()), root / "val")
+    if not folder.is_dir():
+        want = "train/" if split == "train" else "val/ or test/"
+        raise DataError(f"{root} has no {want} folder; an ImageFolder tree needs {want}<class>/<image> "
+                        f"(got: {', '.join(sorted(p.name for p in root.iterdir())[:8]) or 'an empty folder'})")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    files, labels = [], []
+    for label, c in enumerate(classes):
+        for dirpath, _, names in sorted(os.walk(folder / c, followlinks=True)):
+            for n in sorted(names):
+                if n.lower().endswith(IMG_EXTENSIONS):
+                    files.append(os.path.join(dirpath, n))
+                    labels.append(label)
+    if not files:
+        raise DataError(f"no images found in {folder} (expected {folder}/<class>/<image>.jpg, "
+                        f"extensions {', '.join(IMG_EXTENSIONS)})")
+    return files, labels, classes
+
+
+def _tiny_imagenet_files(root: Path, split: str) -> tuple[list[str], list[int], list[str]]:
+    wnids_file = root / "wnids.txt"
+    train = root / "train"
+    if not train.is_dir():
+        raise DataError(f"{root} is not a Tiny-ImageNet folder: it has no train/ (expected the original "
+                        f"tiny-imagenet-200 layout)")
+    classes = (wnids_file.read_text().split() if wnids_file.is_file()
+               else sorted(d.name for d in train.iterdir() if d.is_dir()))
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    if split == "train":
+        for c in classes:
+            folder = train / c / "images"
+            folder = folder if folder.is_dir() else train / c
+            for n in sorted(os.listdir(folder)) if folder.is_dir() else []:
+                if n.lower().endswith(IMG_EXTENSIONS):
+                    files.append(str(folder / n))
+                    labels.append(index[c])
+    else:
+        ann = root / "val" / "val_annotations.txt"
+        if ann.is_file():
+            for line in ann.read_text().splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] in index:
+                    files.append(str(root / "val" / "images" / parts[0]))
+                    labels.append(index[parts[1]])
+        elif (root / "val").is_dir():  # already re-arranged into val/<wnid>/...
+            return _imagefolder_files(root, "eval")
+    if not files:
+        raise DataError(f"no images found for the {split} split of Tiny-ImageNet under {root}")
+    return files, labels, classes
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _existing_root(dataset: str, path: str | None) -> Path:
+    if not path:
+        raise DataError(f"{dataset} needs --data-path DIR (the folder that holds it)"
+                        + (" or --download" if dataset.startswith("cifar") else ""))
+    root = Path(path).expanduser()
+    if not root.exists():
+        if dataset.startswith("cifar"):
+            root.mkdir(parents=True, exist_ok=True)  # torchvision downloads into it, or reports it missing
+            return root
+        raise DataError(f"data path {root} does not exist; pass --data-path pointing at the {dataset} folder")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder")
+    return root
+
+
+def _is_imagefolder(folder: Path) -> bool:
+    return folder.is_dir() and any(d.is_dir() for d in folder.iterdir())
+
+
+def _cap_per_class_tensor(images: torch.Tensor, labels: torch.Tensor,
+                          cap: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if cap is None:
+        return images, labels
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        keep[torch.nonzero(labels == c).flatten()[:cap]] = True
+    return images[keep], labels[keep]
+
+
+def _cap_per_class_files(files: list[str], labels: list[int], cap: int | None) -> tuple[list[str], list[int]]:
+    if cap is None:
+        return files, labels
+    seen: dict[int, int] = {}
+    out_f, out_l = [], []
+    for f, y in zip(files, labels):
+        if seen.get(y, 0) < cap:
+            seen[y] = seen.get(y, 0) + 1
+            out_f.append(f)
+            out_l.append(y)
+    return out_f, out_l
+
+
+def _resize_tensor(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 [N, 3, h, w] -> [N, 3, size, size] (bilinear, antialiased) when the size differs."""
+    if size is None or (images.shape[-1] == size and images.shape[-2] == size):
+        return images
+    import torch.nn.functional as F
+
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)

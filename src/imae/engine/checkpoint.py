@@ -1,0 +1,191 @@
+"""Checkpoints: atomic writes, safe (weights-only) loading, resume discovery, strict state-dict loading.
+
+A training checkpoint is a dict in the official MAE layout plus the resume state::
+
+    {"model": state_dict, "optimizer": ..., "epoch": completed epochs, "step_in_epoch": batches of the
+     next epoch already done (0 at epoch ends), "global_step": optimiser steps, "config": resolved
+     configuration, "kind": "mae" | "imae", "arch": architecture, "scaler": None, "rng": {...},
+     "metrics": last epoch's averages, "version": imae version}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from imae.errors import CheckpointError, TrainingError
+
+# what the weights-only unpickler may build besides tensors and plain containers: official MAE
+# checkpoints carry their argparse.Namespace of training arguments
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+_NUMBERED = re.compile(r"checkpoint-(\d+)\.pth$")
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failure (disk full, permission denied, a kill mid-write) leaves the previous file untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise TrainingError(f"could not write checkpoint {path} ({why}); the previous checkpoint is intact; "
+                            f"free space or fix permissions, then resume with --resume {path.parent}") from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors, containers and allow-listed types only.
+
+    A bare state dict is wrapped as ``{"model": state_dict}``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth file or a run directory")
+    if path.is_dir():
+        path = latest_in(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = str(e).split("\n")[0][:200]
+        raise CheckpointError(f"refusing to load {path}: it needs arbitrary code to unpickle ({what}); "
+                              f"only weights-only checkpoints are accepted") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({str(e).splitlines()[0][:200]}); "
+                              f"it may be truncated or not a PyTorch file") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} does not hold a dict of weights (got {type(obj).__name__})")
+    if "model" not in obj:
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = {"model": obj}
+        elif "state_dict" in obj:
+            obj = dict(obj, model=obj["state_dict"])
+        else:
+            raise CheckpointError(f"{path} has no 'model' entry (keys: {', '.join(list(obj)[:8])})")
+    obj["_path"] = str(path)
+    return obj
+
+
+def checkpoints_in(run_dir: Path) -> list[Path]:
+    """Checkpoint files of a run directory, newest (most training done) first; unreadable ones skipped later."""
+    run_dir = Path(run_dir)
+    files = [run_dir / "checkpoint-last.pth"] if (run_dir / "checkpoint-last.pth").is_file() else []
+    numbered = sorted((p for p in run_dir.glob("checkpoint-*.pth") if _NUMBERED.search(p.name)),
+                      key=lambda p: int(_NUMBERED.search(p.name).group(1)), reverse=True)
+    return files + numbered
+
+
+def latest_in(run_dir: Path) -> Path:
+    """The checkpoint of a run directory to evaluate or resume: the newest complete one."""
+    best = latest_complete(run_dir)
+    if best is None:
+        raise CheckpointError(f"{run_dir} holds no readable checkpoint-*.pth; pass a checkpoint file or a "
+                              f"run directory of `imae pretrain`")
+    return best[0]
+
+
+def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, checkpoint) of the readable checkpoint with the most training done, or None."""
+    best: tuple[tuple[int, int], Path, dict] | None = None
+    for p in checkpoints_in(run_dir):
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                ck = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # partial or corrupt: the next one will do
+            continue
+        if not isinstance(ck, dict) or "model" not in ck:
+            continue
+        key = (int(ck.get("epoch", -1)), int(ck.get("step_in_epoch", 0)))
+        if best is None or key > best[0]:
+            best = (key, p, ck)
+    return None if best is None else (best[1], best[2])
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Keep only the newest ``keep_last`` numbered checkpoints (checkpoint-last.pth always stays)."""
+    if keep_last <= 0:
+        return
+    numbered = [p for p in checkpoints_in(run_dir) if _NUMBERED.search(p.name)]
+    for p in numbered[keep_last:]:
+        p.unlink(missing_ok=True)
+
+
+def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
+                    strict: bool = True, ignore: tuple[str, ...] = ()) -> None:
+    """``model.load_state_dict`` with one clear error naming missing, unexpected and mis-shaped keys.
+
+    Keys starting with any prefix in ``ignore`` may be missing from ``state_dict``.
+    """
+    state_dict = strip_prefixes(state_dict)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.startswith(ignore)] if strict else []
+    unexpected = [k for k in state_dict if k not in own] if strict else []
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs model): {_few(shapes)}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}); it was saved for "
+                              f"another architecture or image size: pick the matching --preset / model")
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (``module.`` from DDP, ``_orig_mod.`` from torch.compile)."""
+    out = {}
+    for k, v in state_dict.items():
+        for pre in ("module.", "_orig_mod."):
+            while k.startswith(pre):
+                k = k[len(pre):]
+        out[k] = v
+    return out
+
+
+def _few(items: list[str], n: int = 6) -> str:
+    """Up to ``n`` names, whole blocks folded (``blocks.2.*``), then how many more."""
+    groups: list[str] = []
+    for k in items:
+        parts = k.split(".")
+        if " " not in k and len(parts) > 2 and parts[1].isdigit():  # shape messages stay whole
+            k = ".".join(parts[:2]) + ".*"
+        if k not in groups:
+            groups.append(k)
+    return ", ".join(groups[:n]) + (f" ... (+{len(groups) - n} more)" if len(groups) > n else "")

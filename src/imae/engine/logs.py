@@ -1,0 +1,76 @@
+"""What a run writes while it trains: JSON lines, TensorBoard scalars and a progress bar (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """``log.jsonl`` (one JSON object per line, ``"kind"``: step | epoch | event) and ``tb/`` events."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled and run_dir is not None
+        self._jsonl = None
+        self._tb = None
+        if not self.enabled:
+            return
+        self._jsonl = open(Path(run_dir) / "log.jsonl", "a", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
+                self._tb = None
+
+    def write(self, kind: str, record: dict[str, Any], step: int | None = None, prefix: str | None = None) -> None:
+        if not self.enabled:
+            return
+        line = {"kind": kind, "time": round(time.time(), 3), **{k: _plain(v) for k, v in record.items()}}
+        self._jsonl.write(json.dumps(line) + "\n")
+        if self._tb is not None and step is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
+                    self._tb.add_scalar(f"{prefix or kind}/{k}", v, step)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> tqdm:
+    """A tqdm bar (rate, ETA) on stderr; silent on ranks other than 0."""
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr, leave=False, mininterval=0.5)
+
+
+def info(msg: str, enabled: bool = True) -> None:
+    """One line for the user (rank 0 only), printed above any progress bar."""
+    if enabled:
+        tqdm.write(msg, file=sys.stderr)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):
+            return str(v)
+    return v

@@ -1,0 +1,50 @@
+"""Optimiser and learning-rate schedule, as the official MAE: AdamW, warmup then half-cycle cosine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+# parameters that never get weight decay (besides every 1-D tensor: norms and biases)
+NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "dist_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weight decay on matrices; none on norms, biases, tokens and position embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.split(".")[-1]
+        if p.ndim <= 1 or leaf in NO_DECAY_NAMES or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def absolute_lr(blr: float, lr: float | None, effective_batch: int) -> float:
+    """``lr = blr * effective_batch / 256`` unless an absolute ``lr`` is given."""
+    return lr if lr is not None else blr * effective_batch / 256
+
+
+def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                device: torch.device) -> torch.optim.AdamW:
+    fused = device.type == "cuda"  # one kernel for all parameters; not available for every CPU dtype
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+
+
+def lr_at(epoch: float, base_lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
+    """Learning rate at fractional ``epoch``: linear warmup to ``base_lr``, then half-cycle cosine to ``min_lr``."""
+    if epoch < warmup_epochs:
+        return base_lr * epoch / warmup_epochs
+    span = max(epochs - warmup_epochs, 1e-12)
+    progress = min((epoch - warmup_epochs) / span, 1.0)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,0 +1,69 @@
+"""Run directories: where a run writes, how a resumed run finds its configuration and checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from imae.config import Config, assign, from_dict, save_config
+from imae.engine import checkpoint as ckpt
+from imae.errors import CheckpointError, ConfigError
+
+
+def default_run_dir(cfg: Config) -> Path:
+    name = cfg.preset or cfg.method
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """The output folder of a new run; refuses to start over a folder that already holds checkpoints."""
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
+    if ckpt.checkpoints_in(run_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints; continue it with --resume {run_dir} "
+                          f"(or --resume auto), or choose another --output-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output folder {run_dir} ({e.strerror})") from None
+    return run_dir
+
+
+def find_resume(resume: str, output_dir: str | None) -> tuple[Path, Path, dict[str, Any]] | None:
+    """(run_dir, checkpoint path, checkpoint) to continue from, or None for ``auto`` with nothing to resume.
+
+    ``resume``: a run directory, a checkpoint file, or ``auto`` (the newest complete checkpoint of
+    ``output_dir``, if any).
+    """
+    if resume == "auto":
+        if not output_dir or not Path(output_dir).is_dir():
+            return None
+        found = ckpt.latest_complete(Path(output_dir))
+        return None if found is None else (Path(output_dir), found[0], found[1])
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: no such run directory or checkpoint")
+    if path.is_dir():
+        found = ckpt.latest_complete(path)
+        if found is None:
+            raise CheckpointError(f"--resume {path}: the folder holds no readable checkpoint")
+        return path, found[0], found[1]
+    return path.parent, path, ckpt.load(path)
+
+
+def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> Config:
+    """The configuration a checkpoint was trained with, with explicit flags (e.g. more epochs) on top."""
+    tree = ck.get("config")
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{ck.get('_path')} holds no training configuration; it cannot be resumed "
+                              f"(use --init-from to start a new run from its weights)")
+    tree = copy.deepcopy(tree)
+    for key, value in overrides.items():
+        assign(tree, key, value)
+    tree["output_dir"] = str(run_dir)
+    return from_dict(Config, tree).validate()
+
+
+def write_config(cfg: Config, run_dir: Path) -> None:
+    save_config(cfg, run_dir / "config.yaml")

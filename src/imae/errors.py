@@ -1,0 +1,25 @@
+"""Errors a user can act on. The command line prints them as one line, without a traceback."""
+
+
+class ImaeError(Exception):
+    """Base class: the message says what went wrong and what to do. ``exit_code`` is the process status."""
+
+    exit_code = 2
+
+
+class ConfigError(ImaeError):
+    """A preset, flag or configuration value that cannot be used."""
+
+
+class DataError(ImaeError):
+    """A data set that is missing, empty, corrupt or does not fit the model."""
+
+
+class CheckpointError(ImaeError):
+    """A checkpoint that is missing, unreadable, untrusted or of another architecture."""
+
+
+class TrainingError(ImaeError):
+    """Training stopped: a non-finite loss, a failed checkpoint write, a lost peer process."""
+
+    exit_code = 1

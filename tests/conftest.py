@@ -1,0 +1,56 @@
+"""Shared fixtures: the real CIFAR-10 JPEG tree, tiny models, an isolated cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_DIR = Path(os.environ.get("IMAE_CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# width 64, 2 encoder blocks, 1 decoder block: fast on a CPU, still a real MAE
+TINY = dict(embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    os.environ["IMAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("imae-cache"))
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    if not (CIFAR10_DIR / "train").is_dir():
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR10_DIR}; set IMAE_CIFAR10_DIR")
+    return CIFAR10_DIR
+
+
+def load_cifar_images(root: Path, per_class: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``per_class`` images of each class: uint8 [N, 3, 32, 32], labels [N]."""
+    xs, ys = [], []
+    for label, c in enumerate(CLASSES):
+        for f in sorted((root / split / c).iterdir())[:per_class]:
+            xs.append(np.asarray(Image.open(f).convert("RGB")))
+            ys.append(label)
+    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys)
+
+
+@pytest.fixture(scope="session")
+def cifar_batch(cifar10_dir) -> tuple[torch.Tensor, torch.Tensor]:
+    """40 real CIFAR-10 training images (4 per class), normalised float [40, 3, 32, 32], and their labels."""
+    x, y = load_cifar_images(cifar10_dir, per_class=4)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std, y
+
+
+def tiny_mae(**over):
+    from imae.models import create_model
+
+    return create_model("mae_vit_tiny_patch4", **{**TINY, **over})
