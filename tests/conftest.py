@@ -54,3 +54,27 @@ def tiny_mae(**over):
     from imae.models import create_model
 
     return create_model("mae_vit_tiny_patch4", **{**TINY, **over})
+
+
+# a digits MAE small enough that an epoch takes a fraction of a second
+TINY_SETS = {
+    "model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_embed_dim": 32,
+    "model.decoder_depth": 1, "model.decoder_num_heads": 2, "data.max_per_class": 10,
+    "train.batch_size": 16, "train.epochs": 2, "train.warmup_epochs": 1, "train.log_every": 1,
+    "device": "cpu",
+}
+
+
+def tiny_config(out_dir, preset: str = "digits-mae", **over):
+    """A resolved configuration of a seconds-long digits run writing to ``out_dir``."""
+    from imae.config import build_config
+
+    return build_config(preset, {**TINY_SETS, "output_dir": str(out_dir), **over})
+
+
+def tiny_cli_sets(**over) -> list[str]:
+    """``--set`` arguments for the same tiny run on the command line."""
+    out = []
+    for k, v in {**TINY_SETS, **over}.items():
+        out += ["--set", f"{k}={v}"]
+    return out

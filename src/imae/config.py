@@ -95,7 +95,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check value ranges that the type system cannot; raise ``ConfigError`` with the fix."""
         t = self.train
         if self.method not in ("mae", "imae"):
@@ -105,8 +105,8 @@ class Config:
         for name in ("epochs", "batch_size", "accum_iter"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
-        if t.warmup_epochs < 0 or t.warmup_epochs > t.epochs:
-            raise ConfigError(f"train.warmup_epochs must be in [0, epochs={t.epochs}], got {t.warmup_epochs}")
+        if t.warmup_epochs < 0:
+            raise ConfigError(f"train.warmup_epochs must be at least 0, got {t.warmup_epochs}")
         lo, hi = self.data.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.data.crop_scale}")
@@ -185,7 +185,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown configuration key {prefix}{unknown[0]!r}; valid keys under "
+        raise ConfigError(f"unknown configuration key '{prefix}{unknown[0]}'; valid keys under "
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}")
     kwargs = {}
     for f in fields(cls):

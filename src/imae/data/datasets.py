@@ -29,7 +29,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 # per-channel mean and std of pixels in [0, 1]
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "digits": ((0.2051, 0.2051, 0.2051), (0.3325, 0.3325, 0.3325)),
+    "digits": ((0.3053, 0.3053, 0.3053), (0.3762, 0.3762, 0.3762)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tiny-imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -90,7 +90,7 @@ def load_split(dataset: str, split: str, path: str | None = None, img_size: int 
         images, labels = _cap_per_class_tensor(images, labels, max_per_class)
         images = _resize_tensor(images, size)
         return ImageSet(dataset, split, labels, classes, mean, std, images=images)
-    root = _existing_root(dataset, path)
+    root = _existing_root(dataset, path, download)
     if dataset in ("cifar10", "cifar100") and not _is_imagefolder(root / "train"):
         images, labels, classes = _cifar(dataset, root, split, download)
         images, labels = _cap_per_class_tensor(images, labels, max_per_class)
@@ -204,16 +204,17 @@ def _tiny_imagenet_files(root: Path, split: str) -> tuple[list[str], list[int], 
 # helpers
 
 
-def _existing_root(dataset: str, path: str | None) -> Path:
+def _existing_root(dataset: str, path: str | None, download: bool = False) -> Path:
     if not path:
         raise DataError(f"{dataset} needs --data-path DIR (the folder that holds it)"
                         + (" or --download" if dataset.startswith("cifar") else ""))
     root = Path(path).expanduser()
     if not root.exists():
-        if dataset.startswith("cifar"):
-            root.mkdir(parents=True, exist_ok=True)  # torchvision downloads into it, or reports it missing
+        if dataset.startswith("cifar") and download:
+            root.mkdir(parents=True, exist_ok=True)  # torchvision downloads into it
             return root
-        raise DataError(f"data path {root} does not exist; pass --data-path pointing at the {dataset} folder")
+        hint = " or pass --download to fetch it there" if dataset.startswith("cifar") else ""
+        raise DataError(f"data path {root} does not exist; point --data-path at the {dataset} folder{hint}")
     if not root.is_dir():
         raise DataError(f"data path {root} is not a folder")
     return root

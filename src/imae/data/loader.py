@@ -11,8 +11,8 @@ the same data as an uninterrupted run, and no RNG state has to be carried betwee
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -80,9 +80,12 @@ def load(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        what = str(e).split("\n")[0][:200]
-        raise CheckpointError(f"refusing to load {path}: it needs arbitrary code to unpickle ({what}); "
-                              f"only weights-only checkpoints are accepted") from None
+        code = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if code:
+            raise CheckpointError(f"refusing to load {path}: unpickling it would run code outside the "
+                                  f"allow-list ({code[0][:160]}); only weights-only checkpoints are accepted; "
+                                  f"re-save it as a plain state dict from a trusted environment") from None
+        raise CheckpointError(f"cannot read checkpoint {path} (not a PyTorch checkpoint, or damaged)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path} ({str(e).splitlines()[0][:200]}); "
                               f"it may be truncated or not a PyTorch file") from None
@@ -130,6 +133,7 @@ def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
             continue
         key = (int(ck.get("epoch", -1)), int(ck.get("step_in_epoch", 0)))
         if best is None or key > best[0]:
+            ck["_path"] = str(p)
             best = (key, p, ck)
     return None if best is None else (best[1], best[2])
 

@@ -45,7 +45,7 @@ class _StopRequest:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         for s in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[s] = signal.signal(s, self._handle)
@@ -77,8 +77,8 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     if found is not None:
         run_dir, path, resume_ck = found
         cfg = resumed_config(resume_ck, run_dir, overrides)
-        info(f"resuming {run_dir} from {path.name} (epoch {resume_ck.get('epoch', -1) + 1}, "
-             f"step {resume_ck.get('step_in_epoch', 0)})", main)
+        info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
+             f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
     else:
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
@@ -133,6 +133,9 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         info(f"training {cfg.method} {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters) on {len(data)} {cfg.data.dataset} images, {steps} steps/epoch x {t.epochs} epochs, "
              f"{env.world_size} process(es) on {env.device.type}; lr {base_lr:.3g}; writing {run_dir}", main)
+        if t.warmup_epochs > t.epochs:
+            info(f"note: warmup_epochs {t.warmup_epochs:g} > epochs {t.epochs}: the learning rate warms up "
+                 f"for the whole run", main)
         log.write("event", {"event": "start", "version": __version__, "world_size": env.world_size,
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr})
 
@@ -165,7 +168,7 @@ class _Loop:
 
     def run_epoch(self, epoch: int) -> bool:
         """Train one epoch (from ``state.step_in_epoch``). Returns False when a stop signal ended it."""
-        cfg, t, st, env = self.cfg, self.cfg.train, self.state, self.env
+        t, st, env = self.cfg.train, self.state, self.env
         steps = len(self.loader)
         start = st.step_in_epoch
         self.model.train()

@@ -1,0 +1,59 @@
+"""Configuration: presets, overrides, type checks, the resolved file."""
+
+from __future__ import annotations
+
+import pytest
+
+from imae.config import Config, build_config, list_presets, load_config, save_config
+from imae.errors import ConfigError
+from imae.models.registry import resolve_arch
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_resolves_to_a_valid_config_and_model(name):
+    cfg = build_config(name)
+    assert cfg.preset == name
+    over = cfg.model.overrides()
+    if cfg.data.img_size:
+        over.setdefault("img_size", cfg.data.img_size)
+    kind, arch = resolve_arch(cfg.model.name, **over)
+    assert kind == ("imae" if cfg.method == "imae" else "mae")
+
+
+def test_required_presets_exist():
+    assert {"digits-mae", "cifar10-mae-tiny", "cifar100-mae-tiny", "tinyimagenet-mae-small",
+            "imagenet-mae-base"} <= set(list_presets())
+
+
+def test_base_presets_merge_and_sets_override_with_types():
+    cfg = build_config("cifar100-mae-tiny", {"train.epochs": 3},
+                       ["train.blr=2e-4", "data.crop_scale=[0.3, 1]", "train.clip_grad=null"])
+    assert cfg.data.dataset == "cifar100" and cfg.model.name == "mae_vit_tiny_patch4"  # from the base preset
+    assert cfg.train.epochs == 3 and cfg.train.blr == 2e-4 and cfg.data.crop_scale == (0.3, 1.0)
+    assert cfg.train.clip_grad is None
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = build_config("imagenet-mae-base", {"seed": 7})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("item,msg", [
+    ("train.mask_ratio=1.0", "train.mask_ratio must be in [0, 1)"),
+    ("train.batch_size=0", "train.batch_size must be at least 1"),
+    ("method=simclr", "method must be 'mae' or 'imae'"),
+    ("train.betas=[0.9]", "train.betas must be a list of 2 values"),
+    ("data.hflip=maybe", "data.hflip must be true or false"),
+    ("nonsense", "--set expects key=value"),
+])
+def test_bad_values_are_config_errors(item, msg):
+    with pytest.raises(ConfigError) as e:
+        build_config("digits-mae", sets=[item])
+    assert msg in str(e.value)
+
+
+def test_defaults_mean_something():
+    c = Config()
+    assert c.train.mask_ratio == 0.75 and c.train.betas == (0.9, 0.95) and c.train.weight_decay == 0.05
+    assert c.data.crop_scale == (0.2, 1.0)
