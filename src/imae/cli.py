@@ -62,6 +62,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="continue a run: its directory, a checkpoint, or 'auto' (the newest complete "
                         "checkpoint in --output-dir, else start fresh)")
     p.add_argument("--init-from", metavar="CKPT", help="start from these weights (ours or an official MAE .pth)")
+    p.add_argument("--teacher", metavar="RUN_DIR|CKPT", help="i-MAE: the frozen MAE teacher to distil from")
     p.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images (counted)")
     p.add_argument("--skip-nonfinite", type=int, metavar="N", help="skip up to N updates whose loss is NaN/inf")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -75,7 +76,7 @@ def cmd_pretrain(args: argparse.Namespace) -> Path:
     overrides = common_overrides(args)
     extra = {"init_from": args.init_from, "data.skip_corrupt": args.skip_corrupt,
              "train.skip_nonfinite": args.skip_nonfinite, "train.compile": args.compile,
-             "imae.teacher": getattr(args, "teacher", None)}
+             "imae.teacher": args.teacher}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     overrides.update(parse_set(s) for s in args.sets)
     cfg = build_config(args.preset, overrides)

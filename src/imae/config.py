@@ -81,6 +81,25 @@ class TrainConfig:
 
 
 @dataclass
+class IMAEConfig:
+    """i-MAE options (METHOD.md sections 2-3); used when ``method: imae``."""
+
+    teacher: str | None = None  # frozen MAE teacher: a run directory or checkpoint (ours or official)
+    alpha_mode: str = "beta"  # fixed | uniform | beta (folded to min(l, 1 - l))
+    alpha: float = 0.3  # the fixed alpha
+    alpha_uniform: tuple[float, float] = (0.0, 0.5)
+    alpha_beta: tuple[float, float] = (1.0, 1.0)  # Beta(1, 1) folded: alpha ~ U(0, 0.5)
+    alpha_per: str = "sample"  # sample | batch (one alpha per batch, as the 2024 release)
+    branches: str = "two"  # two | sub (the 2022 demo: subordinate branch only)
+    distill: bool = True
+    w_rec_sub: float = 1.0
+    w_rec_dom: float = 1.0
+    w_distill_sub: float = 1.0
+    w_distill_dom: float = 1.0
+    same_class_p: float | str = "random"  # P(partner has the same class): a number in [0, 1], random, self
+
+
+@dataclass
 class Config:
     method: str = "mae"  # mae | imae
     preset: str | None = None
@@ -91,6 +110,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    imae: IMAEConfig = field(default_factory=IMAEConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -110,6 +130,15 @@ class Config:
         lo, hi = self.data.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.data.crop_scale}")
+        if self.method == "imae":
+            from imae.data.mixing import AlphaSampler
+            from imae.data.pairing import parse_p
+
+            i = self.imae
+            AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)  # raises ConfigError
+            self.imae.same_class_p = parse_p(i.same_class_p)
+            if i.branches not in ("two", "sub"):
+                raise ConfigError(f"imae.branches must be 'two' or 'sub', got {i.branches!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self

@@ -8,7 +8,8 @@ CIFAR, Tiny-ImageNet, small ImageFolder trees) or a list of files read by loader
   16x16 RGB; needs no download. Every fifth image is in the test split.
 - ``cifar10`` / ``cifar100``: torchvision's pickled release under ``path`` (``--download`` fetches it),
   or an ImageFolder tree (``path/train/<class>/*.jpg``) such as the JPEG copy of CIFAR-10.
-- ``imagefolder``: ``path/train/<class>/...`` and ``path/val`` or ``path/test`` (ImageNet layout).
+- ``imagefolder``: ``path/train/<class>/...`` and ``path/val`` or ``path/test`` (ImageNet layout); a
+  flat ``path/train/*.jpg`` is read as unlabeled.
 - ``tiny-imagenet``: the original layout (``train/<wnid>/images``, flat ``val/images`` with
   ``val/val_annotations.txt``).
 """
@@ -154,6 +155,12 @@ def _imagefolder_files(root: Path, split: str) -> tuple[list[str], list[int], li
         raise DataError(f"{root} has no {want} folder; an ImageFolder tree needs {want}<class>/<image> "
                         f"(got: {', '.join(sorted(p.name for p in root.iterdir())[:8]) or 'an empty folder'})")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:  # a flat folder of images: no labels
+        files = sorted(str(p) for p in folder.iterdir() if p.name.lower().endswith(IMG_EXTENSIONS))
+        if not files:
+            raise DataError(f"no images found in {folder} (expected {folder}/<class>/<image>.jpg or "
+                            f"{folder}/<image>.jpg, extensions {', '.join(IMG_EXTENSIONS)})")
+        return files, [-1] * len(files), []
     files, labels = [], []
     for label, c in enumerate(classes):
         for dirpath, _, names in sorted(os.walk(folder / c, followlinks=True)):

@@ -69,6 +69,8 @@ def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleLi
 class MaskedAutoencoder(nn.Module):
     """ViT encoder + lightweight decoder trained to reconstruct masked patches."""
 
+    kind = "mae"
+
     def __init__(self, arch: MAEArch) -> None:
         super().__init__()
         self.arch = arch

@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from imae.errors import ConfigError
+from imae.models.imae import IMAE
 from imae.models.mae import MAEArch, MaskedAutoencoder
 
 # name -> architecture defaults; every field can be overridden in create_model(name, **overrides)
@@ -32,12 +33,8 @@ _ARCHS: dict[str, dict[str, Any]] = {
                              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
 }
 
-# kind prefix -> constructor taking an MAEArch (i-MAE registers itself here)
-_KINDS: dict[str, Callable[..., nn.Module]] = {"mae": MaskedAutoencoder}
-
-
-def register_kind(prefix: str, ctor: Callable[..., nn.Module]) -> None:
-    _KINDS[prefix] = ctor
+# kind prefix -> constructor taking an MAEArch
+_KINDS: dict[str, Callable[..., nn.Module]] = {"mae": MaskedAutoencoder, "imae": IMAE}
 
 
 def list_models() -> list[str]:
@@ -61,7 +58,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("mae_vit_tiny_patch4", depth=2, norm_pix_loss=True)``.
 
     Keyword arguments override fields of :class:`~imae.models.mae.MAEArch`; other keyword arguments are
-    passed to the model class (i-MAE options).
+    passed to the model class (for i-MAE: the fields of ``IMAEOptions`` and ``teacher``), e.g.
+    ``create_model("imae_vit_tiny_patch4", branches="sub", teacher=mae)``.
     """
     arch_keys = set(MAEArch.__dataclass_fields__)
     arch_over = {k: v for k, v in overrides.items() if k in arch_keys}

@@ -1,0 +1,115 @@
+"""The i-MAE training objective: pick partners and alphas for a batch, then run the student."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from imae.config import Config
+from imae.data.datasets import ImageSet
+from imae.data.loader import Batch
+from imae.data.mixing import AlphaSampler
+from imae.data.pairing import choose_partners, needs_labels
+from imae.engine import checkpoint as ckpt
+from imae.engine import distributed as D
+from imae.engine.logs import info
+from imae.engine.objectives import model_overrides
+from imae.errors import CheckpointError, ConfigError, DataError
+from imae.models.imae import IMAE, IMAEOptions
+from imae.models.loading import is_imae_state, mae_from_checkpoint
+from imae.models.registry import create_model
+
+
+def student_name(name: str) -> str:
+    """``mae_vit_tiny_patch4`` -> ``imae_vit_tiny_patch4`` (an MAE model name picks the same size)."""
+    return "i" + name if name.startswith("mae_") else name
+
+
+class IMAEObjective:
+    """Each sample is the subordinate; its in-batch partner is the dominant image."""
+
+    kind = "imae"
+
+    def __init__(self, cfg: Config) -> None:
+        i = cfg.imae
+        self.cfg = cfg
+        self.p = i.same_class_p
+        self.class_pairs = needs_labels(self.p)
+        self.alphas = AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)
+        self.teacher_ck: dict[str, Any] | None = None
+        teacher_dim = None
+        if i.distill:
+            if not i.teacher:
+                raise ConfigError("i-MAE with distillation needs a frozen MAE teacher: pass --teacher "
+                                  "RUN_DIR_OR_CKPT (or --set imae.distill=false)")
+            self.teacher_ck = ckpt.load(i.teacher)
+            teacher = mae_from_checkpoint(self.teacher_ck)
+            if getattr(teacher, "encoder_only", False):
+                raise CheckpointError(f"teacher {self.teacher_ck['_path']} holds only an encoder; distillation "
+                                      f"needs its decoder_embed too: use a full MAE checkpoint")
+            teacher_dim = teacher.arch.decoder_embed_dim
+        self.options = IMAEOptions(branches=i.branches, distill=i.distill, w_rec_sub=i.w_rec_sub,
+                                   w_rec_dom=i.w_rec_dom, w_distill_sub=i.w_distill_sub,
+                                   w_distill_dom=i.w_distill_dom, teacher_dim=teacher_dim)
+        self.model: IMAE = create_model(student_name(cfg.model.name), **model_overrides(cfg), options=self.options)
+        if i.distill:
+            try:
+                self.model.attach_teacher(teacher)
+            except ValueError as e:
+                raise ConfigError(f"teacher {self.teacher_ck['_path']}: {e}") from None
+        self._stats = torch.zeros(4)
+        self.labeled = True
+
+    def prepare(self, data: ImageSet, device: torch.device) -> None:
+        """Check the data set can be paired as configured."""
+        if self.class_pairs and not data.has_labels:
+            raise DataError(f"imae.same_class_p={self.p} needs class labels, and {data.name} has none; "
+                            f"use --set imae.same_class_p=random")
+        if self.teacher_ck is not None:
+            t = self.model.teacher.arch
+            info(f"teacher: {self.teacher_ck['_path']} (ViT {t.embed_dim}x{t.depth}, decoder width "
+                 f"{t.decoder_embed_dim}{', adapter to it' if self.model.distill_adapter is not None else ''})")
+            self.teacher_ck = None  # its tensors are in the teacher now
+        self._stats = torch.zeros(4, device=device)
+        self.labeled = data.has_labels
+
+    def load_init(self, ck: dict[str, Any]) -> None:
+        """Start from an MAE checkpoint (both branch maps from its decoder_embed) or an i-MAE one."""
+        source = ck.get("_path", "--init-from")
+        if is_imae_state(ck["model"]):
+            ckpt.load_state_dict(self.model, ck["model"], source=source)
+            return
+        try:
+            self.model.load_mae_state_dict(ck["model"], source=source)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+
+    def __call__(self, net: nn.Module, batch: Batch, mask_ratio: float) -> dict[str, torch.Tensor]:
+        x, g = batch.images, batch.generator
+        n = x.shape[0]
+        alpha = self.alphas.sample(n, g, x.device)
+        partner, same = choose_partners(batch.labels, self.p, g)
+        noise = torch.rand(n, self.model.arch.num_patches, generator=g, device=x.device)
+        out = net(x, x[partner], alpha, mask_ratio=mask_ratio, noise=noise)
+        with torch.no_grad():
+            self._stats += torch.stack([same.float().sum(), alpha.sum(), (alpha**2).sum(),
+                                        torch.tensor(float(n), device=x.device)])
+        return {k: v for k, v in out.items() if k == "loss" or k.startswith(("rec_", "distill_"))}
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Realised same-class rate and alpha statistics since the last call (all ranks)."""
+        s = D.all_reduce_sum(self._stats.clone())
+        self._stats.zero_()
+        n = max(float(s[3]), 1.0)
+        mean = float(s[1]) / n
+        out = {"alpha_mean": mean, "alpha_std": max(float(s[2]) / n - mean**2, 0.0) ** 0.5}
+        if self.p != "self" and self.labeled:
+            out["same_class_rate"] = float(s[0]) / n
+        return out
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"kind": "imae", "arch": self.model.arch.to_dict(), "imae_options": asdict(self.options)}
