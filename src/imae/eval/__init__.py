@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: features, separability, semantics, linear probe, kNN, fine-tuning."""

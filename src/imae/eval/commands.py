@@ -1,0 +1,1 @@
+"""Evaluation subcommands of the ``imae`` command line (registered with ``imae.cli.command``)."""
