@@ -53,6 +53,12 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
                             f"free space or fix permissions, then resume with --resume {path.parent}") from None
 
 
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete temporary files that a killed process left half-written (they never replace a checkpoint)."""
+    for p in Path(run_dir).glob(".checkpoint-*.tmp*"):
+        p.unlink(missing_ok=True)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

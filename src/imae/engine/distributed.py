@@ -18,6 +18,26 @@ from imae.errors import ConfigError
 DEFAULT_TIMEOUT_S = int(os.environ.get("IMAE_DIST_TIMEOUT", "600"))
 
 
+# what gloo / NCCL say when a peer process died or a node became unreachable
+_PEER_PHRASES = ("connection closed by peer", "connection reset", "broken pipe", "timed out", "timeout",
+                 "nccl", "gloo", "socket", "connection refused")
+
+
+def is_peer_error(e: BaseException) -> bool:
+    """True for an error raised by a collective whose peer is gone (only when running distributed)."""
+    if world_size() == 1 and not isinstance(e, getattr(dist, "DistError", ())):
+        return False
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(e, RuntimeError) and any(p in str(e).lower() for p in _PEER_PHRASES)
+
+
+def short(e: BaseException) -> str:
+    """The first line of an error message, shortened."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
 @dataclass
 class DistEnv:
     rank: int = 0

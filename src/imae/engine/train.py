@@ -2,12 +2,13 @@
 
 ``pretrain(cfg)`` runs one whole job and returns its run directory. It is the same code on one CPU,
 one GPU, or N processes launched by torchrun (each rank trains on its slice of every global batch).
+Every step is a pure function of (seed, epoch, step, rank) and the weights, so a run stopped at any
+point (SIGTERM, SIGKILL, a lost node) and resumed from its last checkpoint ends with the same weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, lr_at, set_lr
 from imae.engine.run_dir import find_resume, new_run_dir, resumed_config, write_config
+from imae.engine.signals import StopRequest
 from imae.errors import TrainingError
 
 
@@ -38,34 +40,16 @@ class TrainState:
     nonfinite_skipped: int = 0
 
 
-class _StopRequest:
-    """SIGTERM / SIGINT handler: ask the loop to checkpoint and exit at the next optimiser step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
     """Train ``cfg`` (or continue ``resume``: a run directory, checkpoint, or ``auto``). Returns the run dir."""
     env = D.setup(cfg.device)
     try:
         return _pretrain(cfg, env, resume, overrides or {})
+    except RuntimeError as e:
+        if not D.is_peer_error(e):
+            raise
+        raise TrainingError(f"rank {env.rank} lost contact with another training process ({D.short(e)}); the last "
+                            f"complete checkpoint is intact: restart the job with --resume auto") from None
     finally:
         D.cleanup()
 
@@ -84,6 +68,7 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         cfg.output_dir = str(run_dir)
     D.check_same_config(cfg.to_dict())
     if main:
+        ckpt.remove_partial_writes(run_dir)
         write_config(cfg, run_dir)
     t = cfg.train
 
@@ -99,8 +84,10 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     data = load_split(cfg.data.dataset, "train", cfg.data.path, arch.img_size, cfg.data.download,
                       cfg.data.in_memory, cfg.data.max_per_class, cfg.data.cache_dir, cfg.data.skip_corrupt,
                       progress=main)
+    if data.skipped:
+        info(f"skipped {len(data.skipped)} unreadable image(s) (--skip-corrupt), e.g. {data.skipped[0]}", main)
     if hasattr(objective, "prepare"):
-        objective.prepare(data, env.device)  # i-MAE: check labels for pairing, load the teacher
+        objective.prepare(data, env.device)  # i-MAE: check labels for pairing
     model.to(env.device)
     net: nn.Module = model
     if t.compile:
@@ -137,11 +124,13 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
             info(f"note: warmup_epochs {t.warmup_epochs:g} > epochs {t.epochs}: the learning rate warms up "
                  f"for the whole run", main)
         log.write("event", {"event": "start", "version": __version__, "world_size": env.world_size,
-                            "images": len(data), "steps_per_epoch": steps, "lr": base_lr})
+                            "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
+                            "skipped_files": data.skipped})
 
     loop = _Loop(cfg, env, objective, net, optimizer, loader, log, run_dir, base_lr, state)
+    loop.load_skipped = len(data.skipped)
     try:
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             loop.stop = stop
             for epoch in range(state.epoch + 1, t.epochs):
                 if not loop.run_epoch(epoch) or (epoch + 1 < t.epochs and loop.stop_requested()):
@@ -162,7 +151,8 @@ class _Loop:
         self.model: nn.Module = objective.model
         self.optimizer, self.loader, self.log, self.run_dir = optimizer, loader, log, run_dir
         self.base_lr, self.state = base_lr, state
-        self.stop: _StopRequest | None = None
+        self.stop: StopRequest | None = None
+        self.load_skipped = 0
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.amp and env.device.type == "cuda"
                          else contextlib.nullcontext())
 
@@ -173,7 +163,7 @@ class _Loop:
         start = st.step_in_epoch
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
-        seen, skipped_files, t0 = 0, 0, time.time()
+        seen, skipped_files, finite_steps, t0 = 0, 0, 0, time.time()
         bar = progress(steps, start, f"epoch {epoch + 1}/{t.epochs}", env.is_main)
         group_bad = False
         for step, batch in self.loader.batches(epoch, start):
@@ -181,8 +171,7 @@ class _Loop:
             group_size = min(t.accum_iter, steps - group_start)
             last_micro = step == group_start + group_size - 1
             if step == group_start:
-                lr = lr_at(epoch + step / steps, self.base_lr, t.min_lr, t.warmup_epochs, t.epochs)
-                set_lr(self.optimizer, lr)
+                set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, t.warmup_epochs, t.epochs))
                 group_bad = False
             sync = contextlib.nullcontext() if last_micro or not isinstance(self.net, DDP) else self.net.no_sync()
             with sync:
@@ -194,23 +183,23 @@ class _Loop:
                     (loss / group_size).backward()
                 else:
                     group_bad = True
-            if not finite:
+            if finite:
+                finite_steps += 1
+                for k, v in out.items():
+                    if v.ndim == 0:
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+            else:
                 self._nonfinite(epoch, step, out)
-            for k, v in out.items():
-                if v.ndim == 0 and finite:
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
             seen += batch.images.shape[0]
             skipped_files += batch.skipped
             bar.update(1)
             if not last_micro:
                 continue
-            if group_bad:
-                self.optimizer.zero_grad(set_to_none=True)
-            else:
+            if not group_bad:
                 if t.clip_grad:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
                 self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             st.global_step += 1
             st.step_in_epoch = step + 1
             if st.global_step % t.log_every == 0 and finite:
@@ -218,21 +207,23 @@ class _Loop:
                 rec.update(epoch=epoch, step=st.global_step, lr=self.optimizer.param_groups[0]["lr"])
                 self.log.write("step", rec, step=st.global_step, prefix="train")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-            if step + 1 < steps and self.stop_requested():
-                bar.close()
-                self._save(epoch - 1, step + 1, numbered=False)
-                return False
-            if t.save_every_steps and st.global_step % t.save_every_steps == 0 and step + 1 < steps:
-                self._save(epoch - 1, step + 1, numbered=False)
+            if step + 1 < steps:
+                if self.stop_requested():
+                    bar.close()
+                    self._save(epoch - 1, step + 1, numbered=False)
+                    return False
+                if t.save_every_steps and st.global_step % t.save_every_steps == 0:
+                    self._save(epoch - 1, step + 1, numbered=False)
         bar.close()
-        metrics = self._epoch_metrics(sums, steps - start, seen, time.time() - t0, skipped_files)
+        metrics = self._epoch_metrics(sums, finite_steps, seen, time.time() - t0, skipped_files + self.load_skipped)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.log.write("epoch", {"epoch": epoch, **metrics}, step=epoch, prefix="epoch")
         self.log.flush()
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("images_per_s", "lr", "time_s"))
+        shown = ("images_per_s", "lr", "time_s", "skipped_files")
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
         info(f"epoch {epoch + 1}/{t.epochs}: {summary}; {metrics['images_per_s']:.0f} img/s"
-             + (f"; skipped {skipped_files} unreadable files" if skipped_files else ""), env.is_main)
-        st.step_in_epoch = 0
+             + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else ""),
+             env.is_main)
         numbered = (epoch + 1) % max(t.save_every, 1) == 0 or epoch + 1 == t.epochs
         self._save(epoch, 0, numbered=numbered, metrics=metrics)
         return True
@@ -245,17 +236,17 @@ class _Loop:
         return asked
 
     def report_stop(self) -> None:
-        sig = self.stop.signal if self.stop and self.stop.signal else signal.SIGTERM
         st = self.state
-        info(f"stopped by {signal.Signals(sig).name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); "
-             f"checkpoint written; continue with: imae pretrain --resume {self.run_dir}", self.env.is_main)
-        self.log.write("event", {"event": "stopped", "signal": int(sig), "epoch": st.epoch,
+        name = self.stop.name if self.stop else "a signal"
+        info(f"stopped by {name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
+             f"written; continue with: imae pretrain --resume {self.run_dir}", self.env.is_main)
+        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch,
                                  "step_in_epoch": st.step_in_epoch})
 
     def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor]) -> None:
         st, t = self.state, self.cfg.train
         st.nonfinite_skipped += 1
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items() if v.ndim == 0)
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.ndim == 0)
         self.log.write("event", {"event": "nonfinite", "epoch": epoch, "step": step, "terms": terms})
         if st.nonfinite_skipped <= t.skip_nonfinite:
             info(f"non-finite loss at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
@@ -264,18 +255,16 @@ class _Loop:
         last = ckpt.latest_complete(self.run_dir) if self.env.is_main else None
         where = f"last good checkpoint: {last[0]}" if last else "no checkpoint was written yet"
         raise TrainingError(f"loss became non-finite at epoch {epoch + 1} step {step + 1} ({terms}); {where}; "
-                            f"lower the learning rate or set train.clip_grad, or tolerate it with "
-                            f"--skip-nonfinite N")
+                            f"lower the learning rate or set train.clip_grad, or tolerate it with --skip-nonfinite N")
 
     def _epoch_metrics(self, sums: dict[str, torch.Tensor], steps: int, seen: int, seconds: float,
                        skipped: int) -> dict[str, float]:
         names = sorted(sums)
+        metrics: dict[str, float] = {}
         if names:
             vec = torch.stack([sums[k] for k in names]).to(self.env.device)
             vec = D.all_reduce_sum(vec) / (max(steps, 1) * D.world_size())
             metrics = {k: float(v) for k, v in zip(names, vec.tolist())}
-        else:
-            metrics = {}
         if hasattr(self.objective, "epoch_stats"):
             metrics.update(self.objective.epoch_stats())
         metrics["images_per_s"] = seen * D.world_size() / max(seconds, 1e-9)
@@ -285,25 +274,31 @@ class _Loop:
         return metrics
 
     def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None) -> None:
-        """Write checkpoint-last.pth (and checkpoint-<epoch>.pth); rank 0 only."""
+        """Write checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
         self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch
-        if not self.env.is_main:
-            return
-        obj = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": self.state.global_step,
-            "nonfinite_skipped": self.state.nonfinite_skipped,
-            "config": self.cfg.to_dict(),
-            "scaler": None,  # bf16 autocast needs no loss scaling
-            "rng": {"torch": torch.get_rng_state()},
-            "metrics": metrics or {},
-            "version": __version__,
-            **self.objective.checkpoint_meta(),
-        }
-        ckpt.save_atomic(obj, self.run_dir / "checkpoint-last.pth")
-        if numbered:
-            ckpt.save_atomic(obj, self.run_dir / f"checkpoint-{epoch}.pth")
-            ckpt.prune(self.run_dir, self.cfg.train.keep_last)
+        error: TrainingError | None = None
+        if self.env.is_main:
+            obj = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": self.state.global_step,
+                "nonfinite_skipped": self.state.nonfinite_skipped,
+                "config": self.cfg.to_dict(),
+                "scaler": None,  # bf16 autocast needs no loss scaling
+                "rng": {"torch": torch.get_rng_state()},
+                "metrics": metrics or {},
+                "version": __version__,
+                **self.objective.checkpoint_meta(),
+            }
+            try:
+                ckpt.save_atomic(obj, self.run_dir / "checkpoint-last.pth")
+                if numbered:
+                    ckpt.save_atomic(obj, self.run_dir / f"checkpoint-{epoch}.pth")
+                    ckpt.prune(self.run_dir, self.cfg.train.keep_last)
+            except TrainingError as e:
+                error = e
+        if not D.all_true(error is None, self.env.device):
+            self.log.write("event", {"event": "checkpoint_failed", "error": str(error) if error else "on rank 0"})
+            raise error or TrainingError("rank 0 could not write a checkpoint (see its error); use --resume auto")

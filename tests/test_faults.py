@@ -1,0 +1,329 @@
+"""Fault injection: kills, pre-emption, failed writes, broken data, untrusted checkpoints, lost peers, NaNs.
+
+Each test records what it injected and what survived through the ``fault_case`` fixture;
+``scripts/reliability_report.py`` runs this file and turns the records into ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_SETS, tiny_config
+from imae.engine import checkpoint as ckpt
+from imae.engine.train import pretrain
+from imae.errors import CheckpointError, TrainingError
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def fault_case(request):
+    """Collects what a test injected and what survived; appended to $IMAE_FAULT_REPORT (JSON lines)."""
+    record = {"test": request.node.name}
+    yield record.update
+    path = os.environ.get("IMAE_FAULT_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+# 4 epochs x 6 steps of a small digits MAE; checkpoint-last every 2 optimiser steps
+RUN_SETS = {**TINY_SETS, "model.embed_dim": 64, "model.depth": 2, "train.epochs": 4, "train.save_every_steps": 2,
+            "train.save_every": 2}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(out: Path, *extra: str, sets: dict | None = None) -> list[str]:
+    args = [sys.executable, "-m", "imae", "pretrain", "--preset", "digits-mae", "--output-dir", str(out)]
+    for k, v in {**RUN_SETS, **(sets or {})}.items():
+        args += ["--set", f"{k}={v}"]
+    return args + list(extra)
+
+
+def last_step(run: Path) -> int:
+    log = run / "log.jsonl"
+    if not log.exists():
+        return 0
+    steps = [line for line in log.read_text().splitlines() if '"kind": "step"' in line]
+    return int(steps[-1].split('"step": ')[1].split(",")[0].rstrip("}")) if steps else 0
+
+
+def start_and_signal(cmd: list[str], run: Path, at_step: int, sig: int, env=ENV) -> subprocess.CompletedProcess:
+    """Start a training process, deliver ``sig`` once its log shows ``at_step``, and wait for it."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while last_step(run) < at_step and p.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    if p.poll() is None:
+        p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load(run / "checkpoint-last.pth")["model"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must match."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    res = subprocess.run(cli(out), capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+def test_sigkill_at_three_random_steps_then_resume_matches_uninterrupted(tmp_path, reference_run, fault_case):
+    fault_case(injected="SIGKILL of the training process at 3 random optimiser steps, resumed each time "
+                        "with --resume auto", expected="final weights identical to an uninterrupted run")
+    run = tmp_path / "run"
+    kills = sorted(random.Random(0).sample(range(3, 20), 3))
+    resumed_from, killed_at = [], []
+    for target in kills:
+        before = ckpt.latest_complete(run)
+        resumed_from.append(0 if before is None else before[1]["global_step"])
+        res = start_and_signal(cli(run, "--resume", "auto"), run, target, signal.SIGKILL)
+        assert res.returncode == -signal.SIGKILL, f"the run ended before the kill at step {target}: {res.stderr[-500:]}"
+        killed_at.append(last_step(run))
+        ck = ckpt.latest_complete(run)
+        assert ck is not None  # the last complete checkpoint loads after every kill
+    res = subprocess.run(cli(run, "--resume", "auto"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert same_weights(final_weights(run), final_weights(reference_run))
+    fault_case(outcome=f"killed after logging steps {killed_at} (of 24); each restart resumed from the newest "
+                       f"checkpoint (steps {resumed_from[1:]} for the 2nd and 3rd); final weights identical",
+               lost="the steps since the last checkpoint (checkpoints every 2 steps here), redone identically")
+
+
+def test_sigterm_mid_epoch_checkpoints_exits_0_and_resume_matches(tmp_path, reference_run, fault_case):
+    fault_case(injected="SIGTERM in the middle of epoch 2",
+               expected="final checkpoint written, exit status 0, resume gives the uninterrupted weights")
+    run = tmp_path / "run"
+    res = start_and_signal(cli(run, sets={"train.save_every_steps": 0}), run, 9, signal.SIGTERM)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert f"imae pretrain --resume {run}" in res.stderr
+    ck = ckpt.load(run / "checkpoint-last.pth")
+    assert ck["step_in_epoch"] > 0 and ck["global_step"] >= 9  # a mid-epoch checkpoint
+    res = subprocess.run(cli(run, "--resume", str(run), sets={"train.save_every_steps": 0}), capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert same_weights(final_weights(run), final_weights(reference_run))
+    fault_case(outcome=f"stopped with status 0 at step {ck['global_step']} (epoch {ck['epoch'] + 2}, step "
+                       f"{ck['step_in_epoch']} of 6); resumed; final weights identical", lost="nothing")
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "permission_denied"])
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fault_case, fault):
+    what = {"disk_full": "disk full (ENOSPC) half-way through writing", "permission_denied":
+            "permission denied (EACCES) when opening"}[fault]
+    fault_case(injected=f"{what} the epoch-2 checkpoint",
+               expected="clear error, previous checkpoint intact and loadable, no partial file left")
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] <= 2:  # epoch 1 writes checkpoint-last and checkpoint-0
+            return real_save(obj, f, *a, **k)
+        if fault == "permission_denied":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    cfg = tiny_config(tmp_path / "run", **{"train.save_every": 1})
+    with pytest.raises(TrainingError) as e:
+        pretrain(cfg)
+    cause = "No space left on device" if fault == "disk_full" else "Permission denied"
+    assert cause in str(e.value) and "the previous checkpoint is intact" in str(e.value)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    ck = ckpt.load(tmp_path / "run" / "checkpoint-last.pth")
+    assert ck["epoch"] == 0 and not list((tmp_path / "run").glob(".*tmp*"))
+    resumed = pretrain(tiny_config(tmp_path / "x"), resume=str(tmp_path / "run"))
+    assert ckpt.load(resumed / "checkpoint-last.pth")["epoch"] == 1
+    fault_case(outcome=f"TrainingError '... ({cause}); the previous checkpoint is intact'; checkpoint-last.pth "
+                       f"of epoch 1 loads and resumes", lost="the epoch whose checkpoint failed (redone on resume)")
+
+
+def test_truncated_and_empty_jpegs_error_by_default_and_are_skipped_and_counted(tmp_path, cifar10_dir, fault_case):
+    fault_case(injected="a truncated JPEG and a zero-byte file in the training folder",
+               expected="one-line error naming the file; --skip-corrupt skips them and reports the count")
+    root = tmp_path / "data" / "train"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for f in sorted((cifar10_dir / "train" / c).iterdir())[:20]:
+            shutil.copy(f, root / c / f.name)
+    good = sorted((root / "cat").iterdir())[0].read_bytes()
+    (root / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dog" / "zero.jpg").write_bytes(b"")
+    base = [sys.executable, "-m", "imae", "pretrain", "--preset", "cifar10-mae-tiny", "--data-path",
+            str(root.parent), "--set", "data.dataset=imagefolder", "--set", "data.cache_dir=none", "--set",
+            "model.depth=1", "--set", "model.decoder_depth=1", "--set", "train.batch_size=8", "--epochs", "1",
+            "--device", "cpu"]
+    res = subprocess.run([*base, "--output-dir", str(tmp_path / "a")], capture_output=True, text=True, env=ENV)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("imae: error: cannot decode image")
+    assert ("truncated.jpg" in res.stderr) or ("zero.jpg" in res.stderr)
+    res = subprocess.run([*base, "--output-dir", str(tmp_path / "b"), "--skip-corrupt"], capture_output=True,
+                         text=True, env=ENV)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert "skipped 2 unreadable image(s)" in res.stderr and "2 unreadable file(s) skipped" in res.stderr
+    epoch = [x for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if '"kind": "epoch"' in x][0]
+    assert '"skipped_files": 2.0' in epoch
+    fault_case(outcome="exit 2 with 'cannot decode image .../truncated.jpg'; with --skip-corrupt 40 images "
+                       "trained, 2 skipped and reported at load and in the epoch record", lost="nothing")
+
+
+def test_checkpoint_that_runs_code_when_unpickled_is_refused(tmp_path, fault_case):
+    fault_case(injected="a .pth whose pickle calls os.system, given as --init-from, --teacher and --resume",
+               expected="refused with a clear error; the code never runs")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": Evil()}, evil)
+    for args in (["--init-from", str(evil)], ["--resume", str(evil)]):
+        res = subprocess.run([sys.executable, "-m", "imae", "pretrain", "--output-dir", str(tmp_path / "o"), *args],
+                             capture_output=True, text=True, env=ENV)
+        assert res.returncode == 2 and "refusing to load" in res.stderr and "posix.system" in res.stderr
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        ckpt.load(evil)
+    res = subprocess.run([sys.executable, "-m", "imae", "pretrain", "--preset", "digits-imae", "--teacher", str(evil),
+                          "--output-dir", str(tmp_path / "o2")], capture_output=True, text=True, env=ENV)
+    assert res.returncode == 2 and "refusing to load" in res.stderr
+    assert not marker.exists()
+    fault_case(outcome="all three refused with 'refusing to load ... posix.system'; marker file never created",
+               lost="nothing")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_env(rank: int, port: int) -> dict:
+    return {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def test_lost_peer_stops_the_other_rank_within_60s(tmp_path, fault_case):
+    fault_case(injected="SIGKILL of rank 1 of a 2-process gloo run (a) launched by torchrun, (b) launched "
+                        "without an agent", expected="the other rank ends with an error within 60 s; "
+                                                     "the last checkpoint stays loadable")
+    sets = {"train.epochs": 40, "train.batch_size": 8}
+    # (a) torchrun: its agent tears the job down
+    run = tmp_path / "a"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           *cli(run, sets=sets)[1:]]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    while last_step(run) < 8 and p.poll() is None:
+        time.sleep(0.02)
+    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(kids[-1]), signal.SIGKILL)
+    t0 = time.time()
+    p.communicate(timeout=120)
+    torchrun_s = time.time() - t0
+    assert p.returncode != 0 and torchrun_s < 60
+    assert ckpt.latest_complete(run) is not None
+    # (b) two plain processes: the survivor's next collective fails and it stops with one line
+    run, port = tmp_path / "b", _free_port()
+    procs = [subprocess.Popen(cli(run, sets=sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_rank_env(r, port)) for r in (0, 1)]
+    while last_step(run) < 8 and procs[0].poll() is None:
+        time.sleep(0.02)
+    procs[1].kill()
+    t0 = time.time()
+    _, err = procs[0].communicate(timeout=120)
+    plain_s = time.time() - t0
+    procs[1].communicate()
+    assert procs[0].returncode == 1 and plain_s < 60, err[-1500:]
+    assert "imae: error: rank 0 lost contact with another training process" in err and "Traceback" not in err
+    assert ckpt.latest_complete(run) is not None
+    fault_case(outcome=f"(a) torchrun ended with an error after {torchrun_s:.1f} s; (b) rank 0 stopped with "
+                       f"'lost contact ...' (status 1) after {plain_s:.1f} s; checkpoints loadable",
+               lost="the steps since the last checkpoint")
+
+
+def test_ranks_started_with_different_configurations_stop_at_start(tmp_path, fault_case):
+    fault_case(injected="rank 1 launched with --seed 1, rank 0 with --seed 0",
+               expected="both stop at start with a clear error")
+    port = _free_port()
+    procs = [subprocess.Popen(cli(tmp_path / "run", "--seed", str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_rank_env(r, port)) for r in (0, 1)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    assert all("ranks [1] were started with a configuration different from rank 0's" in e for e in errs)
+    assert not list((tmp_path / "run").glob("checkpoint*"))
+    fault_case(outcome="both ranks exit 2 with 'ranks [1] were started with a configuration different from "
+                       "rank 0's' before training", lost="nothing")
+
+
+def test_nonfinite_loss_stops_or_is_skipped(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="the loss turns NaN at step 9 (and once more with --skip-nonfinite 1)",
+               expected="stop naming the step, the loss terms and the last good checkpoint; or skip the update")
+    from imae.engine import objectives
+
+    real = objectives.MAEObjective.__call__
+    count = {"n": 0}
+
+    def nan_at_nine(self, net, batch, mask_ratio):
+        out = real(self, net, batch, mask_ratio)
+        count["n"] += 1
+        return {"loss": out["loss"] * float("nan")} if count["n"] == 9 else out
+
+    monkeypatch.setattr(objectives.MAEObjective, "__call__", nan_at_nine)
+    with pytest.raises(TrainingError) as e:
+        pretrain(tiny_config(tmp_path / "a"))
+    msg = str(e.value)
+    assert "non-finite at epoch 2 step 3 (loss=nan)" in msg and f"{tmp_path / 'a' / 'checkpoint-last.pth'}" in msg
+    assert ckpt.load(tmp_path / "a" / "checkpoint-last.pth")["epoch"] == 0
+    count["n"] = 0
+    run = pretrain(tiny_config(tmp_path / "b", **{"train.skip_nonfinite": 1}))
+    ck = ckpt.load(run / "checkpoint-last.pth")
+    assert ck["nonfinite_skipped"] == 1 and ck["global_step"] == 12
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert '"event": "nonfinite"' in (run / "log.jsonl").read_text()
+    fault_case(outcome="stopped with 'loss became non-finite at epoch 2 step 3 (loss=nan); last good checkpoint: "
+                       "...'; with --skip-nonfinite 1 the update was skipped and training finished with finite "
+                       "weights", lost="nothing (the bad update is never applied)")
+
+
+def test_resume_auto_skips_a_damaged_checkpoint_and_partial_writes(tmp_path, fault_case):
+    fault_case(injected="checkpoint-last.pth truncated and a half-written temporary file left in the run folder",
+               expected="--resume auto continues from the newest complete checkpoint; the partial file is removed")
+    run = pretrain(tiny_config(tmp_path / "run", **{"train.save_every": 1}))
+    data = (run / "checkpoint-last.pth").read_bytes()
+    (run / "checkpoint-last.pth").write_bytes(data[:1000])
+    (run / ".checkpoint-last.pth.tmp999").write_bytes(data[:500])
+    path, ck = ckpt.latest_complete(run)
+    assert path.name == "checkpoint-1.pth" and ck["epoch"] == 1
+    again = pretrain(tiny_config(run, **{"train.epochs": 3}), resume="auto", overrides={"train.epochs": 3})
+    assert ckpt.load(again / "checkpoint-last.pth")["epoch"] == 2
+    assert not list(run.glob(".*tmp*"))
+    fault_case(outcome="picked checkpoint-1.pth, trained epoch 3, removed the partial file", lost="nothing")
+
+
+def test_keep_last_keeps_only_the_newest_numbered_checkpoints(tmp_path):
+    run = pretrain(tiny_config(tmp_path / "run", **{"train.epochs": 4, "train.save_every": 1, "train.keep_last": 2}))
+    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-2.pth", "checkpoint-3.pth",
+                                                                     "checkpoint-last.pth"]
