@@ -63,6 +63,9 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         cfg = resumed_config(resume_ck, run_dir, overrides)
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
+        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
+            RunLog(run_dir).write("event", {"event": "resume", "from": path.name,
+                                            "global_step": resume_ck.get("global_step", 0)})
     else:
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
@@ -164,9 +167,11 @@ class _Loop:
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         seen, skipped_files, finite_steps, t0 = 0, 0, 0, time.time()
+        data_s, tick = 0.0, time.perf_counter()  # time spent waiting for batches (data on the critical path)
         bar = progress(steps, start, f"epoch {epoch + 1}/{t.epochs}", env.is_main)
         group_bad = False
         for step, batch in self.loader.batches(epoch, start):
+            data_s += time.perf_counter() - tick
             group_start = step - step % t.accum_iter
             group_size = min(t.accum_iter, steps - group_start)
             last_micro = step == group_start + group_size - 1
@@ -194,6 +199,7 @@ class _Loop:
             skipped_files += batch.skipped
             bar.update(1)
             if not last_micro:
+                tick = time.perf_counter()
                 continue
             if not group_bad:
                 if t.clip_grad:
@@ -214,12 +220,14 @@ class _Loop:
                     return False
                 if t.save_every_steps and st.global_step % t.save_every_steps == 0:
                     self._save(epoch - 1, step + 1, numbered=False)
+            tick = time.perf_counter()
         bar.close()
         metrics = self._epoch_metrics(sums, finite_steps, seen, time.time() - t0, skipped_files + self.load_skipped)
+        metrics["data_wait_s"] = data_s
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.log.write("epoch", {"epoch": epoch, **metrics}, step=epoch, prefix="epoch")
         self.log.flush()
-        shown = ("images_per_s", "lr", "time_s", "skipped_files")
+        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s")
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
         info(f"epoch {epoch + 1}/{t.epochs}: {summary}; {metrics['images_per_s']:.0f} img/s"
              + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else ""),

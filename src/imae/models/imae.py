@@ -123,6 +123,9 @@ class IMAE(MaskedAutoencoder):
         if teacher is None:
             raise RuntimeError("distillation is on but no teacher is attached; pass teacher= or attach_teacher()")
         teacher.eval()
+        if torch.compiler.is_compiling():  # inductor cannot trace inference tensors; no_grad is equivalent here
+            latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
+            return teacher.decoder_embed(latent)
         with torch.inference_mode():
             latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
             target = teacher.decoder_embed(latent)
