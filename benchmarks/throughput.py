@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Training and data throughput of MAE and i-MAE, measured against the machine's own matmul rate.
+
+    python benchmarks/throughput.py --cifar10 /path/to/cifar10          # all sections (about 30 min on 2 CPU cores)
+    python benchmarks/throughput.py --sizes tiny4 --skip-epoch             # a quick look
+
+Writes ``benchmarks/results/throughput-<device>.json`` and ``.md``. Everything is measured in one
+process: a train step is forward + backward + AdamW through the same objective code as ``imae pretrain``;
+the MAE and i-MAE arms are interleaved (warm-up first, then the median of the timed steps), so noise from
+other work on the machine hits both alike. FLOPs are counted analytically (``imae.engine.flops``, equal to
+torch's FlopCounterMode); utilisation is achieved FLOP/s over the best of several large fp32 matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from imae.config import build_config
+from imae.data.datasets import ImageSet
+from imae.data.loader import Batch
+from imae.engine.flops import imae_train_flops, mae_train_flops
+from imae.engine.objectives import build_objective
+from imae.engine.optim import build_adamw
+
+SIZES = {  # name: (model, batch size on CPU, batch size on GPU)
+    "tiny4": ("mae_vit_tiny_patch4", 128, 1024),
+    "small8": ("mae_vit_small_patch8", 64, 512),
+    "base16": ("mae_vit_base_patch16", 8, 128),
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
+    """Best GFLOP/s over square matmuls of a few sizes (each: warm-up, then the best of 5)."""
+    best = {}
+    for n in (1024, 2048, 4096):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        times = []
+        for _ in range(5):
+            sync(device)
+            t = time.perf_counter()
+            a @ b
+            sync(device)
+            times.append(time.perf_counter() - t)
+        best[n] = 2 * n**3 / min(times) / 1e9
+    return {"per_size_gflops": best, "best_gflops": max(best.values())}
+
+
+def make_objectives(model: str, device: torch.device, tmp: Path) -> dict:
+    """MAE and i-MAE objectives of one size (the i-MAE distils from a same-size MAE teacher)."""
+    mae_cfg = build_config(None, {"model.name": model, "device": str(device)})
+    torch.manual_seed(0)
+    mae = build_objective(mae_cfg)
+    teacher = tmp / f"{model}-teacher.pth"
+    torch.save({"model": mae.model.state_dict(), "kind": "mae", "arch": mae.model.arch.to_dict()}, teacher)
+    imae_cfg = build_config(None, {"method": "imae", "model.name": model, "imae.teacher": str(teacher),
+                                   "imae.same_class_p": 1.0, "device": str(device)})
+    imae = build_objective(imae_cfg)
+    return {"mae": mae, "imae": imae}
+
+
+def make_step(objective, device: torch.device, batch_size: int, amp: bool):
+    """A closure running one training step exactly as the loop does (without logging)."""
+    model = objective.model.to(device).train()
+    size = model.arch.img_size
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    labels = torch.arange(batch_size, device=device) // 2  # pairs of the same class
+    if hasattr(objective, "prepare"):
+        classes = [str(i) for i in range(batch_size // 2)]
+        objective.prepare(ImageSet("synthetic", "train", labels.cpu(), classes, (0.5,) * 3, (0.25,) * 3), device)
+    opt = build_adamw(model, 1e-4, 0.05, (0.9, 0.95), device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    gen = torch.Generator(device=device)
+
+    def step() -> None:
+        gen.manual_seed(0)
+        batch = Batch(images, labels, torch.arange(batch_size, device=device), gen)
+        with autocast:
+            out = objective(model, batch, 0.75)
+        loss = out["loss"]
+        assert bool(torch.isfinite(loss))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_arms(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for f in steps.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, f in steps.items():  # interleaved
+            sync(device)
+            t = time.perf_counter()
+            f()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def bench_size(name: str, device: torch.device, amp: bool, peak: float, tmp: Path, repeats: int) -> dict:
+    model, cpu_batch, gpu_batch = SIZES[name]
+    batch = gpu_batch if device.type == "cuda" else cpu_batch
+    objs = make_objectives(model, device, tmp)
+    arch = objs["mae"].model.arch
+    flops = {"mae": mae_train_flops(arch), "imae": imae_train_flops(arch)}
+    times = time_arms({k: make_step(o, device, batch, amp) for k, o in objs.items()}, device, 2, repeats)
+    out = {"model": model, "img_size": arch.img_size, "batch_size": batch}
+    for k in ("mae", "imae"):
+        med = statistics.median(times[k])
+        out[k] = {"step_s": med, "images_per_s": batch / med, "mflop_per_image": flops[k] / 1e6,
+                  "gflops": flops[k] * batch / med / 1e9, "utilisation": flops[k] * batch / med / 1e9 / peak,
+                  "step_s_all": times[k]}
+    out["imae_over_mae_time"] = out["imae"]["step_s"] / out["mae"]["step_s"]
+    out["imae_over_mae_flops"] = flops["imae"] / flops["mae"]
+    out["imae_flops_rate_over_mae"] = out["imae"]["gflops"] / out["mae"]["gflops"]
+    for o in objs.values():
+        o.model.to("cpu")
+    return out
+
+
+def bench_data(cifar10: str, device: torch.device, batch: int, steps: int) -> dict:
+    """Images per second of the in-memory pipeline alone: index, crop, flip, normalise on the device."""
+    from imae.data.datasets import load_split
+    from imae.data.loader import build_train_loader
+
+    data = load_split("cifar10", "train", cifar10, 32)
+    loader = build_train_loader(data, batch, 32, device, seed=0)
+    it = loader.batches(0)
+    for _ in range(3):
+        next(it)
+    sync(device)
+    t = time.perf_counter()
+    n = 0
+    for _, (_, b) in zip(range(steps), it):
+        n += b.images.shape[0]
+    sync(device)
+    return {"images_per_s": n / (time.perf_counter() - t), "batch_size": batch, "steps": steps}
+
+
+def bench_epoch(cifar10: str, device: torch.device, max_steps: int | None, tmp: Path) -> dict:
+    """One real `imae pretrain` epoch of MAE ViT-Tiny/4 on CIFAR-10: wall time against the sum of its steps."""
+    from imae.engine.train import pretrain
+
+    sets = {"model.name": "mae_vit_tiny_patch4", "data.dataset": "cifar10", "data.path": cifar10,
+            "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 128, "output_dir": str(tmp / "epoch"),
+            "device": str(device), "train.log_every": 10**9}
+    if max_steps:
+        sets["data.max_per_class"] = max_steps * 128 // 10
+    pretrain(build_config(None, sets))
+    rec = [json.loads(x) for x in (tmp / "epoch" / "log.jsonl").read_text().splitlines()]
+    epoch = next(r for r in rec if r["kind"] == "epoch")
+    start = next(r for r in rec if r["kind"] == "event")
+    steps_s = epoch["time_s"] - epoch["data_wait_s"]
+    return {"images": start["images"], "steps": start["steps_per_epoch"], "epoch_s": epoch["time_s"],
+            "data_wait_s": epoch["data_wait_s"], "sum_of_steps_s": steps_s,
+            "epoch_over_steps": epoch["time_s"] / steps_s, "shortened": bool(max_steps)}
+
+
+def to_markdown(res: dict) -> str:
+    dev = res["device"]
+    lines = [f"Device: {dev}; matmul reference {res['matmul']['best_gflops']:.0f} GFLOP/s "
+             f"({res['matmul']['dtype']}); {res['date']}.", "",
+             "| model | batch | arm | img/s | MFLOP/img | GFLOP/s | utilisation |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for s in res["sizes"]:
+        for k, label in (("mae", "MAE"), ("imae", "i-MAE")):
+            a = s[k]
+            lines.append(f"| {s['model']} ({s['img_size']} px) | {s['batch_size']} | {label} | "
+                         f"{a['images_per_s']:.1f} | {a['mflop_per_image']:.0f} | {a['gflops']:.1f} | "
+                         f"{a['utilisation']:.2f} |")
+    lines += ["", "| model | i-MAE/MAE step time | i-MAE/MAE FLOPs | i-MAE FLOP/s / MAE FLOP/s |",
+              "| --- | --- | --- | --- |"]
+    for s in res["sizes"]:
+        lines.append(f"| {s['model']} | {s['imae_over_mae_time']:.2f} | {s['imae_over_mae_flops']:.2f} | "
+                     f"{s['imae_flops_rate_over_mae']:.2f} |")
+    if "data" in res:
+        d = res["data"]
+        lines += ["", f"Data pipeline alone (CIFAR-10 in memory, batched crop/flip/normalise, batch "
+                      f"{d['batch_size']}): {d['images_per_s']:.0f} img/s."]
+    if "epoch" in res:
+        e = res["epoch"]
+        note = " (shortened: a subset of the training set)" if e["shortened"] else ""
+        lines += [f"One `imae pretrain` epoch of MAE ViT-Tiny/4 on CIFAR-10 ({e['images']} images, {e['steps']} "
+                  f"steps){note}: {e['epoch_s']:.0f} s wall, {e['sum_of_steps_s']:.0f} s in training steps, "
+                  f"{e['data_wait_s']:.1f} s waiting for data: epoch / steps = {e['epoch_over_steps']:.3f}."]
+    if "eval" in res:
+        v = res["eval"]
+        lines += [f"Evaluation: {v['summary']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--sizes", default="tiny4,small8,base16")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per arm (after 2 warm-up steps)")
+    p.add_argument("--cifar10", help="CIFAR-10 (ImageFolder tree or torchvision folder) for the data and epoch runs")
+    p.add_argument("--skip-epoch", action="store_true")
+    p.add_argument("--epoch-steps", type=int, help="shorten the epoch run to about this many steps")
+    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          (args.device if args.device != "auto" else "cpu"))
+    amp = not args.no_amp
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    dtype = torch.bfloat16 if device.type == "cuda" and amp else torch.float32
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'} " \
+        f"x{torch.get_num_threads()} threads"
+    res: dict = {"device": name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                 "command": " ".join(sys.argv)}
+    res["matmul"] = {**matmul_rate(device, dtype), "dtype": str(dtype)}
+    peak = res["matmul"]["best_gflops"]
+    print(f"matmul: {peak:.1f} GFLOP/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        res["sizes"] = []
+        for s in args.sizes.split(","):
+            r = bench_size(s, device, amp, peak, tmp, args.repeats)
+            res["sizes"].append(r)
+            print(f"{s}: MAE {r['mae']['images_per_s']:.1f} img/s ({r['mae']['utilisation']:.2f}), i-MAE "
+                  f"{r['imae']['images_per_s']:.1f} img/s ({r['imae']['utilisation']:.2f}), FLOP/s ratio "
+                  f"{r['imae_flops_rate_over_mae']:.2f}", flush=True)
+        if args.cifar10:
+            res["data"] = bench_data(args.cifar10, device, SIZES["tiny4"][2 if device.type == "cuda" else 1], 50)
+            print(f"data: {res['data']['images_per_s']:.0f} img/s", flush=True)
+            if not args.skip_epoch:
+                res["epoch"] = bench_epoch(args.cifar10, device, args.epoch_steps, tmp)
+                print(f"epoch/steps: {res['epoch']['epoch_over_steps']:.3f}", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"throughput-{device.type}"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{stem}.md").write_text(to_markdown(res))
+    print(to_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
