@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError
 from imae.models.loading import model_from_checkpoint
@@ -30,6 +28,7 @@ class Subject:
     train_config: dict[str, Any] | None  # the resolved pre-training configuration (ours only)
     fingerprint: str  # what cached features of this checkpoint are keyed by
     label: str  # a short name for tables and figures
+    source: Path  # what was asked for: the checkpoint file or run directory
     epoch: int | None = None
 
     @property
@@ -63,7 +62,7 @@ def load_subject(spec: str | Path, num_heads: int | None = None) -> Subject:
     fingerprint = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|heads={model.arch.num_heads}"
     label = run_dir.name if run_dir is not None else path.stem
     epoch = ck.get("epoch")
-    return Subject(path, run_dir, model, config, fingerprint, label,
+    return Subject(path, run_dir, model, config, fingerprint, label, spec,
                    int(epoch) + 1 if isinstance(epoch, int) else None)
 
 
@@ -85,7 +84,7 @@ def reference_spec(subject: Subject, explicit: str | None) -> str | None:
 
 def load_reference(subject: Subject, explicit: str | None, num_heads: int | None = None) -> Subject:
     spec = reference_spec(subject, explicit)
-    if spec is None:
+    if spec is None or _same_file(Path(spec), subject):
         return subject
     ref = load_subject(spec, num_heads if explicit else None)
     if ref.model.arch.img_size != subject.model.arch.img_size:
@@ -95,6 +94,8 @@ def load_reference(subject: Subject, explicit: str | None, num_heads: int | None
     return ref
 
 
-def to_device(subject: Subject, device: torch.device) -> Subject:
-    subject.model.to(device)
-    return subject
+def _same_file(spec: Path, subject: Subject) -> bool:
+    """Whether ``spec`` names what the subject was loaded from, or the subject's checkpoint file."""
+    if not spec.exists():
+        return False
+    return spec.resolve() in (subject.source.resolve(), subject.path.resolve())
