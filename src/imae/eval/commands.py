@@ -64,12 +64,13 @@ def cmd_knn(args: argparse.Namespace) -> Path:
 @command("finetune", "fine-tune a timm ViT built from the encoder (layer decay, mixup/cutmix, RandAugment)")(_plain)
 def cmd_finetune(args: argparse.Namespace) -> Path:
     from imae.eval.finetune import finetune
-    from imae.eval.run import overrides_from_args
+    from imae.eval.run import main_process, overrides_from_args
 
     run_dir = finetune(args.ckpt, preset=args.preset, overrides=overrides_from_args(args, "finetune",
                                                                                     "finetune.epochs"),
                        sets=args.sets)
-    print(run_dir)
+    if main_process():
+        print(run_dir)
     return run_dir
 
 

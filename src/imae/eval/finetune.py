@@ -178,7 +178,7 @@ def _finetune(s, env: D.DistEnv) -> Path:
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
                 if global_step % t.log_every == 0:
-                    rec = {"loss": float(loss), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
+                    rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
                            "step": global_step}
                     log.write("step", rec, step=global_step, prefix="finetune")
             total += loss.detach() * x.shape[0]
