@@ -110,3 +110,12 @@ def test_options_change_the_numbers(runs, tmp_path, capsys):
     full = run("linprobe", "--set", "linprobe.mode=full", "--epochs", "2", "--set", "linprobe.batch_size=64",
                "--set", "linprobe.blr=10")
     assert full["mode"] == "full" and full["final_loss"] is not None
+
+
+def test_a_pretraining_preset_names_the_data_set_of_an_official_checkpoint(official, tmp_path, capsys):
+    code, _, err = run_cli(["knn", str(official), "--preset", "digits-mae", "--output-dir", str(tmp_path),
+                            *fast_sets()], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "knn.json").read_text())["config"]["data"]["dataset"] == "digits"
+    code, _, err = run_cli(["knn", str(official), "--preset", "finetune/cifar10-tiny"], capsys)
+    assert_one_line_error(code, err, "has key 'finetune', which is neither an evaluation nor a pre-training setting")

@@ -94,3 +94,27 @@ def test_cached_features_equal_uncached_and_the_key_tracks_checkpoint_and_inputs
         assert not again.cached
     finally:
         os.utime(ck, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_file_based_splits_are_read_resized_and_centre_cropped(runs, tmp_path):
+    from PIL import Image
+
+    from imae.eval.data import read_center_crop
+
+    root = tmp_path / "tree"
+    for c in ("a", "b"):
+        for split in ("train", "val"):
+            (root / split / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24, 20), (40 * i, 200 if c == "a" else 20, 90)).save(root / "val" / c / f"{i}.png")
+            Image.new("RGB", (24, 20), (90, 40 * i, 9)).save(root / "train" / c / f"{i}.png")
+    cfg = EvalDataConfig(dataset="imagefolder", path=str(root), in_memory=False, num_workers=0)
+    files = load_eval_split(cfg, "eval", 16, progress=False)
+    assert files.data.images is None and len(files) == 6
+    subject = load_subject(runs["mae"])
+    feats = extract(subject.model, files, subject.fingerprint, batch_size=4, show_progress=False)
+    x = torch.stack([read_center_crop(f, 16) for f in files.data.files])
+    assert x.shape == (6, 3, 16, 16)
+    with torch.no_grad():
+        expected = subject.model.eval().forward_features(normalize(x, files.data.mean, files.data.std))[:, 0]
+    assert torch.allclose(feats.cls, expected, atol=1e-5)

@@ -98,7 +98,7 @@ def _allow_zero_bit_posterize() -> None:
 def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
              sets: list[str] | None = None) -> Path:
     """Fine-tune ``ckpt_spec`` (checkpoint or run directory); returns the fine-tune's run directory."""
-    s = open_session(ckpt_spec, preset=preset, overrides=overrides, sets=sets, cls=FinetuneConfig)
+    s = open_session(ckpt_spec, preset=preset, overrides=overrides, sets=sets, cls=FinetuneConfig, move=False)
     env = D.setup(s.cfg.device)
     try:
         return _finetune(s, env)
@@ -121,7 +121,7 @@ def _finetune(s, env: D.DistEnv) -> Path:
         raise DataError(f"fine-tuning needs class labels; {test.data.name} has none")
     torch.manual_seed(cfg.seed)
     device = env.device
-    vit = vit_from_encoder(s.subject.model.cpu(), train.num_classes, t.drop_path, t.pool).to(device)
+    vit = vit_from_encoder(s.subject.model, train.num_classes, t.drop_path, t.pool).to(device)
     net: nn.Module = DDP(vit, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed \
         else vit
 

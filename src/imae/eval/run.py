@@ -83,13 +83,15 @@ class Session:
 
 
 def open_session(ckpt: str | Path, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
-                 sets: list[str] | None = None, cls: type = EvalConfig) -> Session:
+                 sets: list[str] | None = None, cls: type = EvalConfig, move: bool = True) -> Session:
+    """Load ``ckpt``, resolve the configuration, and (``move``) put the model on the configured device."""
     subject = load_subject(ckpt)
     cfg = resolve_config(cls, subject, preset, overrides, sets)
     if cfg.num_heads and cfg.num_heads != subject.model.arch.num_heads:
         subject = load_subject(ckpt, cfg.num_heads)
     device = resolve_device(cfg.device)
-    subject.model.to(device)
+    if move:
+        subject.model.to(device)
     features = getattr(cfg, "features", None)
     cache = FeatureCache.from_config(features.cache if features else False, features.cache_dir if features else None)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else subject.default_output_dir
