@@ -87,6 +87,8 @@ def test_empty_evaluation_split_is_a_one_line_error(runs, tmp_path, capsys, cifa
 def test_epochs_and_unknown_keys_are_one_line_errors(runs, capsys):
     code, _, err = run_cli(["knn", str(runs["mae"]), "--epochs", "3"], capsys)
     assert_one_line_error(code, err, "--epochs has no meaning for `imae knn`")
+    code, _, err = run_cli(["linprobe", str(runs["mae"]), "--epochs", "3"], capsys)
+    assert_one_line_error(code, err, "--epochs applies to the full protocol")
     code, _, err = run_cli(["knn", str(runs["mae"]), "--set", "knn.kk=3"], capsys)
     assert_one_line_error(code, err, "unknown configuration key 'knn.kk'")
     code, _, err = run_cli(["knn", str(runs["mae"]), "--set", "features.pool=max"], capsys)

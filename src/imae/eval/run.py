@@ -106,6 +106,9 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
         raise ValueError(f"unknown evaluation {command!r}; available: {', '.join(EVALUATIONS)}")
     s = open_session(ckpt, preset=preset, overrides=overrides, sets=sets)
     cfg = s.cfg
+    if command == "linprobe" and cfg.linprobe.mode == "cached" and "linprobe.epochs" in (overrides or {}):
+        raise ConfigError("--epochs applies to the full protocol (--set linprobe.mode=full); the cached fast path "
+                          "fits the head to convergence (linprobe.max_iter)")
     kw = dict(device=s.device, cache=s.cache, show_progress=s.show_progress)
     train = None
     if command == "separability":
