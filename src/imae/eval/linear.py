@@ -88,48 +88,61 @@ def train_head(epoch_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch
 
 def fit_cached(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
                device: torch.device | str = "cpu") -> HeadFit:
-    """Fit a head to cached features x [N, D] with labels y [N] or [N, K] by full-batch L-BFGS.
+    """Fit a head to cached features x [N, D] with labels y [N] or [N, K] by full-batch L-BFGS."""
+    return fit_cached_many([x], y, num_classes, cfg, seed=seed, device=device)[0]
 
-    BatchNorm's statistics are the whole set's (what it computes on a full batch); the linear map then
-    minimises mean cross-entropy (summed over the K outputs) + l2/2 |W|^2, with hand-written gradients
-    (no autograd: the problem is small and the overhead per iteration is what costs).
+
+def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *,
+                    seed: int = 0, device: torch.device | str = "cpu") -> list[HeadFit]:
+    """One head per feature set x_a [N, D] (same labels y [N] or [N, K]), fitted jointly by full-batch L-BFGS.
+
+    BatchNorm's statistics are each set's own (what it computes on a full batch); each linear map then
+    minimises mean cross-entropy (summed over the K outputs) + l2/2 |W|^2. The problems are independent,
+    so the joint minimum is each one's minimum; solving them as one batched problem, with hand-written
+    gradients, pays L-BFGS's per-iteration overhead (what costs on small sets) once instead of A times.
     """
     t0 = time.perf_counter()
-    x = x.to(device).float()
+    x = torch.stack([xi.float() for xi in xs]).to(device)  # [A, N, D]
     y = (y.view(-1, 1) if y.ndim == 1 else y).to(device)
-    n, k = x.shape[0], y.shape[1]
+    a, n, d = x.shape
+    k = y.shape[1]
     if n < 2:
         raise ValueError("a linear probe needs at least two training samples")
     torch.manual_seed(seed)
-    head = LinearHead(x.shape[1], num_classes, k).to(device)
-    bn = head.bn
-    mean, var = x.mean(0), x.var(0, unbiased=False)
-    bn.running_mean.copy_(mean)
-    bn.running_var.copy_(var)  # eval mode then standardises exactly as training did
-    xs = (x - mean) / torch.sqrt(var + bn.eps)
-    onehot = torch.nn.functional.one_hot(y, num_classes).float()  # [N, K, C]
-    w, b = head.fc.weight, head.fc.bias
-    w.requires_grad_(True)
-    b.requires_grad_(True)
+    heads = [LinearHead(d, num_classes, k).to(device) for _ in range(a)]
+    mean, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
+    eps = heads[0].bn.eps
+    for i, h in enumerate(heads):  # eval mode then standardises exactly as training did
+        h.bn.running_mean.copy_(mean[i, 0])
+        h.bn.running_var.copy_(var[i, 0])
+    z = (x - mean) / torch.sqrt(var + eps)
+    onehot = torch.nn.functional.one_hot(y, num_classes).float().view(n, k * num_classes)  # [N, K*C]
+    w = torch.stack([h.fc.weight.detach() for h in heads]).requires_grad_(True)  # [A, K*C, D]
+    b = torch.stack([h.fc.bias.detach() for h in heads]).requires_grad_(True)  # [A, K*C]
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=cfg.max_iter, history_size=10, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-7, tolerance_change=1e-10)
     losses: list[float] = []
 
     @torch.no_grad()
     def closure():
-        logp = torch.log_softmax((xs @ w.T + b).view(n, k, num_classes), dim=-1)
+        logits = torch.baddbmm(b.unsqueeze(1), z, w.transpose(1, 2)).view(a, n, k, num_classes)
+        logp = torch.log_softmax(logits, dim=-1).view(a, n, k * num_classes)
         loss = -(logp * onehot).sum() / n + 0.5 * cfg.l2 * (w * w).sum()
-        g = ((logp.exp() - onehot) / n).view(n, k * num_classes)
-        w.grad = g.T @ xs + cfg.l2 * w
-        b.grad = g.sum(0)
-        losses.append(float(loss))
+        g = (logp.exp() - onehot) / n  # [A, N, K*C]
+        w.grad = torch.bmm(g.transpose(1, 2), z) + cfg.l2 * w
+        b.grad = g.sum(1)
+        losses.append(float(loss) / a)
         return loss
 
-    with threads_for(n * x.shape[1]):
+    with threads_for(a * n * d):
         opt.step(closure)
-    head.eval()
-    return HeadFit(head, losses[-1:], time.perf_counter() - t0)
-
+    seconds = time.perf_counter() - t0
+    for i, h in enumerate(heads):
+        with torch.no_grad():
+            h.fc.weight.copy_(w[i])
+            h.fc.bias.copy_(b[i])
+        h.eval()
+    return [HeadFit(h, losses[-1:], seconds / a) for h in heads]
 
 
 @torch.no_grad()
