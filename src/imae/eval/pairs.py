@@ -44,7 +44,7 @@ class PairSet:
 
     def summary(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {p: int((self.part == i).sum()) for i, p in enumerate(PARTS)}
-        out["same_class_rate"] = float(self.same.float().mean()) if len(self) else 0.0
+        out["same_class_rate"] = round(float(self.same.double().mean()), 6) if len(self) else 0.0
         return out
 
 
