@@ -1,1 +1,108 @@
-"""Evaluation subcommands of the ``imae`` command line (registered with ``imae.cli.command``)."""
+"""Evaluation subcommands of the ``imae`` command line (registered with ``imae.cli.command``).
+
+Each parses its flags and calls one function: :func:`imae.eval.run.evaluate`,
+:func:`imae.eval.finetune.finetune`, :func:`imae.viz.figures.make_figures` or
+:func:`imae.viz.report.write_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imae.cli import add_common, command
+
+
+def _ckpt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", metavar="CKPT", help="a checkpoint file (ours or an official MAE .pth) or a run directory")
+
+
+def _with_reference(p: argparse.ArgumentParser) -> None:
+    _ckpt(p)
+    p.add_argument("--reference", metavar="CKPT",
+                   help="reference encoder of the feature targets (default: an i-MAE run's teacher, else the "
+                        "evaluated model itself)")
+    add_common(p)
+
+
+def _plain(p: argparse.ArgumentParser) -> None:
+    _ckpt(p)
+    add_common(p)
+
+
+def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Path:
+    from imae.eval.run import evaluate, overrides_from_args
+
+    record = evaluate(name, args.ckpt, reference=getattr(args, "reference", None), preset=args.preset,
+                      overrides=overrides_from_args(args, name, epochs_key), sets=args.sets)
+    print(record["_path"])
+    return Path(record["_path"])
+
+
+@command("separability", "linear separability of mixtures' latents: ridge R^2 and classification per alpha")(
+    _with_reference)
+def cmd_separability(args: argparse.Namespace) -> Path:
+    return _evaluate(args, "separability", None)
+
+
+@command("semantics", "linear probe, kNN, k-means NMI, and separability of same- vs different-class pairs")(
+    _with_reference)
+def cmd_semantics(args: argparse.Namespace) -> Path:
+    return _evaluate(args, "semantics", None)
+
+
+@command("linprobe", "MAE's linear probe (cached fast path, or --set linprobe.mode=full)")(_plain)
+def cmd_linprobe(args: argparse.Namespace) -> Path:
+    return _evaluate(args, "linprobe", "linprobe.epochs")
+
+
+@command("knn", "weighted kNN accuracy (k=20, cosine, T=0.07) on frozen features")(_plain)
+def cmd_knn(args: argparse.Namespace) -> Path:
+    return _evaluate(args, "knn", None)
+
+
+@command("finetune", "fine-tune a timm ViT built from the encoder (layer decay, mixup/cutmix, RandAugment)")(_plain)
+def cmd_finetune(args: argparse.Namespace) -> Path:
+    from imae.eval.finetune import finetune
+    from imae.eval.run import main_process, overrides_from_args
+
+    run_dir = finetune(args.ckpt, preset=args.preset, overrides=overrides_from_args(args, "finetune",
+                                                                                    "finetune.epochs"),
+                       sets=args.sets)
+    if main_process():
+        print(run_dir)
+    return run_dir
+
+
+def _figures_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpts", metavar="CKPT", nargs="+", help="checkpoints or run directories (the first one's data "
+                                                            "set is used; side by side in the ablation grid)")
+    add_common(p)
+
+
+@command("figures", "PNG figures: mixtures across alpha, ablation grid, mask ratios, weights and attention")(
+    _figures_args)
+def cmd_figures(args: argparse.Namespace) -> list[Path]:
+    from imae.eval.run import overrides_from_args
+    from imae.viz.figures import make_figures
+
+    paths = make_figures(args.ckpts, preset=args.preset, overrides=overrides_from_args(args, "figures", None),
+                         sets=args.sets)
+    for p in paths:
+        print(p)
+    return paths
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories (their eval/ results and figures)")
+    p.add_argument("--output-dir", help="where to write report.html and report.md (default: the run's eval/ "
+                                        "folder; for several runs, report/ in their common parent folder)")
+
+
+@command("report", "one self-contained HTML page (and a Markdown table) comparing runs")(_report_args)
+def cmd_report(args: argparse.Namespace) -> Path:
+    from imae.viz.report import write_report
+
+    paths = write_report([Path(r) for r in args.runs], Path(args.output_dir) if args.output_dir else None)
+    print(paths["html"])
+    return paths["html"]

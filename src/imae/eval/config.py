@@ -1,0 +1,253 @@
+"""Typed configuration of the evaluation commands (``EvalConfig``) and of fine-tuning (``FinetuneConfig``).
+
+Resolution order, lowest first: dataclass defaults -> the data section of the evaluated run's own training
+configuration (data set, path, image size) -> ``--preset`` -> the common flags -> ``--set key=value``.
+A ``--preset`` may be a pre-training preset (only its ``data`` section is used: it names the data set of
+an official checkpoint) or a preset of this configuration (``finetune/cifar10-tiny``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from imae.config import Config as PretrainConfig
+from imae.errors import ConfigError
+
+POOLS = ("cls", "mean")
+
+
+@dataclass
+class EvalDataConfig:
+    """Which images are evaluated. Only ``dataset``, ``path`` and ``img_size`` are taken from a run."""
+
+    dataset: str | None = None  # None: the run's data set; an official checkpoint needs --set data.dataset=...
+    path: str | None = None
+    download: bool = False
+    img_size: int | None = None  # None: the data set's native size, which must equal the model's
+    in_memory: bool | None = None
+    cache_dir: str | None = None  # decoded-image cache (see imae.data.decode)
+    num_workers: int = 4  # file-based (ImageNet-scale) sets only
+    train_per_class: int | None = None  # first N training images of each class (probe fit / kNN memory)
+    eval_per_class: int | None = None  # first N evaluation images of each class
+    skip_corrupt: bool = False
+
+
+# keys of a run's (pre-training) data section that carry over to evaluation
+RUN_DATA_KEYS = ("dataset", "path", "img_size", "cache_dir")
+
+
+@dataclass
+class FeatureConfig:
+    pool: str = "cls"  # cls: the cls token after the final norm; mean: the mean of the patch tokens
+    batch_size: int = 256
+    cache: bool = True  # keep extracted features on disk, keyed by checkpoint and inputs
+    cache_dir: str | None = None  # None: $IMAE_CACHE_DIR/features (default ~/.cache/imae/features)
+
+
+@dataclass
+class SeparabilityConfig:
+    alphas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.45])
+    same_class_p: float | str = "random"  # partner choice, as in pre-training: number in [0, 1] or random
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # fit / validation / test share of the images
+    max_images: int | None = None  # use at most N evaluation images (a seeded random subset)
+    penalties: list[float] = field(default_factory=lambda: [10.0**k for k in range(-6, 4)])  # x mean eigenvalue
+    pixel_size: int = 32  # pixel targets are average-pooled to at most this many pixels per side
+    reference: str | None = None  # reference encoder; None: the run's teacher (i-MAE) or the model itself
+    classify: bool = True  # also the classification scheme (linear heads for both source classes)
+
+
+@dataclass
+class LinearProbeConfig:
+    """MAE's linear probe head (BatchNorm without affine + linear) on the frozen encoder.
+
+    ``cached`` (the fast path): the head is fitted to convergence on cached clean features by full-batch
+    L-BFGS (cross-entropy + l2/2 |W|^2); BatchNorm then standardises with the training set's statistics.
+    ``full``: MAE's ``main_linprobe.py`` recipe, augmented images through the encoder every step, LARS.
+    """
+
+    mode: str = "cached"  # cached | full
+    l2: float = 1e-4  # cached: L2 penalty on the head's weights
+    max_iter: int = 300  # cached: L-BFGS iterations at most
+    epochs: int = 90  # full: MAE's recipe from here on
+    warmup_epochs: float = 10.0
+    batch_size: int = 16384  # full: head batch (the encoder runs in chunks of features.batch_size)
+    blr: float = 0.1  # full: lr = blr * batch_size / 256
+    weight_decay: float = 0.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # full: RandomResizedCrop scale, plus a flip
+
+
+@dataclass
+class KNNConfig:
+    k: int = 20
+    temperature: float = 0.07  # votes weighted by exp(cosine / T), as InstDisc / DINO
+
+
+@dataclass
+class SemanticsConfig:
+    same_class_p: float = 0.5  # pairs for the same- vs different-class separability split
+    kmeans_restarts: int = 10
+
+
+@dataclass
+class FigureConfig:
+    images: int = 4  # image pairs (or images) per figure
+    mask_ratio: float = 0.75  # masking of the reconstructions in the mixture and ablation figures
+    mask_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
+    alpha: float = 0.3  # the ablation grid's mixing weight
+    layer: int = -1  # the block whose cls-token attention is drawn
+
+
+@dataclass
+class EvalConfig:
+    preset: str | None = None
+    seed: int = 0  # pairs, penalties' splits, head initialisation, k-means
+    device: str = "auto"
+    output_dir: str | None = None  # None: <run dir>/eval
+    num_heads: int | None = None  # official checkpoints only: encoder heads when not the standard for the width
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    separability: SeparabilityConfig = field(default_factory=SeparabilityConfig)
+    linprobe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
+    figures: FigureConfig = field(default_factory=FigureConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))
+
+    def validate(self) -> EvalConfig:
+        _check_common(self)
+        if self.features.pool not in POOLS:
+            raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {self.features.pool!r}")
+        if self.features.batch_size < 1:
+            raise ConfigError(f"features.batch_size must be at least 1, got {self.features.batch_size}")
+        s = self.separability
+        if not s.alphas or not all(0.0 < a <= 0.5 for a in s.alphas):
+            raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {s.alphas}")
+        from imae.data.pairing import parse_p
+
+        s.same_class_p = parse_p(s.same_class_p)
+        if s.same_class_p == "self":
+            raise ConfigError("separability.same_class_p=self would mix each image with itself; use a number or random")
+        if len(s.fractions) != 3 or min(s.fractions) <= 0 or abs(sum(s.fractions) - 1.0) > 1e-6:
+            raise ConfigError(f"separability.fractions (fit, validation, test) must be positive and sum to 1, "
+                              f"got {list(s.fractions)}")
+        if not s.penalties or min(s.penalties) <= 0:
+            raise ConfigError(f"separability.penalties must be positive numbers, got {s.penalties}")
+        if s.pixel_size < 1:
+            raise ConfigError(f"separability.pixel_size must be at least 1, got {s.pixel_size}")
+        p = self.linprobe
+        if p.mode not in ("cached", "full"):
+            raise ConfigError(f"linprobe.mode must be 'cached' or 'full', got {p.mode!r}")
+        if p.epochs < 1 or p.batch_size < 2 or p.max_iter < 1 or p.l2 < 0:
+            raise ConfigError("linprobe.epochs and max_iter must be at least 1, batch_size at least 2, l2 >= 0")
+        if self.knn.k < 1 or self.knn.temperature <= 0:
+            raise ConfigError(f"knn.k must be at least 1 and knn.temperature positive, got {self.knn}")
+        if not 0.0 <= self.semantics.same_class_p <= 1.0:
+            raise ConfigError(f"semantics.same_class_p must lie in [0, 1], got {self.semantics.same_class_p}")
+        f = self.figures
+        if f.images < 1 or not 0.0 <= f.mask_ratio < 1.0 or not all(0.0 <= r < 1.0 for r in f.mask_ratios):
+            raise ConfigError("figures.images must be at least 1 and mask ratios in [0, 1)")
+        if not 0.0 < f.alpha <= 0.5:
+            raise ConfigError(f"figures.alpha must lie in (0, 0.5], got {f.alpha}")
+        return self
+
+
+@dataclass
+class FinetuneParams:
+    """End-to-end fine-tuning, MAE's recipe (METHOD.md section 6 gives the i-MAE ViT-B values)."""
+
+    epochs: int = 100
+    warmup_epochs: float = 5.0
+    batch_size: int = 128  # per process
+    accum_iter: int = 1
+    blr: float = 5e-4  # lr = blr * effective batch / 256
+    min_lr: float = 1e-6
+    layer_decay: float = 0.75  # lr scale of layer i: layer_decay ** (depth + 1 - i)
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = None
+    drop_path: float = 0.1
+    mixup: float = 0.8  # mixup alpha (0: off)
+    cutmix: float = 1.0  # cutmix alpha (0: off)
+    label_smoothing: float = 0.1
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment policy; None: off
+    reprob: float = 0.25  # random erasing probability
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    pool: str = "cls"  # cls token (the i-MAE release) or mean of the patch tokens (timm 'avg' + fc_norm)
+    amp: bool = True  # bf16 autocast on CUDA
+    save_every: int = 10
+    log_every: int = 20
+    eval_every: int = 1  # epochs between evaluations on the evaluation split
+
+
+@dataclass
+class FinetuneConfig:
+    preset: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str | None = None  # None: <run dir>/eval/finetune
+    num_heads: int | None = None
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))
+
+    def validate(self) -> FinetuneConfig:
+        _check_common(self)
+        t = self.finetune
+        for name in ("epochs", "batch_size", "accum_iter"):
+            if getattr(t, name) < 1:
+                raise ConfigError(f"finetune.{name} must be at least 1, got {getattr(t, name)}")
+        if not 0.0 < t.layer_decay <= 1.0:
+            raise ConfigError(f"finetune.layer_decay must lie in (0, 1], got {t.layer_decay}")
+        if t.pool not in POOLS:
+            raise ConfigError(f"finetune.pool must be one of {', '.join(POOLS)}, got {t.pool!r}")
+        if (t.mixup > 0 or t.cutmix > 0) and t.batch_size % 2:
+            raise ConfigError(f"mixup/cutmix need an even finetune.batch_size, got {t.batch_size}")
+        return self
+
+
+def plain(obj: Any) -> Any:
+    """Tuples to lists, so that the configuration writes as plain YAML / JSON."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def _check_common(cfg: EvalConfig | FinetuneConfig) -> None:
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    d = cfg.data
+    for name in ("train_per_class", "eval_per_class"):
+        v = getattr(d, name)
+        if v is not None and v < 0:
+            raise ConfigError(f"data.{name} must be at least 0, got {v}")
+
+
+def preset_tree(preset: str, cls: type) -> dict[str, Any]:
+    """The parts of preset ``preset`` that configure ``cls``.
+
+    A pre-training preset contributes its ``data`` section (the keys evaluation understands); keys that
+    neither ``cls`` nor the pre-training configuration knows are errors, so typos do not pass silently.
+    """
+    from imae.config import load_preset
+
+    tree = load_preset(preset)
+    own = {f.name for f in fields(cls)}
+    pretrain_keys = {f.name for f in fields(PretrainConfig)}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "data" and isinstance(value, dict):
+            data_keys = {f.name for f in fields(EvalDataConfig)}
+            out["data"] = {k: v for k, v in value.items() if k in data_keys}
+        elif key in own:
+            out[key] = value
+        elif key not in pretrain_keys:
+            raise ConfigError(f"preset {preset!r} has key {key!r}, which is neither an evaluation nor a "
+                              f"pre-training setting; valid: {', '.join(sorted(own))}")
+    return out

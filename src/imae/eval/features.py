@@ -1,0 +1,138 @@
+"""Mask-free feature extraction of a frozen encoder, cached on disk.
+
+Every evaluation reads the encoder through :func:`extract`: eval mode, ``torch.inference_mode``, no
+masking (``forward_features``), batched, with a progress bar. Both poolings are kept from one pass:
+``cls`` (the cls token after the final norm) and ``mean`` (the mean of the patch tokens). Inputs are
+either clean images of a split or mixtures ``alpha * x_sub + (1 - alpha) * x_dom`` of image pairs
+(mixed after normalisation, as in training).
+
+Results are cached under ``$IMAE_CACHE_DIR/features`` keyed by the checkpoint (path, mtime, size,
+heads), the split (data set, split, image content hash, size, normalisation) and the inputs (pairs
+hash, alpha); a cached result equals the freshly computed one bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imae.data.augment import normalize
+from imae.data.decode import default_cache_dir
+from imae.data.mixing import mix
+from imae.engine.logs import progress
+from imae.eval.data import Split, digest
+from imae.models.mae import MaskedAutoencoder
+
+FEATURE_VERSION = 1  # bump when extraction changes, so that old cache entries are not reused
+
+
+@dataclass
+class Features:
+    """Pooled encoder outputs of M inputs: ``cls`` and ``mean`` float32 [M, D]."""
+
+    cls: torch.Tensor
+    mean: torch.Tensor
+    seconds: float = 0.0  # extraction time (0 when read from the cache)
+    cached: bool = False
+
+    def pooled(self, pool: str) -> torch.Tensor:
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        return self.cls if pool == "cls" else self.mean
+
+
+@dataclass
+class FeatureCache:
+    """Feature files ``<sha1 of key>.pt`` in ``folder``; ``enabled=False`` reads and writes nothing."""
+
+    folder: Path = field(default_factory=lambda: default_cache_dir() / "features")
+    enabled: bool = True
+
+    @classmethod
+    def from_config(cls, enabled: bool, folder: str | None) -> FeatureCache:
+        return cls(Path(folder) if folder else default_cache_dir() / "features", enabled)
+
+    def _file(self, key: dict[str, Any]) -> Path:
+        return self.folder / f"{digest(key)}.pt"
+
+    def get(self, key: dict[str, Any]) -> Features | None:
+        if not self.enabled:
+            return None
+        f = self._file(key)
+        if not f.is_file():
+            return None
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged entry is recomputed
+            return None
+        if obj.get("key") != _jsonable(key):
+            return None
+        return Features(obj["cls"], obj["mean"], cached=True)
+
+    def put(self, key: dict[str, Any], feats: Features) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            f = self._file(key)
+            tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
+            torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean}, tmp)
+            os.replace(tmp, f)
+        except OSError:  # a read-only or full cache folder only costs the next run time
+            pass
+
+
+def _jsonable(key: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def encode(model: MaskedAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images x [B, C, H, W] -> (cls [B, D], mean of patch tokens [B, D]), mask-free."""
+    tokens = model.forward_features(x)  # [B, 1+L, D]
+    return tokens[:, 0], tokens[:, 1:].mean(dim=1)
+
+
+def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: torch.Tensor | None = None,
+            alpha: float | None = None, batch_size: int = 256, device: torch.device | str = "cpu",
+            cache: FeatureCache | None = None, show_progress: bool = True, desc: str = "features") -> Features:
+    """Pooled features of every clean image of ``split`` or, with ``pairs`` [M, 2] (subordinate, dominant
+    indices) and ``alpha``, of the M mixtures. Cached under ``cache`` when given."""
+    device = torch.device(device)
+    inputs: dict[str, Any] = {"inputs": "clean"}
+    index = torch.arange(len(split)).view(-1, 1)
+    if pairs is not None:
+        if alpha is None:
+            raise ValueError("mixtures need alpha")
+        inputs = {"inputs": "mixture", "pairs": digest(pairs), "alpha": float(alpha)}
+        index = pairs
+    key = {"version": FEATURE_VERSION, "checkpoint": fingerprint, "split": split.key, **inputs}
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return hit
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    cls_parts, mean_parts = [], []
+    bar = progress(index.shape[0], desc=desc, enabled=show_progress)
+    with torch.inference_mode():
+        for u8 in split.batches(index, batch_size):  # [b, K, 3, H, W]
+            u8 = u8.to(device, non_blocking=True)
+            x = normalize(u8[:, 0], split.data.mean, split.data.std)
+            if pairs is not None:
+                x = mix(x, normalize(u8[:, 1], split.data.mean, split.data.std), alpha)
+            c, m = encode(model, x)
+            cls_parts.append(c.float().cpu())
+            mean_parts.append(m.float().cpu())
+            bar.update(u8.shape[0])
+    bar.close()
+    model.train(was_training)
+    feats = Features(torch.cat(cls_parts), torch.cat(mean_parts), seconds=time.perf_counter() - t0)
+    if cache is not None:
+        cache.put(key, feats)
+    return feats

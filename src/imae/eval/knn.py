@@ -1,0 +1,61 @@
+"""Weighted k-nearest-neighbour classification on frozen features (InstDisc / DINO).
+
+Features are L2-normalised; each test sample's k most cosine-similar training samples vote for their
+class with weight ``exp(similarity / T)``; the class with the largest total wins.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from imae.errors import DataError
+from imae.eval.config import EvalConfig
+from imae.eval.data import Split
+from imae.eval.features import FeatureCache, extract
+from imae.eval.subject import Subject
+
+
+def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """train_x [N, D], train_y [N], test_x [M, D] -> class scores [M, C] (summed vote weights)."""
+    bank = F.normalize(train_x.float(), dim=1)
+    k = min(k, bank.shape[0])
+    scores = []
+    for i in range(0, test_x.shape[0], chunk):
+        q = F.normalize(test_x[i:i + chunk].float(), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # [m, k]
+        weight = (sim / temperature).exp()
+        votes = torch.zeros(q.shape[0], num_classes)
+        votes.scatter_add_(1, train_y[idx], weight)
+        scores.append(votes)
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes)
+
+
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy of the weighted vote."""
+    scores = knn_predict(train_x, train_y, test_x, num_classes, k, temperature)
+    out = {"top1": float((scores.argmax(1) == test_y).float().mean())}
+    if num_classes > 5:
+        out["top5"] = float((scores.topk(5, dim=1).indices == test_y.view(-1, 1)).any(1).float().mean())
+    return out
+
+
+def run_knn(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *, device: torch.device,
+            cache: FeatureCache | None, show_progress: bool = True) -> dict[str, Any]:
+    if not (train.has_labels and test.has_labels):
+        raise DataError(f"kNN needs class labels; {test.data.name} has none")
+    pool = cfg.features.pool
+    kw = dict(batch_size=cfg.features.batch_size, device=device, cache=cache, show_progress=show_progress)
+    ftr = extract(subject.model, train, subject.fingerprint, desc="features (training split)", **kw)
+    fte = extract(subject.model, test, subject.fingerprint, desc="features (evaluation split)", **kw)
+    t0 = time.perf_counter()
+    acc = knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
+                       cfg.knn.k, cfg.knn.temperature)
+    results = {"pool": pool, "k": cfg.knn.k, "temperature": cfg.knn.temperature, **acc,
+               "train_images": len(train), "test_images": len(test)}
+    return {"results": results, "timing": {"extract_s": ftr.seconds + fte.seconds, "fit_s": time.perf_counter() - t0}}

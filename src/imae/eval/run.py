@@ -1,0 +1,149 @@
+"""Run one evaluation of a checkpoint end to end: load it, resolve the configuration, load the data,
+compute, write ``<output dir>/<command>.json``. The command line and the quickstart call :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imae.cli import common_overrides
+from imae.config import assign, from_dict, parse_set
+from imae.engine.distributed import resolve_device
+from imae.engine.logs import info
+from imae.errors import ConfigError
+from imae.eval.config import RUN_DATA_KEYS, EvalConfig, preset_tree
+from imae.eval.data import Split, load_eval_split
+from imae.eval.features import FeatureCache
+from imae.eval.results import write_result
+from imae.eval.subject import Subject, load_reference, load_subject
+
+EVALUATIONS = ("separability", "semantics", "linprobe", "knn")
+
+
+def main_process() -> bool:
+    """Progress bars and messages on rank 0 only (evaluation itself runs in one process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_config(cls: type, subject: Subject, preset: str | None = None, overrides: dict[str, Any] | None = None,
+                   sets: list[str] | None = None) -> Any:
+    """defaults <- the run's data set, path and image size <- preset <- flags (dotted keys) <- ``--set`` items."""
+    tree: dict[str, Any] = {}
+    run_data = (subject.train_config or {}).get("data") or {}
+    tree["data"] = {k: copy.deepcopy(run_data[k]) for k in RUN_DATA_KEYS if run_data.get(k) is not None}
+    if preset:
+        for key, value in preset_tree(preset, cls).items():
+            if isinstance(value, dict) and isinstance(tree.get(key), dict):
+                tree[key] = {**tree[key], **value}
+            else:
+                tree[key] = value
+        tree["preset"] = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    for key, value in (overrides or {}).items():
+        assign(tree, key, value)
+    for item in sets or []:
+        key, value = parse_set(item)
+        assign(tree, key, value)
+    return from_dict(cls, tree).validate()
+
+
+def overrides_from_args(args, command: str, epochs_key: str | None) -> dict[str, Any]:
+    """The common flags as dotted keys; ``--epochs`` only where the command trains for epochs."""
+    if epochs_key is None and getattr(args, "epochs", None) is not None:
+        raise ConfigError(f"--epochs has no meaning for `imae {command}`")
+    return common_overrides(args, epochs_key or "unused")
+
+
+@dataclass
+class Session:
+    """Everything an evaluation of one checkpoint needs."""
+
+    subject: Subject
+    cfg: EvalConfig
+    device: torch.device
+    cache: FeatureCache
+    out_dir: Path
+    show_progress: bool
+
+    def split(self, which: str) -> Split:
+        return load_eval_split(self.cfg.data, which, self.subject.model.arch.img_size, self.show_progress)
+
+    def describe_data(self, test: Split, train: Split | None = None) -> dict[str, Any]:
+        d = test.data
+        out = {"dataset": d.name, "img_size": test.size, "mean": list(d.mean), "std": list(d.std),
+               "eval_images": len(test), "num_classes": d.num_classes}
+        if train is not None:
+            out["train_images"] = len(train)
+        return out
+
+
+def open_session(ckpt: str | Path, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
+                 sets: list[str] | None = None, cls: type = EvalConfig, move: bool = True) -> Session:
+    """Load ``ckpt``, resolve the configuration, and (``move``) put the model on the configured device."""
+    subject = load_subject(ckpt)
+    cfg = resolve_config(cls, subject, preset, overrides, sets)
+    if cfg.num_heads and cfg.num_heads != subject.model.arch.num_heads:
+        subject = load_subject(ckpt, cfg.num_heads)
+    device = resolve_device(cfg.device)
+    if move:
+        subject.model.to(device)
+    features = getattr(cfg, "features", None)
+    cache = FeatureCache.from_config(features.cache if features else False, features.cache_dir if features else None)
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else subject.default_output_dir
+    return Session(subject, cfg, device, cache, out_dir, main_process())
+
+
+def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, preset: str | None = None,
+             overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+    """Run ``command`` (separability | semantics | linprobe | knn) on ``ckpt``; returns the written record
+    (with ``"_path"``: where it was written)."""
+    if command not in EVALUATIONS:
+        raise ValueError(f"unknown evaluation {command!r}; available: {', '.join(EVALUATIONS)}")
+    s = open_session(ckpt, preset=preset, overrides=overrides, sets=sets)
+    cfg = s.cfg
+    if command == "linprobe" and cfg.linprobe.mode == "cached" and "linprobe.epochs" in (overrides or {}):
+        raise ConfigError("--epochs applies to the full protocol (--set linprobe.mode=full); the cached fast path "
+                          "fits the head to convergence (linprobe.max_iter)")
+    kw = dict(device=s.device, cache=s.cache, show_progress=s.show_progress)
+    train = None
+    if command == "separability":
+        from imae.eval.pairs import make_pairs
+        from imae.eval.separability import run_separability
+
+        test = s.split("eval")
+        ref = _reference(s, reference)
+        pairs = make_pairs(test.labels, cfg.separability.fractions, cfg.separability.same_class_p, cfg.seed,
+                           cfg.separability.max_images)
+        out = run_separability(s.subject, ref, test, pairs, cfg, **kw)
+    elif command == "semantics":
+        from imae.eval.semantics import run_semantics
+
+        train, test = s.split("train"), s.split("eval")
+        out = run_semantics(s.subject, _reference(s, reference), train, test, cfg, **kw)
+    elif command == "linprobe":
+        from imae.eval.linprobe import run_linprobe
+
+        train, test = s.split("train"), s.split("eval")
+        out = run_linprobe(s.subject, train, test, cfg, **kw)
+    else:
+        train, test = s.split("train"), s.split("eval")
+        from imae.eval.knn import run_knn
+
+        out = run_knn(s.subject, train, test, cfg, **kw)
+    record = {"checkpoint": s.subject.describe(), "data": s.describe_data(test, train), "config": cfg.to_dict(),
+              **out}
+    path = write_result(s.out_dir, command, record)
+    info(f"{command}: wrote {path}", s.show_progress)
+    return {**record, "_path": str(path)}
+
+
+def _reference(s: Session, explicit: str | None) -> Subject:
+    ref = load_reference(s.subject, explicit or s.cfg.separability.reference, s.cfg.num_heads)
+    ref.model.to(s.device)
+    return ref
+

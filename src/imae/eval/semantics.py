@@ -1,0 +1,67 @@
+"""Degree of semantics (METHOD.md section 4): how much class information the frozen latent holds.
+
+On clean images: linear-probe accuracy (cached fast path), weighted kNN accuracy, and the NMI between
+k-means clusters (k = number of classes, on L2-normalised evaluation features) and the labels. On
+mixtures: the separability schemes on pairs drawn with P(same class) = ``semantics.same_class_p``
+(default 0.5, so that both kinds are well represented), reported separately for same-class and
+different-class test pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from imae.errors import DataError
+from imae.eval.config import EvalConfig
+from imae.eval.data import Split
+from imae.eval.features import FeatureCache, extract
+from imae.eval.knn import knn_accuracy
+from imae.eval.linear import fit_cached
+from imae.eval.linprobe import probe_scores
+from imae.eval.pairs import make_pairs
+from imae.eval.separability import run_separability
+from imae.eval.subject import Subject
+
+
+def kmeans_nmi(x: torch.Tensor, labels: torch.Tensor, num_classes: int, restarts: int = 10, seed: int = 0) -> float:
+    """NMI between k-means clusters of L2-normalised x [N, D] (k = num_classes) and the labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    feats = F.normalize(x.double(), dim=1).numpy()
+    k = min(num_classes, feats.shape[0])
+    clusters = KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit_predict(feats)
+    return float(normalized_mutual_info_score(labels.numpy(), clusters))
+
+
+def run_semantics(subject: Subject, reference: Subject, train: Split, test: Split, cfg: EvalConfig, *,
+                  device: torch.device, cache: FeatureCache | None, show_progress: bool = True) -> dict[str, Any]:
+    if not (train.has_labels and test.has_labels):
+        raise DataError(f"semantics needs class labels; {test.data.name} has none (an unlabeled ImageFolder?)")
+    pool = cfg.features.pool
+    kw = dict(batch_size=cfg.features.batch_size, device=device, cache=cache, show_progress=show_progress)
+    ftr = extract(subject.model, train, subject.fingerprint, desc="features (training split)", **kw)
+    fte = extract(subject.model, test, subject.fingerprint, desc="features (evaluation split)", **kw)
+    t0 = time.perf_counter()
+    fit = fit_cached(ftr.pooled(pool), train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device)
+    results: dict[str, Any] = {
+        "pool": pool,
+        "linprobe": probe_scores(fit, fte.pooled(pool), test.labels),
+        "knn": {"k": cfg.knn.k, "temperature": cfg.knn.temperature,
+                **knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
+                               cfg.knn.k, cfg.knn.temperature)},
+        "nmi": kmeans_nmi(fte.pooled(pool), test.labels, test.num_classes, cfg.semantics.kmeans_restarts, cfg.seed),
+    }
+    fit_s = time.perf_counter() - t0
+    s = cfg.separability
+    pairs = make_pairs(test.labels, s.fractions, cfg.semantics.same_class_p, cfg.seed, s.max_images)
+    sep = run_separability(subject, reference, test, pairs, cfg, device=device, cache=cache,
+                           show_progress=show_progress)
+    results["separability"] = {"same_class_p": cfg.semantics.same_class_p, **sep["results"]}
+    timing = {"extract_s": ftr.seconds + fte.seconds + sep["timing"]["extract_s"],
+              "fit_s": fit_s + sep["timing"]["fit_s"]}
+    return {"results": results, "timing": timing}

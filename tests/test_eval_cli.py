@@ -1,0 +1,123 @@
+"""The evaluation commands on the command line: result files, official checkpoints, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from eval_fixtures import digits_runs, fast_sets, official_checkpoint
+from test_cli import assert_one_line_error, run_cli
+
+KEYS = {"command", "version", "checkpoint", "data", "config", "results", "timing"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return digits_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def official(runs, tmp_path_factory):
+    return official_checkpoint(runs["mae"], tmp_path_factory.mktemp("official") / "mae_pretrain_tiny.pth")
+
+
+@pytest.mark.parametrize("command", ["separability", "semantics", "linprobe", "knn"])
+def test_each_command_writes_its_json_and_prints_the_path(command, runs, tmp_path, capsys):
+    code, out, err = run_cli([command, str(runs["imae"]), "--output-dir", str(tmp_path), *fast_sets()], capsys)
+    assert code == 0, err
+    path = tmp_path / f"{command}.json"
+    assert out.strip() == str(path)
+    rec = json.loads(path.read_text())
+    assert set(rec) >= KEYS and rec["command"] == command
+    assert rec["checkpoint"]["kind"] == "imae" and rec["data"]["dataset"] == "digits"
+
+
+def test_official_layout_checkpoint_is_accepted_by_every_command(official, tmp_path, capsys):
+    data = ["--set", "data.dataset=digits", *fast_sets()]
+    for command in ("separability", "semantics", "linprobe", "knn"):
+        code, out, err = run_cli([command, str(official), *data], capsys)
+        assert code == 0, err
+        rec = json.loads((official.parent / "mae_pretrain_tiny-eval" / f"{command}.json").read_text())
+        assert rec["checkpoint"]["official_layout"] and rec["checkpoint"]["kind"] == "mae"
+    code, out, err = run_cli(["figures", str(official), "--output-dir", str(tmp_path / "fig"), *data], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "fig").glob("*.png"))) == 5
+    code, out, err = run_cli(["finetune", str(official), "--output-dir", str(tmp_path / "ft"), "--epochs", "1",
+                              "--set", "finetune.batch_size=16", "--set", "data.num_workers=0",
+                              "--set", "data.train_per_class=4", "--set", "data.eval_per_class=2",
+                              "--set", "data.dataset=digits"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["results"]["epochs"] == 1
+
+
+def test_official_checkpoint_without_a_data_set_is_a_one_line_error(official, capsys):
+    code, _, err = run_cli(["knn", str(official)], capsys)
+    assert_one_line_error(code, err, "no data set to evaluate on")
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    for command in ("separability", "semantics", "linprobe", "knn", "finetune", "figures"):
+        code, _, err = run_cli([command, str(tmp_path / "nothing.pth")], capsys)
+        assert_one_line_error(code, err, "does not exist")
+
+
+def test_data_of_another_image_size_is_a_one_line_error(runs, cifar10_dir, capsys):
+    code, _, err = run_cli(["linprobe", str(runs["mae"]), "--set", "data.dataset=cifar10", "--data-path",
+                            str(cifar10_dir)], capsys)
+    assert_one_line_error(code, err, "cifar10 images are 32x32 but the checkpoint's model takes 16x16")
+
+
+def test_empty_evaluation_split_is_a_one_line_error(runs, tmp_path, capsys, cifar10_dir):
+    code, _, err = run_cli(["separability", str(runs["mae"]), "--set", "data.eval_per_class=0"], capsys)
+    assert_one_line_error(code, err, "the evaluation split of digits is empty")
+    root = tmp_path / "tree"
+    (root / "train" / "cat").mkdir(parents=True)
+    (root / "val" / "cat").mkdir(parents=True)  # an evaluation folder without images
+    for f in sorted((cifar10_dir / "train" / "cat").iterdir())[:4]:
+        shutil.copy(f, root / "train" / "cat")
+    Image.open(next((root / "train" / "cat").iterdir())).resize((16, 16)).save(root / "train" / "cat" / "x.png")
+    code, _, err = run_cli(["knn", str(runs["mae"]), "--data-path", str(root), "--set", "data.dataset=imagefolder",
+                            "--set", "data.cache_dir=none"], capsys)
+    assert_one_line_error(code, err, "no images found in")
+
+
+def test_epochs_and_unknown_keys_are_one_line_errors(runs, capsys):
+    code, _, err = run_cli(["knn", str(runs["mae"]), "--epochs", "3"], capsys)
+    assert_one_line_error(code, err, "--epochs has no meaning for `imae knn`")
+    code, _, err = run_cli(["linprobe", str(runs["mae"]), "--epochs", "3"], capsys)
+    assert_one_line_error(code, err, "--epochs applies to the full protocol")
+    code, _, err = run_cli(["knn", str(runs["mae"]), "--set", "knn.kk=3"], capsys)
+    assert_one_line_error(code, err, "unknown configuration key 'knn.kk'")
+    code, _, err = run_cli(["knn", str(runs["mae"]), "--set", "features.pool=max"], capsys)
+    assert_one_line_error(code, err, "features.pool must be one of cls, mean")
+
+
+def test_options_change_the_numbers(runs, tmp_path, capsys):
+    """No dead flags: pooling, k and the probe mode each change what is computed."""
+    def run(name, *sets):
+        code, out, err = run_cli([name, str(runs["mae"]), "--output-dir", str(tmp_path / "x"), *fast_sets(),
+                                  *sets], capsys)
+        assert code == 0, err
+        return json.loads((tmp_path / "x" / f"{name}.json").read_text())["results"]
+
+    cls_sep, mean_sep = run("separability"), run("separability", "--set", "features.pool=mean")
+    assert cls_sep["pool"] == "cls" and mean_sep["pool"] == "mean"
+    assert cls_sep["regression"] != mean_sep["regression"]
+    assert run("separability", "--set", "separability.pixel_size=4")["targets"]["sub_pixels"] == 3 * 4 * 4
+    knn20, knn1 = run("knn"), run("knn", "--set", "knn.k=1")
+    assert knn1["k"] == 1 and (knn1["top1"], knn1["top5"]) != (knn20["top1"], knn20["top5"])
+    full = run("linprobe", "--set", "linprobe.mode=full", "--epochs", "2", "--set", "linprobe.batch_size=64",
+               "--set", "linprobe.blr=10")
+    assert full["mode"] == "full" and full["final_loss"] is not None
+
+
+def test_a_pretraining_preset_names_the_data_set_of_an_official_checkpoint(official, tmp_path, capsys):
+    code, _, err = run_cli(["knn", str(official), "--preset", "digits-mae", "--output-dir", str(tmp_path),
+                            *fast_sets()], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "knn.json").read_text())["config"]["data"]["dataset"] == "digits"
+    code, _, err = run_cli(["knn", str(official), "--preset", "finetune/cifar10-tiny"], capsys)
+    assert_one_line_error(code, err, "has key 'finetune', which is neither an evaluation nor a pre-training setting")
