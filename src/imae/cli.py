@@ -32,12 +32,13 @@ def command(name: str, help: str):
     return wrap
 
 
-def add_common(p: argparse.ArgumentParser, preset_default: str | None = None) -> None:
+def add_common(p: argparse.ArgumentParser, preset_default: str | None = None,
+               output_default: str = "runs/<preset>-<timestamp>") -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--preset", default=preset_default, help="configuration preset (configs/<name>.yaml) or a YAML path")
     g.add_argument("--data-path", help="folder holding the data set")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR through torchvision")
-    g.add_argument("--output-dir", help="where to write (default: runs/<preset>-<timestamp>)")
+    g.add_argument("--output-dir", help=f"where to write (default: {output_default})")
     g.add_argument("--epochs", type=int, help="number of epochs")
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--device", help="auto, cpu or cuda")
@@ -91,13 +92,14 @@ def cmd_pretrain(args: argparse.Namespace) -> Path:
 
 
 def _quickstart_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", default="runs/quickstart", help="folder for the runs (default runs/quickstart)")
+    p.add_argument("--output-dir", default="runs/quickstart", help="folder for the runs and the report "
+                                                                   "(default runs/quickstart)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--epochs", type=int, help="epochs of each pre-training (default: the digits presets')")
 
 
-@command("quickstart", "the embedded default: pre-train on bundled digits (no download), a few minutes on CPU")(
-    _quickstart_args)
+@command("quickstart", "the embedded default on bundled digits (no download): pre-train MAE and i-MAE, "
+                       "evaluate both, write the report; a few minutes on a CPU")(_quickstart_args)
 def cmd_quickstart(args: argparse.Namespace) -> Path:
     from imae.quickstart import run
 

@@ -81,7 +81,11 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth file or a run directory")
     if path.is_dir():
-        path = latest_in(path)
+        found = latest_complete(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no readable checkpoint-*.pth; pass a checkpoint file or a "
+                                  f"run directory of `imae pretrain`")
+        return found[1]
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,30 +122,28 @@ def checkpoints_in(run_dir: Path) -> list[Path]:
 
 
 def latest_in(run_dir: Path) -> Path:
-    """The checkpoint of a run directory to evaluate or resume: the newest complete one."""
-    best = latest_complete(run_dir)
-    if best is None:
-        raise CheckpointError(f"{run_dir} holds no readable checkpoint-*.pth; pass a checkpoint file or a "
-                              f"run directory of `imae pretrain`")
-    return best[0]
+    """The checkpoint file of a run directory to evaluate or resume: the newest complete one."""
+    return Path(load(run_dir)["_path"])
 
 
 def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(path, checkpoint) of the readable checkpoint with the most training done, or None."""
-    best: tuple[tuple[int, int], Path, dict] | None = None
+    """(path, checkpoint) of the newest readable checkpoint, or None.
+
+    ``checkpoint-last.pth`` is always at least as new as any numbered file (it is written first, with the
+    same content), so the files are tried in that order and the first readable one is returned: one file
+    is read unless the newest is damaged. Tensors are memory-mapped, so a large checkpoint costs little
+    until its weights are used.
+    """
     for p in checkpoints_in(run_dir):
         try:
             with torch.serialization.safe_globals(SAFE_GLOBALS):
-                ck = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:  # partial or corrupt: the next one will do
+                ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # partial or corrupt: an older one will do
             continue
-        if not isinstance(ck, dict) or "model" not in ck:
-            continue
-        key = (int(ck.get("epoch", -1)), int(ck.get("step_in_epoch", 0)))
-        if best is None or key > best[0]:
+        if isinstance(ck, dict) and "model" in ck:
             ck["_path"] = str(p)
-            best = (key, p, ck)
-    return None if best is None else (best[1], best[2])
+            return p, ck
+    return None
 
 
 def prune(run_dir: Path, keep_last: int) -> None:

@@ -22,12 +22,12 @@ def _with_reference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="CKPT",
                    help="reference encoder of the feature targets (default: an i-MAE run's teacher, else the "
                         "evaluated model itself)")
-    add_common(p)
+    add_common(p, output_default="an eval/ folder inside the run directory")
 
 
 def _plain(p: argparse.ArgumentParser) -> None:
     _ckpt(p)
-    add_common(p)
+    add_common(p, output_default="an eval/ folder inside the run directory")
 
 
 def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Path:
@@ -77,7 +77,7 @@ def cmd_finetune(args: argparse.Namespace) -> Path:
 def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpts", metavar="CKPT", nargs="+", help="checkpoints or run directories (the first one's data "
                                                             "set is used; side by side in the ablation grid)")
-    add_common(p)
+    add_common(p, output_default="an eval/ folder inside the run directory")
 
 
 @command("figures", "PNG figures: mixtures across alpha, ablation grid, mask ratios, weights and attention")(
