@@ -119,14 +119,24 @@ def time_arms(steps: dict, device: torch.device, warmup: int, repeats: int) -> d
     return times
 
 
-def bench_size(name: str, device: torch.device, amp: bool, peak: float, tmp: Path, repeats: int) -> dict:
+def bench_size(name: str, device: torch.device, amp: bool, peak: float, tmp: Path, repeats: int,
+               decoder_ab: bool = False) -> dict:
     model, cpu_batch, gpu_batch = SIZES[name]
     batch = gpu_batch if device.type == "cuda" else cpu_batch
     objs = make_objectives(model, device, tmp)
     arch = objs["mae"].model.arch
     flops = {"mae": mae_train_flops(arch), "imae": imae_train_flops(arch)}
-    times = time_arms({k: make_step(o, device, batch, amp) for k, o in objs.items()}, device, 2, repeats)
+    steps = {k: make_step(o, device, batch, amp) for k, o in objs.items()}
+    if decoder_ab:  # the alternative the model does not use: each branch through the decoder on its own
+        alt = make_objectives(model, device, tmp)["imae"]
+        m = alt.model
+        m.decode_branches = lambda z_sub, z_dom, ids: (m.decode_tokens(z_sub, ids), m.decode_tokens(z_dom, ids))
+        steps["imae_separate_decoder"] = make_step(alt, device, batch, amp)
+    times = time_arms(steps, device, 2, repeats)
     out = {"model": model, "img_size": arch.img_size, "batch_size": batch}
+    if decoder_ab:
+        out["decoder_batched_over_separate_time"] = (statistics.median(times["imae"])
+                                                     / statistics.median(times["imae_separate_decoder"]))
     for k in ("mae", "imae"):
         med = statistics.median(times[k])
         out[k] = {"step_s": med, "images_per_s": batch / med, "mflop_per_image": flops[k] / 1e6,
@@ -178,6 +188,31 @@ def bench_epoch(cifar10: str, device: torch.device, max_steps: int | None, tmp: 
             "epoch_over_steps": epoch["time_s"] / steps_s, "shortened": bool(max_steps)}
 
 
+def bench_eval(cifar10: str, device: torch.device, tmp: Path, train_per_class: int, eval_per_class: int) -> dict:
+    """Feature extraction once vs linear probe + kNN + separability on the cached features (ViT-Tiny/4)."""
+    from imae.eval.run import evaluate
+
+    torch.manual_seed(0)
+    cfg = build_config("cifar10-mae-tiny", {"data.path": cifar10})
+    mae = build_objective(cfg).model
+    ck = tmp / "eval-subject.pth"
+    torch.save({"model": mae.state_dict(), "kind": "mae", "arch": mae.arch.to_dict(), "config": cfg.to_dict()}, ck)
+    over = {"device": str(device), "data.train_per_class": train_per_class, "data.eval_per_class": eval_per_class,
+            "features.cache_dir": str(tmp / "features"), "output_dir": str(tmp / "eval")}
+    out = {"train_images": 10 * train_per_class, "eval_images": 10 * eval_per_class, "model": "mae_vit_tiny_patch4"}
+    for cmd in ("linprobe", "knn", "separability"):
+        out[cmd] = evaluate(cmd, ck, overrides=over)["timing"]
+    clean = out["linprobe"]["extract_s"]  # train + eval images, extracted once (kNN then reads the cache)
+    on_cache = sum(out[c]["fit_s"] for c in ("linprobe", "knn", "separability"))
+    out.update(clean_extract_s=clean, mixture_extract_s=out["separability"]["extract_s"], on_cache_s=on_cache,
+               on_cache_over_extract=on_cache / clean)
+    out["summary"] = (f"ViT-Tiny/4 on {out['train_images']} + {out['eval_images']} CIFAR-10 images: one clean "
+                      f"feature extraction {clean:.1f} s (plus {out['mixture_extract_s']:.1f} s for the 5 alphas' "
+                      f"mixtures); linear probe + kNN + separability on the cached features {on_cache:.1f} s = "
+                      f"{on_cache / clean:.2f} x the extraction.")
+    return out
+
+
 def to_markdown(res: dict) -> str:
     dev = res["device"]
     lines = [f"Device: {dev}; matmul reference {res['matmul']['best_gflops']:.0f} GFLOP/s "
@@ -195,6 +230,11 @@ def to_markdown(res: dict) -> str:
     for s in res["sizes"]:
         lines.append(f"| {s['model']} | {s['imae_over_mae_time']:.2f} | {s['imae_over_mae_flops']:.2f} | "
                      f"{s['imae_flops_rate_over_mae']:.2f} |")
+    ab = [s for s in res["sizes"] if "decoder_batched_over_separate_time" in s]
+    if ab:
+        lines += ["", f"i-MAE decoder, both branches in one batched pass vs one pass per branch ({ab[0]['model']}): "
+                      f"step time ratio {ab[0]['decoder_batched_over_separate_time']:.3f} (below 1: batched is faster; "
+                      f"the model uses the batched pass)."]
     if "data" in res:
         d = res["data"]
         lines += ["", f"Data pipeline alone (CIFAR-10 in memory, batched crop/flip/normalise, batch "
@@ -207,7 +247,7 @@ def to_markdown(res: dict) -> str:
                   f"{e['data_wait_s']:.1f} s waiting for data: epoch / steps = {e['epoch_over_steps']:.3f}."]
     if "eval" in res:
         v = res["eval"]
-        lines += [f"Evaluation: {v['summary']}"]
+        lines += ["", f"Evaluation: {v['summary']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +258,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed steps per arm (after 2 warm-up steps)")
     p.add_argument("--cifar10", help="CIFAR-10 (ImageFolder tree or torchvision folder) for the data and epoch runs")
     p.add_argument("--skip-epoch", action="store_true")
+    p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--epoch-steps", type=int, help="shorten the epoch run to about this many steps")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
@@ -240,7 +281,7 @@ def main() -> int:
         tmp = Path(tmpd)
         res["sizes"] = []
         for s in args.sizes.split(","):
-            r = bench_size(s, device, amp, peak, tmp, args.repeats)
+            r = bench_size(s, device, amp, peak, tmp, args.repeats, decoder_ab=s == "tiny4")
             res["sizes"].append(r)
             print(f"{s}: MAE {r['mae']['images_per_s']:.1f} img/s ({r['mae']['utilisation']:.2f}), i-MAE "
                   f"{r['imae']['images_per_s']:.1f} img/s ({r['imae']['utilisation']:.2f}), FLOP/s ratio "
@@ -248,6 +289,9 @@ def main() -> int:
         if args.cifar10:
             res["data"] = bench_data(args.cifar10, device, SIZES["tiny4"][2 if device.type == "cuda" else 1], 50)
             print(f"data: {res['data']['images_per_s']:.0f} img/s", flush=True)
+            if not args.skip_eval:
+                res["eval"] = bench_eval(args.cifar10, device, tmp, 800, 200)
+                print(res["eval"]["summary"], flush=True)
             if not args.skip_epoch:
                 res["epoch"] = bench_epoch(args.cifar10, device, args.epoch_steps, tmp)
                 print(f"epoch/steps: {res['epoch']['epoch_over_steps']:.3f}", flush=True)
