@@ -245,6 +245,11 @@ def to_markdown(res: dict) -> str:
         lines += [f"One `imae pretrain` epoch of MAE ViT-Tiny/4 on CIFAR-10 ({e['images']} images, {e['steps']} "
                   f"steps){note}: {e['epoch_s']:.0f} s wall, {e['sum_of_steps_s']:.0f} s in training steps, "
                   f"{e['data_wait_s']:.1f} s waiting for data: epoch / steps = {e['epoch_over_steps']:.3f}."]
+        tiny = next((s for s in res["sizes"] if s["model"] == "mae_vit_tiny_patch4" and s["batch_size"] == 128), None)
+        if tiny:
+            isolated = e["steps"] * tiny["mae"]["step_s"]
+            lines[-1] += (f" Against {e['steps']} x the isolated step time of the table ({isolated:.0f} s): "
+                          f"{e['epoch_s'] / isolated:.3f}.")
     if "eval" in res:
         v = res["eval"]
         lines += ["", f"Evaluation: {v['summary']}"]
@@ -262,7 +267,13 @@ def main() -> int:
     p.add_argument("--epoch-steps", type=int, help="shorten the epoch run to about this many steps")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown table of an earlier result file")
     args = p.parse_args()
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(to_markdown(res))
+        print(to_markdown(res))
+        return 0
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           (args.device if args.device != "auto" else "cpu"))
     amp = not args.no_amp

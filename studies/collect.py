@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Copy the small, citable outputs of finished runs into a study folder that is committed.
+
+    python studies/collect.py runs/quickstart studies/digits-quickstart
+
+For every run directory under SRC (any folder holding config.yaml): its config.yaml, the epoch records
+of log.jsonl (as epochs.jsonl), every eval/*.json and the figure PNGs under 1 MB; plus report.md /
+report.html found under SRC. Checkpoints and feature caches are never copied.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+MAX_BYTES = 1_000_000
+
+
+def collect(src: Path, dst: Path) -> list[Path]:
+    copied = []
+    dst.mkdir(parents=True, exist_ok=True)
+    for cfg in sorted(src.rglob("config.yaml")):
+        run = cfg.parent
+        if "eval" in run.parts[len(src.parts):]:
+            continue
+        out = dst / run.relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cfg, out / "config.yaml")
+        log = run / "log.jsonl"
+        if log.exists():
+            epochs = [line for line in log.read_text().splitlines() if json.loads(line).get("kind") == "epoch"]
+            (out / "epochs.jsonl").write_text("\n".join(epochs) + "\n")
+        for f in sorted((run / "eval").glob("*")) if (run / "eval").is_dir() else []:
+            if f.suffix in (".json", ".png") and f.stat().st_size < MAX_BYTES:
+                (out / "eval").mkdir(exist_ok=True)
+                shutil.copy(f, out / "eval" / f.name)
+        copied.append(out)
+    for name in ("report.md", "report.html"):
+        for f in src.rglob(name):
+            if f.stat().st_size < 4 * MAX_BYTES:
+                target = dst / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, target)
+                copied.append(target)
+    return copied
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    for p in collect(Path(sys.argv[1]), Path(sys.argv[2])):
+        print(p)
