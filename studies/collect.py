@@ -4,7 +4,7 @@
     python studies/collect.py runs/quickstart studies/digits-quickstart
 
 For every run directory under SRC (any folder holding config.yaml): its config.yaml, the epoch records
-of log.jsonl (as epochs.jsonl), every eval/*.json and the figure PNGs under 1 MB; plus report.md /
+of log.jsonl (as epochs.jsonl), every JSON and PNG (under 1 MB) below its eval/ folder; plus report.md /
 report.html found under SRC. Checkpoints and feature caches are never copied.
 """
 
@@ -32,10 +32,11 @@ def collect(src: Path, dst: Path) -> list[Path]:
         if log.exists():
             epochs = [line for line in log.read_text().splitlines() if json.loads(line).get("kind") == "epoch"]
             (out / "epochs.jsonl").write_text("\n".join(epochs) + "\n")
-        for f in sorted((run / "eval").glob("*")) if (run / "eval").is_dir() else []:
+        for f in sorted((run / "eval").rglob("*")) if (run / "eval").is_dir() else []:
             if f.suffix in (".json", ".png") and f.stat().st_size < MAX_BYTES:
-                (out / "eval").mkdir(exist_ok=True)
-                shutil.copy(f, out / "eval" / f.name)
+                target = out / f.relative_to(run)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, target)
         copied.append(out)
     for name in ("report.md", "report.html"):
         for f in src.rglob(name):
