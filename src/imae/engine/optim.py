@@ -32,7 +32,9 @@ def absolute_lr(blr: float, lr: float | None, effective_batch: int) -> float:
 
 def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                 device: torch.device) -> torch.optim.AdamW:
-    fused = device.type == "cuda"  # one kernel for all parameters; not available for every CPU dtype
+    # the fused kernel (CUDA and, since torch 2.4, CPU) updates every parameter in one pass;
+    # tests/test_fast_paths.py checks it against the plain implementation
+    fused = True if device.type in ("cuda", "cpu") else None
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
 
 
