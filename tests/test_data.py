@@ -174,3 +174,27 @@ def test_tensor_loader_is_deterministic_per_epoch_and_step():
     assert len(a) == 44 and torch.equal(a[5], b[5].images) and torch.equal(a[7], b[7].images)
     x = normalize(data.images[:4], data.mean, data.std)
     assert a[0].shape == (32, 3, 16, 16) and abs(x.mean().item()) < 1.0
+
+
+def test_file_loader_path_is_deterministic_and_trains(cifar10_dir, tmp_path):
+    """The DataLoader path for ImageNet-scale trees (workers, per-sample seeded augmentation)."""
+    from conftest import tiny_config
+    from imae.data.loader import build_train_loader
+    from imae.engine.train import pretrain
+
+    files = load_split("imagefolder", "train", path=str(cifar10_dir), img_size=32, in_memory=False,
+                       max_per_class=8)
+    assert files.images is None and len(files.files) == 80
+    kw = dict(seed=3, num_workers=2)
+    a = build_train_loader(files, 16, 32, torch.device("cpu"), **kw)
+    b = build_train_loader(files, 16, 32, torch.device("cpu"), **kw)
+    first = [batch.images for _, batch in a.batches(1)]
+    again = dict(b.batches(1, start=2))
+    assert len(first) == 5 and first[0].shape == (16, 3, 32, 32)
+    assert torch.equal(first[2], again[2].images) and torch.equal(first[4], again[4].images)
+    assert not torch.equal(first[0], [batch.images for _, batch in a.batches(2)][0])
+    run = pretrain(tiny_config(tmp_path / "run", **{
+        "data.dataset": "imagefolder", "data.path": str(cifar10_dir), "data.in_memory": False,
+        "data.num_workers": 2, "data.max_per_class": 8, "model.img_size": 32, "model.patch_size": 4,
+        "train.epochs": 1}))
+    assert (run / "checkpoint-last.pth").is_file()

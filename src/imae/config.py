@@ -28,7 +28,7 @@ class DataConfig:
     download: bool = False  # let torchvision download cifar10/cifar100 into `path`
     img_size: int | None = None  # None: the model's image size
     in_memory: bool | None = None  # decode once into a uint8 tensor; None: yes for small data sets
-    cache_dir: str | None = None  # where decoded tensors are kept; None: $IMAE_CACHE_DIR or ~/.cache/imae
+    cache_dir: str | None = None  # decoded-image cache; None: $IMAE_CACHE_DIR or ~/.cache/imae; "none": off
     num_workers: int = 4  # loader processes for the file-based (ImageNet-scale) path
     max_per_class: int | None = None  # keep only the first N training images of each class
     crop_scale: tuple[float, float] = (0.2, 1.0)  # random resized crop, as in MAE
