@@ -113,7 +113,7 @@ class Config:
     imae: IMAEConfig = field(default_factory=IMAEConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return plain(asdict(self))
 
     def validate(self) -> Config:
         """Check value ranges that the type system cannot; raise ``ConfigError`` with the fix."""
@@ -185,13 +185,23 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     tree: dict[str, Any] = {}
     if preset is not None:
         tree = load_preset(preset)
-        tree.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
+        tree.setdefault("preset", preset_label(preset))
+    return resolve(tree, overrides, sets, cls)
+
+
+def resolve(tree: dict[str, Any], overrides: dict[str, Any] | None, sets: list[str] | None, cls: type) -> Any:
+    """Apply flat ``overrides`` (dotted keys), then ``--set`` items, to ``tree``; build and validate ``cls``."""
     for key, value in (overrides or {}).items():
         assign(tree, key, value)
     for item in sets or []:
         key, value = parse_set(item)
         assign(tree, key, value)
     return from_dict(cls, tree).validate()
+
+
+def preset_label(preset: str) -> str:
+    """The name a run records for its preset: the name, or a YAML file's stem."""
+    return Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -229,7 +239,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def save_config(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False))
+    path.write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
 
 
 def load_config(path: Path, cls: type = Config) -> Any:
@@ -267,12 +277,12 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """Tuples to lists so that YAML stays plain."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 

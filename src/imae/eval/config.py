@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from imae.config import Config as PretrainConfig
+from imae.config import plain
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
@@ -208,15 +209,6 @@ class FinetuneConfig:
         if (t.mixup > 0 or t.cutmix > 0) and t.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even finetune.batch_size, got {t.batch_size}")
         return self
-
-
-def plain(obj: Any) -> Any:
-    """Tuples to lists, so that the configuration writes as plain YAML / JSON."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
 
 
 def _check_common(cfg: EvalConfig | FinetuneConfig) -> None:

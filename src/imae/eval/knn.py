@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from imae.errors import DataError
 from imae.eval.config import EvalConfig
 from imae.eval.data import Split
-from imae.eval.features import FeatureCache, extract
+from imae.eval.features import FeatureCache, extract_split
 from imae.eval.subject import Subject
 
 
@@ -50,9 +50,9 @@ def run_knn(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *, dev
     if not (train.has_labels and test.has_labels):
         raise DataError(f"kNN needs class labels; {test.data.name} has none")
     pool = cfg.features.pool
-    kw = dict(batch_size=cfg.features.batch_size, device=device, cache=cache, show_progress=show_progress)
-    ftr = extract(subject.model, train, subject.fingerprint, desc="features (training split)", **kw)
-    fte = extract(subject.model, test, subject.fingerprint, desc="features (evaluation split)", **kw)
+    kw = dict(device=device, cache=cache, show_progress=show_progress)
+    ftr = extract_split(subject, train, cfg, which="training", **kw)
+    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
     t0 = time.perf_counter()
     acc = knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
                        cfg.knn.k, cfg.knn.temperature)

@@ -16,7 +16,7 @@ from imae.data.loader import build_train_loader
 from imae.errors import DataError
 from imae.eval.config import EvalConfig
 from imae.eval.data import Split
-from imae.eval.features import FeatureCache, encode, extract
+from imae.eval.features import FeatureCache, encode, extract_split
 from imae.eval.linear import HeadFit, fit_cached, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
 
@@ -35,11 +35,11 @@ def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *
     if not (train.has_labels and test.has_labels):
         raise DataError(f"a linear probe needs class labels; {test.data.name} has none")
     pool, p = cfg.features.pool, cfg.linprobe
-    kw = dict(batch_size=cfg.features.batch_size, device=device, cache=cache, show_progress=show_progress)
-    fte = extract(subject.model, test, subject.fingerprint, desc="features (evaluation split)", **kw)
+    kw = dict(device=device, cache=cache, show_progress=show_progress)
+    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
     extract_s = fte.seconds
     if p.mode == "cached":
-        ftr = extract(subject.model, train, subject.fingerprint, desc="features (training split)", **kw)
+        ftr = extract_split(subject, train, cfg, which="training", **kw)
         extract_s += ftr.seconds
         fit = fit_cached(ftr.pooled(pool), train.labels, train.num_classes, p, seed=cfg.seed, device=device)
         fit_s = fit.seconds

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from imae.cli import common_overrides
-from imae.config import assign, from_dict, parse_set
+from imae.config import preset_label, resolve
 from imae.engine.distributed import resolve_device
 from imae.engine.logs import info
 from imae.errors import ConfigError
@@ -43,13 +43,8 @@ def resolve_config(cls: type, subject: Subject, preset: str | None = None, overr
                 tree[key] = {**tree[key], **value}
             else:
                 tree[key] = value
-        tree["preset"] = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
-    for key, value in (overrides or {}).items():
-        assign(tree, key, value)
-    for item in sets or []:
-        key, value = parse_set(item)
-        assign(tree, key, value)
-    return from_dict(cls, tree).validate()
+        tree["preset"] = preset_label(preset)
+    return resolve(tree, overrides, sets, cls)
 
 
 def overrides_from_args(args, command: str, epochs_key: str | None) -> dict[str, Any]:

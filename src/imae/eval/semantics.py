@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from imae.errors import DataError
 from imae.eval.config import EvalConfig
 from imae.eval.data import Split
-from imae.eval.features import FeatureCache, extract
+from imae.eval.features import FeatureCache, extract_split
 from imae.eval.knn import knn_accuracy
 from imae.eval.linear import fit_cached
 from imae.eval.linprobe import probe_scores
@@ -43,9 +43,9 @@ def run_semantics(subject: Subject, reference: Subject, train: Split, test: Spli
     if not (train.has_labels and test.has_labels):
         raise DataError(f"semantics needs class labels; {test.data.name} has none (an unlabeled ImageFolder?)")
     pool = cfg.features.pool
-    kw = dict(batch_size=cfg.features.batch_size, device=device, cache=cache, show_progress=show_progress)
-    ftr = extract(subject.model, train, subject.fingerprint, desc="features (training split)", **kw)
-    fte = extract(subject.model, test, subject.fingerprint, desc="features (evaluation split)", **kw)
+    kw = dict(device=device, cache=cache, show_progress=show_progress)
+    ftr = extract_split(subject, train, cfg, which="training", **kw)
+    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
     t0 = time.perf_counter()
     fit = fit_cached(ftr.pooled(pool), train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device)
     results: dict[str, Any] = {
