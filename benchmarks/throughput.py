@@ -81,16 +81,8 @@ def make_objectives(model: str, device: torch.device, tmp: Path) -> dict:
     mae = build_objective(mae_cfg)
     teacher = tmp / f"{model}-teacher.pth"
     torch.save({"model": mae.model.state_dict(), "kind": "mae", "arch": mae.model.arch.to_dict()}, teacher)
-    imae_cfg = build_config(
-        None,
-        {
-            "method": "imae",
-            "model.name": model,
-            "imae.teacher": str(teacher),
-            "imae.same_class_p": 1.0,
-            "device": str(device),
-        },
-    )
+    imae_cfg = build_config(None, {"method": "imae", "model.name": model, "imae.teacher": str(teacher),
+                                   "imae.same_class_p": 1.0, "device": str(device)})
     imae = build_objective(imae_cfg)
     return {"mae": mae, "imae": imae}
 
@@ -137,9 +129,8 @@ def time_arms(steps: dict, device: torch.device, warmup: int, repeats: int) -> d
     return times
 
 
-def bench_size(
-    name: str, device: torch.device, amp: bool, matmul: dict, tmp: Path, repeats: int, decoder_ab: bool = False
-) -> dict:
+def bench_size(name: str, device: torch.device, amp: bool, matmul: dict, tmp: Path, repeats: int,
+               decoder_ab: bool = False) -> dict:
     model, cpu_batch, gpu_batch = SIZES[name]
     batch = gpu_batch if device.type == "cuda" else cpu_batch
     objs = make_objectives(model, device, tmp)
@@ -155,27 +146,16 @@ def bench_size(
     steps["matmul"] = make_matmul(n, device, torch.bfloat16 if amp and device.type == "cuda" else torch.float32)
     times = time_arms(steps, device, 2, repeats)
     peak = 2 * n**3 / min(times["matmul"]) / 1e9
-    out = {
-        "model": model,
-        "img_size": arch.img_size,
-        "batch_size": batch,
-        "reference_gflops": peak,
-        "reference_gflops_all": [2 * n**3 / t / 1e9 for t in times["matmul"]],
-    }
+    out = {"model": model, "img_size": arch.img_size, "batch_size": batch, "reference_gflops": peak,
+           "reference_gflops_all": [2 * n**3 / t / 1e9 for t in times["matmul"]]}
     if decoder_ab:
-        out["decoder_batched_over_separate_time"] = statistics.median(times["imae"]) / statistics.median(
-            times["imae_separate_decoder"]
-        )
+        out["decoder_batched_over_separate_time"] = (statistics.median(times["imae"])
+                                                     / statistics.median(times["imae_separate_decoder"]))
     for k in ("mae", "imae"):
         med = statistics.median(times[k])
-        out[k] = {
-            "step_s": med,
-            "images_per_s": batch / med,
-            "mflop_per_image": flops[k] / 1e6,
-            "gflops": flops[k] * batch / med / 1e9,
-            "utilisation": flops[k] * batch / med / 1e9 / peak,
-            "step_s_all": times[k],
-        }
+        out[k] = {"step_s": med, "images_per_s": batch / med, "mflop_per_image": flops[k] / 1e6,
+                  "gflops": flops[k] * batch / med / 1e9, "utilisation": flops[k] * batch / med / 1e9 / peak,
+                  "step_s_all": times[k]}
     out["imae_over_mae_time"] = out["imae"]["step_s"] / out["mae"]["step_s"]
     out["imae_over_mae_flops"] = flops["imae"] / flops["mae"]
     out["imae_flops_rate_over_mae"] = out["imae"]["gflops"] / out["mae"]["gflops"]
@@ -207,17 +187,9 @@ def bench_epoch(cifar10: str, device: torch.device, max_steps: int | None, tmp: 
     """One real `imae pretrain` epoch of MAE ViT-Tiny/4 on CIFAR-10: wall time against the sum of its steps."""
     from imae.engine.train import pretrain
 
-    sets = {
-        "model.name": "mae_vit_tiny_patch4",
-        "data.dataset": "cifar10",
-        "data.path": cifar10,
-        "train.epochs": 1,
-        "train.warmup_epochs": 0,
-        "train.batch_size": 128,
-        "output_dir": str(tmp / "epoch"),
-        "device": str(device),
-        "train.log_every": 10**9,
-    }
+    sets = {"model.name": "mae_vit_tiny_patch4", "data.dataset": "cifar10", "data.path": cifar10,
+            "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 128, "output_dir": str(tmp / "epoch"),
+            "device": str(device), "train.log_every": 10**9}
     if max_steps:
         sets["data.max_per_class"] = max_steps * 128 // 10
     pretrain(build_config(None, sets))
@@ -225,15 +197,9 @@ def bench_epoch(cifar10: str, device: torch.device, max_steps: int | None, tmp: 
     epoch = next(r for r in rec if r["kind"] == "epoch")
     start = next(r for r in rec if r["kind"] == "event")
     steps_s = epoch["time_s"] - epoch["data_wait_s"]
-    return {
-        "images": start["images"],
-        "steps": start["steps_per_epoch"],
-        "epoch_s": epoch["time_s"],
-        "data_wait_s": epoch["data_wait_s"],
-        "sum_of_steps_s": steps_s,
-        "epoch_over_steps": epoch["time_s"] / steps_s,
-        "shortened": bool(max_steps),
-    }
+    return {"images": start["images"], "steps": start["steps_per_epoch"], "epoch_s": epoch["time_s"],
+            "data_wait_s": epoch["data_wait_s"], "sum_of_steps_s": steps_s,
+            "epoch_over_steps": epoch["time_s"] / steps_s, "shortened": bool(max_steps)}
 
 
 def bench_eval(cifar10: str, device: torch.device, tmp: Path, train_per_class: int, eval_per_class: int) -> dict:
@@ -245,93 +211,62 @@ def bench_eval(cifar10: str, device: torch.device, tmp: Path, train_per_class: i
     mae = build_objective(cfg).model
     ck = tmp / "eval-subject.pth"
     torch.save({"model": mae.state_dict(), "kind": "mae", "arch": mae.arch.to_dict(), "config": cfg.to_dict()}, ck)
-    over = {
-        "device": str(device),
-        "data.train_per_class": train_per_class,
-        "data.eval_per_class": eval_per_class,
-        "features.cache_dir": str(tmp / "features"),
-        "output_dir": str(tmp / "eval"),
-    }
+    over = {"device": str(device), "data.train_per_class": train_per_class, "data.eval_per_class": eval_per_class,
+            "features.cache_dir": str(tmp / "features"), "output_dir": str(tmp / "eval")}
     out = {"train_images": 10 * train_per_class, "eval_images": 10 * eval_per_class, "model": "mae_vit_tiny_patch4"}
     for cmd in ("linprobe", "knn", "separability"):
         out[cmd] = evaluate(cmd, ck, overrides=over)["timing"]
     clean = out["linprobe"]["extract_s"]  # train + eval images, extracted once (kNN then reads the cache)
     on_cache = sum(out[c]["fit_s"] for c in ("linprobe", "knn", "separability"))
-    out.update(
-        clean_extract_s=clean,
-        mixture_extract_s=out["separability"]["extract_s"],
-        on_cache_s=on_cache,
-        on_cache_over_extract=on_cache / clean,
-    )
-    out["summary"] = (
-        f"ViT-Tiny/4 on {out['train_images']} + {out['eval_images']} CIFAR-10 images: one clean "
-        f"feature extraction {clean:.1f} s (plus {out['mixture_extract_s']:.1f} s for the 5 alphas' "
-        f"mixtures); linear probe + kNN + separability on the cached features {on_cache:.1f} s = "
-        f"{on_cache / clean:.2f} x the extraction."
-    )
+    out.update(clean_extract_s=clean, mixture_extract_s=out["separability"]["extract_s"], on_cache_s=on_cache,
+               on_cache_over_extract=on_cache / clean)
+    out["summary"] = (f"ViT-Tiny/4 on {out['train_images']} + {out['eval_images']} CIFAR-10 images: one clean "
+                      f"feature extraction {clean:.1f} s (plus {out['mixture_extract_s']:.1f} s for the 5 alphas' "
+                      f"mixtures); linear probe + kNN + separability on the cached features {on_cache:.1f} s = "
+                      f"{on_cache / clean:.2f} x the extraction.")
     return out
 
 
 def to_markdown(res: dict) -> str:
     dev = res["device"]
-    lines = [
-        f"Device: {dev}; matmul rate at start {res['matmul']['best_gflops']:.0f} GFLOP/s "
-        f"({res['matmul']['dtype']}, best of sizes {', '.join(map(str, res['matmul']['per_size_gflops']))}); "
-        f"{res['date']}. Utilisation is against the same matmul timed between the steps of each model "
-        f"(column 'matmul').",
-        "",
-        "| model | batch | arm | img/s | MFLOP/img | GFLOP/s | matmul GFLOP/s | utilisation |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = [f"Device: {dev}; matmul rate at start {res['matmul']['best_gflops']:.0f} GFLOP/s "
+             f"({res['matmul']['dtype']}, best of sizes {', '.join(map(str, res['matmul']['per_size_gflops']))}); "
+             f"{res['date']}. Utilisation is against the same matmul timed between the steps of each model "
+             f"(column 'matmul').", "",
+             "| model | batch | arm | img/s | MFLOP/img | GFLOP/s | matmul GFLOP/s | utilisation |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in res["sizes"]:
+        ref = s.get("reference_gflops", res["matmul"]["best_gflops"])
         for k, label in (("mae", "MAE"), ("imae", "i-MAE")):
             a = s[k]
-            ref = s.get("reference_gflops", res["matmul"]["best_gflops"])
-            lines.append(
-                f"| {s['model']} ({s['img_size']} px) | {s['batch_size']} | {label} | "
-                f"{a['images_per_s']:.1f} | {a['mflop_per_image']:.0f} | {a['gflops']:.1f} | {ref:.0f} | "
-                f"{a['utilisation']:.2f} |"
-            )
-    lines += [
-        "",
-        "| model | i-MAE/MAE step time | i-MAE/MAE FLOPs | i-MAE FLOP/s / MAE FLOP/s |",
-        "| --- | --- | --- | --- |",
-    ]
+            lines.append(f"| {s['model']} ({s['img_size']} px) | {s['batch_size']} | {label} | "
+                         f"{a['images_per_s']:.1f} | {a['mflop_per_image']:.0f} | {a['gflops']:.1f} | {ref:.0f} | "
+                         f"{a['utilisation']:.2f} |")
+    lines += ["", "| model | i-MAE/MAE step time | i-MAE/MAE FLOPs | i-MAE FLOP/s / MAE FLOP/s |",
+              "| --- | --- | --- | --- |"]
     for s in res["sizes"]:
-        lines.append(
-            f"| {s['model']} | {s['imae_over_mae_time']:.2f} | {s['imae_over_mae_flops']:.2f} | "
-            f"{s['imae_flops_rate_over_mae']:.2f} |"
-        )
+        lines.append(f"| {s['model']} | {s['imae_over_mae_time']:.2f} | {s['imae_over_mae_flops']:.2f} | "
+                     f"{s['imae_flops_rate_over_mae']:.2f} |")
     ab = [s for s in res["sizes"] if "decoder_batched_over_separate_time" in s]
     if ab:
-        lines += [
-            "",
-            f"i-MAE decoder, both branches in one batched pass vs one pass per branch ({ab[0]['model']}): "
-            f"step time ratio {ab[0]['decoder_batched_over_separate_time']:.3f} (below 1: batched is faster; "
-            f"the model uses the batched pass).",
-        ]
+        lines += ["", f"i-MAE decoder, both branches in one batched pass vs one pass per branch ({ab[0]['model']}): "
+                      f"step time ratio {ab[0]['decoder_batched_over_separate_time']:.3f} (below 1: batched is faster; "
+                      f"the model uses the batched pass)."]
     if "data" in res:
         d = res["data"]
-        lines += [
-            "",
-            f"Data pipeline alone (CIFAR-10 in memory, batched crop/flip/normalise, batch "
-            f"{d['batch_size']}): {d['images_per_s']:.0f} img/s.",
-        ]
+        lines += ["", f"Data pipeline alone (CIFAR-10 in memory, batched crop/flip/normalise, batch "
+                      f"{d['batch_size']}): {d['images_per_s']:.0f} img/s."]
     if "epoch" in res:
         e = res["epoch"]
         note = " (shortened: a subset of the training set)" if e["shortened"] else ""
-        lines += [
-            f"One `imae pretrain` epoch of MAE ViT-Tiny/4 on CIFAR-10 ({e['images']} images, {e['steps']} "
-            f"steps){note}: {e['epoch_s']:.0f} s wall, {e['sum_of_steps_s']:.0f} s in training steps, "
-            f"{e['data_wait_s']:.1f} s waiting for data: epoch / steps = {e['epoch_over_steps']:.3f}."
-        ]
+        lines += [f"One `imae pretrain` epoch of MAE ViT-Tiny/4 on CIFAR-10 ({e['images']} images, {e['steps']} "
+                  f"steps){note}: {e['epoch_s']:.0f} s wall, {e['sum_of_steps_s']:.0f} s in training steps, "
+                  f"{e['data_wait_s']:.1f} s waiting for data: epoch / steps = {e['epoch_over_steps']:.3f}."]
         tiny = next((s for s in res["sizes"] if s["model"] == "mae_vit_tiny_patch4" and s["batch_size"] == 128), None)
         if tiny:
             isolated = e["steps"] * tiny["mae"]["step_s"]
-            lines[-1] += (
-                f" Against {e['steps']} x the isolated step time of the table ({isolated:.0f} s): "
-                f"{e['epoch_s'] / isolated:.3f}."
-            )
+            lines[-1] += (f" Against {e['steps']} x the isolated step time of the table ({isolated:.0f} s): "
+                          f"{e['epoch_s'] / isolated:.3f}.")
     if "eval" in res:
         v = res["eval"]
         lines += ["", f"Evaluation: {v['summary']}"]
@@ -356,27 +291,17 @@ def main() -> int:
         Path(args.render).with_suffix(".md").write_text(to_markdown(res))
         print(to_markdown(res))
         return 0
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else (args.device if args.device != "auto" else "cpu")
-    )
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          (args.device if args.device != "auto" else "cpu"))
     amp = not args.no_amp
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     dtype = torch.bfloat16 if device.type == "cuda" and amp else torch.float32
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads"
-    )
-    res: dict = {
-        "device": name,
-        "date": time.strftime("%Y-%m-%d"),
-        "torch": torch.__version__,
-        "command": " ".join(sys.argv),
-    }
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'} " \
+        f"x{torch.get_num_threads()} threads"
+    res: dict = {"device": name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                 "command": " ".join(sys.argv)}
     res["matmul"] = {**matmul_rate(device, dtype), "dtype": str(dtype)}
     peak = res["matmul"]["best_gflops"]
     print(f"matmul: {peak:.1f} GFLOP/s", flush=True)
@@ -386,13 +311,10 @@ def main() -> int:
         for s in args.sizes.split(","):
             r = bench_size(s, device, amp, res["matmul"], tmp, args.repeats, decoder_ab=s == "tiny4")
             res["sizes"].append(r)
-            print(
-                f"{s}: matmul {r['reference_gflops']:.0f} GFLOP/s; MAE {r['mae']['images_per_s']:.1f} img/s "
-                f"({r['mae']['utilisation']:.2f}), i-MAE "
-                f"{r['imae']['images_per_s']:.1f} img/s ({r['imae']['utilisation']:.2f}), FLOP/s ratio "
-                f"{r['imae_flops_rate_over_mae']:.2f}",
-                flush=True,
-            )
+            print(f"{s}: matmul {r['reference_gflops']:.0f} GFLOP/s; MAE {r['mae']['images_per_s']:.1f} img/s "
+                  f"({r['mae']['utilisation']:.2f}), i-MAE "
+                  f"{r['imae']['images_per_s']:.1f} img/s ({r['imae']['utilisation']:.2f}), FLOP/s ratio "
+                  f"{r['imae_flops_rate_over_mae']:.2f}", flush=True)
         if args.cifar10:
             res["data"] = bench_data(args.cifar10, device, SIZES["tiny4"][2 if device.type == "cuda" else 1], 50)
             print(f"data: {res['data']['images_per_s']:.0f} img/s", flush=True)
