@@ -50,7 +50,7 @@ def evaluate_pair(mae_dir: Path, imae_dir: Path, out: Path, device: str = "auto"
     from imae.viz.report import markdown_table, summary, write_report
 
     over = {"device": device, "separability.alphas": list(QUICK_ALPHAS), "figures.images": 3}
-    mae_ck, imae_ck = latest_in(mae_dir), latest_in(imae_dir)  # resolved once: each look-up reads every file
+    mae_ck, imae_ck = latest_in(mae_dir), latest_in(imae_dir)  # resolved once: every step scores the same files
     for ck in (mae_ck, imae_ck):
         info(f"evaluating {ck} on the digits test split (360 images)")
         evaluate("separability", ck, reference=str(mae_ck), overrides=over)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imae.data.augment import BatchAugment, EvalTransform
+from imae.data.augment import BatchAugment, EvalTransform, normalize
 from imae.data.datasets import ImageSet
+from imae.data.decode import open_rgb
 from imae.errors import DataError
 
 
@@ -135,13 +136,10 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, key: tuple[int, int]):
-        from imae.data.decode import open_rgb
-        from imae.errors import DataError as _DataError
-
         epoch, i = key
         try:
             im = open_rgb(self.files[i])
-        except _DataError:
+        except DataError:
             if self.skip_corrupt:
                 return None
             raise
@@ -195,8 +193,6 @@ class FileLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[int, Batch]]:
         """(step, batch) for the steps ``start ..`` of ``epoch``."""
-        from imae.data.augment import normalize
-
         self.sampler.epoch, self.sampler.start = epoch, start
         for step, (item, skipped) in enumerate(self.loader, start=start):
             g = step_generator(self.seed, epoch, step, self.rank, self.device)
