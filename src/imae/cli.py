@@ -72,6 +72,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 @command("pretrain", "pre-train a vanilla MAE or an i-MAE")(_pretrain_args)
 def cmd_pretrain(args: argparse.Namespace) -> Path:
     from imae.config import build_config, parse_set
+    from imae.engine.distributed import launched_rank_is_zero
     from imae.engine.train import pretrain
 
     overrides = common_overrides(args)
@@ -83,7 +84,8 @@ def cmd_pretrain(args: argparse.Namespace) -> Path:
     cfg = build_config(args.preset, overrides)
     # when resuming, the run's saved configuration applies and only the flags given here change it
     run_dir = pretrain(cfg, resume=args.resume, overrides=overrides)
-    print(run_dir)
+    if launched_rank_is_zero():  # under torchrun every rank returns here; one line of output, not N
+        print(run_dir)
     return run_dir
 
 

@@ -54,6 +54,11 @@ class DistEnv:
         return self.rank == 0
 
 
+def launched_rank_is_zero() -> bool:
+    """True in a plain process and on torchrun's rank 0 (reads ``RANK``; works before and after set-up)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,7 +5,6 @@ compute, write ``<output dir>/<command>.json``. The command line and the quickst
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 
 from imae.cli import common_overrides
 from imae.config import preset_label, resolve
-from imae.engine.distributed import resolve_device
+from imae.engine.distributed import launched_rank_is_zero, resolve_device
 from imae.engine.logs import info
 from imae.errors import ConfigError
 from imae.eval.config import RUN_DATA_KEYS, EvalConfig, preset_tree
@@ -28,7 +27,7 @@ EVALUATIONS = ("separability", "semantics", "linprobe", "knn")
 
 def main_process() -> bool:
     """Progress bars and messages on rank 0 only (evaluation itself runs in one process)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return launched_rank_is_zero()
 
 
 def resolve_config(cls: type, subject: Subject, preset: str | None = None, overrides: dict[str, Any] | None = None,
