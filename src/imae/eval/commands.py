@@ -61,14 +61,23 @@ def cmd_knn(args: argparse.Namespace) -> Path:
     return _evaluate(args, "knn", None)
 
 
-@command("finetune", "fine-tune a timm ViT built from the encoder (layer decay, mixup/cutmix, RandAugment)")(_plain)
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    _plain(p)
+    p.add_argument("--resume", metavar="RUN_DIR|CKPT|auto",
+                   help="continue a stopped fine-tune: its directory, one of its checkpoints, or 'auto' (the "
+                        "output folder's fine-tune if there is one, else start fresh); its saved configuration "
+                        "applies, flags given here change it")
+
+
+@command("finetune", "fine-tune a timm ViT built from the encoder (layer decay, mixup/cutmix, RandAugment)")(
+    _finetune_args)
 def cmd_finetune(args: argparse.Namespace) -> Path:
     from imae.eval.finetune import finetune
     from imae.eval.run import main_process, overrides_from_args
 
     run_dir = finetune(args.ckpt, preset=args.preset, overrides=overrides_from_args(args, "finetune",
                                                                                     "finetune.epochs"),
-                       sets=args.sets)
+                       sets=args.sets, resume=args.resume)
     if main_process():
         print(run_dir)
     return run_dir

@@ -5,11 +5,16 @@ Layer-wise lr decay, AdamW, per-iteration warmup + half-cycle cosine, mixup/cutm
 (``timm.data.create_transform``), cls-token pooling. One process, or N processes launched by torchrun
 (DDP; gloo on CPUs, NCCL on GPUs), as pre-training. Writes a run directory: ``config.yaml``,
 ``log.jsonl``, ``tb/``, ``checkpoint-last.pth`` (+ ``checkpoint-<epoch>.pth``) and ``finetune.json``.
+
+Every random draw of a step (augmentation, batch order, mixup/cutmix, drop path) is a function of
+(seed, epoch, step, rank, image), so SIGTERM / SIGINT (checkpoint at the next step, exit 0) or SIGKILL
+(the last epoch's checkpoint stays) followed by ``--resume`` ends with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from pathlib import Path
@@ -22,188 +27,197 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imae.config import save_config
+from imae.data.loader import derive_seed
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.optim import lr_at, set_lr
-from imae.errors import ConfigError, DataError, TrainingError
+from imae.engine.run_dir import find_resume
+from imae.engine.signals import StopRequest
+from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from imae.eval.config import FinetuneConfig
 from imae.eval.data import Split
+from imae.eval.finetune_data import FinetuneImages, training_loader, transforms
 from imae.eval.results import write_result
-from imae.eval.run import open_session
+from imae.eval.run import Session, open_session
 from imae.eval.vit import layer_decay_groups, vit_from_encoder
 
 
-class _Images(torch.utils.data.Dataset):
-    """PIL images of a split (in memory or files) through a torchvision/timm transform -> (tensor, label)."""
-
-    def __init__(self, split: Split, transform) -> None:
-        self.split, self.transform = split, transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        from imae.data.decode import open_rgb
-
-        d = self.split.data
-        im = (Image.fromarray(d.images[i].permute(1, 2, 0).numpy()) if d.images is not None
-              else open_rgb(d.files[i]))
-        return self.transform(im), int(d.labels[i])
-
-
-def transforms(cfg: FinetuneConfig, size: int, mean, std, in_memory: bool):
-    """(train, eval) transforms: RandomResizedCrop + flip + RandAugment + random erasing; evaluation:
-    the images as they are (in memory, already at the model's size) or resize + centre crop 0.875."""
-    from timm.data import create_transform
-
-    _allow_zero_bit_posterize()
-    t = cfg.finetune
-    train = create_transform(size, is_training=True, scale=tuple(t.crop_scale), auto_augment=t.auto_augment,
-                             color_jitter=None, interpolation="bicubic", re_prob=t.reprob, re_mode="pixel",
-                             re_count=1, mean=tuple(mean), std=tuple(std))
-    if in_memory:
-        from torchvision import transforms as T
-
-        test = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-    else:
-        test = create_transform(size, is_training=False, crop_pct=0.875, interpolation="bicubic",
-                                mean=tuple(mean), std=tuple(std))
-    return train, test
-
-
-def _allow_zero_bit_posterize() -> None:
-    """RandAugment's 'inc1' posterize keeps 0 bits at magnitude 10, which Pillow >= 13 rejects (it used to
-    give a black image). Register a posterize that gives the black image again, so the policy is unchanged."""
-    from PIL import Image, ImageOps
-    from timm.data import auto_augment
-
-    try:
-        ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
-        return  # this Pillow still accepts 0 bits
-    except ValueError:
-        pass
-
-    def posterize(img, bits_to_keep, **kwargs):
-        if bits_to_keep <= 0:
-            return img.point(lambda _: 0)
-        return auto_augment.posterize(img, bits_to_keep, **kwargs)
-
-    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        auto_augment.NAME_TO_OP[name] = posterize
-
-
 def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
-             sets: list[str] | None = None) -> Path:
-    """Fine-tune ``ckpt_spec`` (checkpoint or run directory); returns the fine-tune's run directory."""
+             sets: list[str] | None = None, resume: str | None = None) -> Path:
+    """Fine-tune ``ckpt_spec`` (checkpoint or run directory); returns the fine-tune's run directory.
+
+    ``resume``: continue a stopped fine-tune: its run directory, one of its checkpoints, or ``auto`` (this
+    command's output folder if it holds a fine-tune checkpoint, else start fresh). The fine-tune's saved
+    configuration applies, with the flags given here (``overrides``, ``sets``) on top."""
     s = open_session(ckpt_spec, preset=preset, overrides=overrides, sets=sets, cls=FinetuneConfig, move=False)
+    resume_ck = None
+    if resume:
+        found = find_resume(resume, str(_run_dir(s)))
+        if found is not None:
+            run_dir, _, resume_ck = found
+            s = _resumed_session(ckpt_spec, run_dir, resume_ck, overrides, sets)
     env = D.setup(s.cfg.device)
     try:
-        return _finetune(s, env)
+        return _finetune(s, env, resume_ck)
     finally:
         D.cleanup()
 
 
-def _finetune(s, env: D.DistEnv) -> Path:
+def _run_dir(s: Session) -> Path:
+    return Path(s.cfg.output_dir) if s.cfg.output_dir else s.subject.default_output_dir / "finetune"
+
+
+def _resumed_session(ckpt_spec: str | Path, run_dir: Path, ck: dict[str, Any], overrides: dict[str, Any] | None,
+                     sets: list[str] | None) -> Session:
+    """The session of a fine-tune being resumed: its saved configuration, explicit flags on top."""
+    if ck.get("kind") != "vit" or not isinstance(ck.get("config"), dict) or "finetune" not in ck["config"]:
+        raise CheckpointError(f"{ck['_path']} is not a checkpoint of `imae finetune`; --resume takes a fine-tune's "
+                              f"run directory (or auto)")
+    base = copy.deepcopy(ck["config"])
+    base["output_dir"] = str(run_dir)
+    flags = {k: v for k, v in (overrides or {}).items() if k != "output_dir"}
+    return open_session(ckpt_spec, base=base, overrides=flags, sets=sets, cls=FinetuneConfig, move=False)
+
+
+def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> Path:
     cfg: FinetuneConfig = s.cfg
     t, main = cfg.finetune, env.is_main
     D.check_same_config(cfg.to_dict())
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else s.subject.default_output_dir / "finetune"
+    run_dir = _run_dir(s)
     if main:
-        if ckpt.checkpoints_in(run_dir):
-            raise ConfigError(f"{run_dir} already holds a fine-tune; choose another --output-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_ck is None and ckpt.checkpoints_in(run_dir):
+            raise ConfigError(f"{run_dir} already holds a fine-tune; continue it with --resume auto (same command) "
+                              f"or choose another --output-dir")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output folder {run_dir} ({e.strerror})") from None
         save_config(cfg, run_dir / "config.yaml")
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):
         raise DataError(f"fine-tuning needs class labels; {test.data.name} has none")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # identical head initialisation on every rank
     device = env.device
     vit = vit_from_encoder(s.subject.model, train.num_classes, t.drop_path, t.pool).to(device)
-    net: nn.Module = DDP(vit, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed \
-        else vit
 
-    in_memory = train.data.images is not None
-    tf_train, tf_test = transforms(cfg, train.size, train.data.mean, train.data.std, in_memory)
-    sampler = torch.utils.data.DistributedSampler(_Images(train, tf_train), env.world_size, env.rank, shuffle=True,
-                                                  seed=cfg.seed, drop_last=True)
-    workers = cfg.data.num_workers
-    loader = torch.utils.data.DataLoader(sampler.dataset, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0,
-                                         pin_memory=device.type == "cuda", worker_init_fn=_seed_worker)
-    steps = len(loader)
-    if steps == 0:
-        raise DataError(f"{len(train)} training images are fewer than one batch of {t.batch_size} x "
-                        f"{env.world_size} process(es); lower --set finetune.batch_size")
+    tf_train, tf_test = transforms(cfg, train.size, train.data.mean, train.data.std, train.data.images is not None)
+    loader = training_loader(train, tf_train, cfg, env.rank, env.world_size, device.type == "cuda")
+    batches = loader.batch_sampler
+    steps = batches.steps
     mixup, criterion = _mixing(t, train.num_classes)
     eff_batch = t.batch_size * t.accum_iter * env.world_size
     base_lr = t.blr * eff_batch / 256
     optimizer = torch.optim.AdamW(layer_decay_groups(vit, t.weight_decay, t.layer_decay), lr=base_lr, betas=t.betas,
                                   fused=device.type == "cuda")
+    st = _State.start(resume_ck)
+    if resume_ck is not None:
+        ckpt.load_state_dict(vit, resume_ck["model"], source=resume_ck["_path"])
+        try:
+            optimizer.load_state_dict(resume_ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the optimiser state of {resume_ck['_path']} does not fit ({e})") from None
+        del resume_ck
+    net: nn.Module = DDP(vit, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed \
+        else vit
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp and device.type == "cuda"
                 else contextlib.nullcontext())
     log = RunLog(run_dir, enabled=main)
+    if st.epoch >= 0 or st.step_in_epoch:
+        info(f"resuming {run_dir} ({st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s) done)", main)
+        log.write("event", {"event": "resume", "epoch": st.epoch, "step_in_epoch": st.step_in_epoch})
     info(f"fine-tuning {s.subject.path} ({sum(p.numel() for p in vit.parameters()) / 1e6:.2f}M parameters) on "
          f"{len(train)} {train.data.name} images, {steps} steps/epoch x {t.epochs} epochs, {env.world_size} "
          f"process(es); lr {base_lr:.3g}; writing {run_dir}", main)
-    history: list[dict[str, float]] = []
-    global_step = 0
-    for epoch in range(t.epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        bar = progress(steps, desc=f"fine-tune {epoch + 1}/{t.epochs}", enabled=main)
-        total, seen, t0 = torch.zeros((), device=device), 0, time.time()
-        optimizer.zero_grad(set_to_none=True)
-        for step, (x, y) in enumerate(loader):
-            if step % t.accum_iter == 0:
-                set_lr(optimizer, lr_at(epoch + step / steps, base_lr, t.min_lr, t.warmup_epochs, t.epochs))
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if mixup is not None:
-                x, y = mixup(x, y)
-            last = (step + 1) % t.accum_iter == 0 or step + 1 == steps
-            sync = contextlib.nullcontext() if last or not isinstance(net, DDP) else net.no_sync()
-            with sync:
-                with autocast:
-                    loss = criterion(net(x).float(), y)
-                if not math.isfinite(float(loss.detach())):
-                    raise TrainingError(f"fine-tuning loss became {float(loss.detach())} at epoch {epoch + 1} step "
-                                        f"{step + 1}; lower the learning rate (finetune.blr) or set finetune.clip_grad")
-                (loss / t.accum_iter).backward()
-            if last:
-                if t.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                if global_step % t.log_every == 0:
-                    rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
-                           "step": global_step}
-                    log.write("step", rec, step=global_step, prefix="finetune")
-            total += loss.detach() * x.shape[0]
-            seen += x.shape[0]
-            bar.update(1)
-        bar.close()
-        sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
-        train_loss = float(sums[0] / sums[1].clamp_min(1))
-        rec = {"epoch": epoch, "loss": train_loss, "lr": optimizer.param_groups[-1]["lr"],
-               "time_s": time.time() - t0}
-        if (epoch + 1) % max(t.eval_every, 1) == 0 or epoch + 1 == t.epochs:
-            rec.update(evaluate_classifier(vit, test, tf_test, t.batch_size, device, env, workers))
-        history.append(rec)
-        log.write("epoch", rec, step=epoch, prefix="epoch")
-        log.flush()
-        info(f"fine-tune epoch {epoch + 1}/{t.epochs}: loss {train_loss:.4f}"
-             + (f", test top-1 {rec['test_top1']:.4f}" if "test_top1" in rec else ""), main)
+
+    def save(numbered: bool) -> None:
+        """checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
+        error = None
         if main:
-            state = {"model": vit.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            state = {"model": vit.state_dict(), "optimizer": optimizer.state_dict(), **st.to_dict(),
                      "config": cfg.to_dict(), "kind": "vit", "source": str(s.subject.path)}
-            ckpt.save_atomic(state, run_dir / "checkpoint-last.pth")
-            if (epoch + 1) % max(t.save_every, 1) == 0 or epoch + 1 == t.epochs:
-                ckpt.save_atomic(state, run_dir / f"checkpoint-{epoch}.pth")
+            try:
+                ckpt.save_atomic(state, run_dir / "checkpoint-last.pth")
+                if numbered:
+                    ckpt.save_atomic(state, run_dir / f"checkpoint-{st.epoch}.pth")
+            except TrainingError as e:
+                error = e
+        if not D.all_true(error is None, device):
+            raise error or TrainingError("rank 0 could not write a checkpoint (see its error); use --resume auto")
+
+    def stop_requested() -> bool:
+        asked = stop.signal is not None
+        return not D.all_true(not asked, device) if env.distributed else asked
+
+    with StopRequest() as stop:
+        for epoch in range(st.epoch + 1, t.epochs):
+            start, st.step_in_epoch = st.step_in_epoch, 0
+            batches.epoch, batches.start = epoch, start
+            net.train()
+            bar = progress(steps, initial=start, desc=f"fine-tune {epoch + 1}/{t.epochs}", enabled=main)
+            # the loss sum and image count of the steps before a resume come back on rank 0 only
+            total = torch.tensor(st.loss_sum if main else 0.0, device=device)
+            seen, t0 = (st.seen if main else 0), time.time() - st.time_s
+            optimizer.zero_grad(set_to_none=True)
+            for step, (x, y) in enumerate(loader, start=start):
+                # mixup/cutmix (NumPy) and drop path (torch) draw from generators seeded by the step
+                step_seed = derive_seed(cfg.seed, epoch, step, env.rank, 0x5EED)
+                torch.manual_seed(step_seed)
+                np.random.seed(step_seed % 2**32)
+                if step % t.accum_iter == 0:
+                    set_lr(optimizer, lr_at(epoch + step / steps, base_lr, t.min_lr, t.warmup_epochs, t.epochs))
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if mixup is not None:
+                    x, y = mixup(x, y)
+                last = (step + 1) % t.accum_iter == 0 or step + 1 == steps
+                sync = contextlib.nullcontext() if last or not isinstance(net, DDP) else net.no_sync()
+                with sync:
+                    with autocast:
+                        loss = criterion(net(x).float(), y)
+                    if not math.isfinite(float(loss.detach())):
+                        raise TrainingError(f"fine-tuning loss became {float(loss.detach())} at epoch {epoch + 1} "
+                                            f"step {step + 1}; lower the learning rate (finetune.blr) or set "
+                                            f"finetune.clip_grad")
+                    (loss / t.accum_iter).backward()
+                total += loss.detach() * x.shape[0]
+                seen += x.shape[0]
+                bar.update(1)
+                if last:
+                    if t.clip_grad:
+                        torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    st.global_step += 1
+                    if st.global_step % t.log_every == 0:
+                        rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
+                               "step": st.global_step}
+                        log.write("step", rec, step=st.global_step, prefix="finetune")
+                    if step + 1 < steps and stop_requested():
+                        bar.close()
+                        sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
+                        st.step_in_epoch, st.loss_sum, st.seen = step + 1, float(sums[0]), int(sums[1])
+                        st.time_s = time.time() - t0
+                        save(numbered=False)
+                        return _stopped(stop, st, run_dir, s, log, main)
+            bar.close()
+            sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
+            train_loss = float(sums[0] / sums[1].clamp_min(1))
+            rec = {"epoch": epoch, "loss": train_loss, "lr": optimizer.param_groups[-1]["lr"],
+                   "time_s": time.time() - t0}
+            if (epoch + 1) % max(t.eval_every, 1) == 0 or epoch + 1 == t.epochs:
+                rec.update(evaluate_classifier(vit, test, tf_test, t.batch_size, device, env, cfg.data.num_workers))
+            st.history.append(rec)
+            st.epoch, st.step_in_epoch, st.loss_sum, st.seen, st.time_s = epoch, 0, 0.0, 0, 0.0
+            log.write("epoch", rec, step=epoch, prefix="epoch")
+            log.flush()
+            info(f"fine-tune epoch {epoch + 1}/{t.epochs}: loss {train_loss:.4f}"
+                 + (f", test top-1 {rec['test_top1']:.4f}" if "test_top1" in rec else ""), main)
+            save(numbered=(epoch + 1) % max(t.save_every, 1) == 0 or epoch + 1 == t.epochs)
+            if epoch + 1 < t.epochs and stop_requested():
+                return _stopped(stop, st, run_dir, s, log, main)
     log.close()
     if main:
+        history = st.history
         evaluated = [h for h in history if "test_top1" in h]
         results = {"best_top1": max(h["test_top1"] for h in evaluated),
                    "final_top1": evaluated[-1]["test_top1"], "final_top5": evaluated[-1].get("test_top5"),
@@ -213,6 +227,40 @@ def _finetune(s, env: D.DistEnv) -> Path:
                   "results": results, "timing": {"train_s": sum(h["time_s"] for h in history)}}
         write_result(run_dir, "finetune", record)
         info(f"done: {run_dir}", main)
+    return run_dir
+
+
+class _State:
+    """What a fine-tune checkpoint carries besides weights and optimiser: progress, the finished epochs'
+    records, and (stopped mid-epoch) the loss sum, image count and seconds of the epoch's finished steps."""
+
+    def __init__(self, epoch: int = -1, step_in_epoch: int = 0, global_step: int = 0, history=None,
+                 loss_sum: float = 0.0, seen: int = 0, time_s: float = 0.0) -> None:
+        self.epoch, self.step_in_epoch, self.global_step = epoch, step_in_epoch, global_step
+        self.history: list[dict[str, float]] = list(history or [])
+        self.loss_sum, self.seen, self.time_s = loss_sum, seen, time_s
+
+    @classmethod
+    def start(cls, ck: dict[str, Any] | None) -> _State:
+        if ck is None:
+            return cls()
+        partial = ck.get("partial") or {}
+        return cls(ck.get("epoch", -1), ck.get("step_in_epoch", 0), ck.get("global_step", 0), ck.get("history"),
+                   partial.get("loss_sum", 0.0), partial.get("seen", 0), partial.get("time_s", 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``epoch``: the last finished epoch (-1: none); ``step_in_epoch``: steps done of the next one."""
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "history": self.history,
+                "partial": {"loss_sum": self.loss_sum, "seen": self.seen, "time_s": self.time_s}}
+
+
+def _stopped(stop: StopRequest, st: _State, run_dir: Path, s: Session, log: RunLog, main: bool) -> Path:
+    info(f"stopped by {stop.name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
+         f"written; continue with: imae finetune {s.subject.path} --resume {run_dir}", main)
+    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch,
+                        "step_in_epoch": st.step_in_epoch})
+    log.close()
     return run_dir
 
 
@@ -229,14 +277,6 @@ def _mixing(t, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
-
-    random.seed(seed)
-
-
 @torch.no_grad()
 def evaluate_classifier(vit: nn.Module, test: Split, transform, batch_size: int, device: torch.device,
                         env: D.DistEnv, workers: int = 0) -> dict[str, float]:
@@ -245,7 +285,7 @@ def evaluate_classifier(vit: nn.Module, test: Split, transform, batch_size: int,
     vit.eval()
     n = len(test)
     lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
-    shard = torch.utils.data.Subset(_Images(test, transform), range(lo, hi))
+    shard = torch.utils.data.Subset(FinetuneImages(test, transform), range(lo, hi))
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers)
     sums = torch.zeros(4, device=device)  # correct@1, correct@5, loss sum, count
     for x, y in loader:

@@ -31,8 +31,12 @@ def main_process() -> bool:
 
 
 def resolve_config(cls: type, subject: Subject, preset: str | None = None, overrides: dict[str, Any] | None = None,
-                   sets: list[str] | None = None) -> Any:
-    """defaults <- the run's data set, path and image size <- preset <- flags (dotted keys) <- ``--set`` items."""
+                   sets: list[str] | None = None, base: dict[str, Any] | None = None) -> Any:
+    """defaults <- the run's data set, path and image size <- preset <- flags (dotted keys) <- ``--set`` items.
+
+    ``base``: a whole saved configuration (a fine-tune being resumed) in place of the first three."""
+    if base is not None:
+        return resolve(copy.deepcopy(base), overrides, sets, cls)
     tree: dict[str, Any] = {}
     run_data = (subject.train_config or {}).get("data") or {}
     tree["data"] = {k: copy.deepcopy(run_data[k]) for k in RUN_DATA_KEYS if run_data.get(k) is not None}
@@ -77,10 +81,12 @@ class Session:
 
 
 def open_session(ckpt: str | Path, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
-                 sets: list[str] | None = None, cls: type = EvalConfig, move: bool = True) -> Session:
-    """Load ``ckpt``, resolve the configuration, and (``move``) put the model on the configured device."""
+                 sets: list[str] | None = None, cls: type = EvalConfig, move: bool = True,
+                 base: dict[str, Any] | None = None) -> Session:
+    """Load ``ckpt``, resolve the configuration (see ``resolve_config``), and (``move``) put the model on the
+    configured device."""
     subject = load_subject(ckpt)
-    cfg = resolve_config(cls, subject, preset, overrides, sets)
+    cfg = resolve_config(cls, subject, preset, overrides, sets, base)
     if cfg.num_heads and cfg.num_heads != subject.model.arch.num_heads:
         subject = load_subject(ckpt, cfg.num_heads)
     device = resolve_device(cfg.device)

@@ -1,0 +1,113 @@
+"""Fine-tuning survives pre-emption: SIGTERM checkpoints at the next step, and a resumed fine-tune (from a
+mid-epoch stop, or from an epoch checkpoint after a SIGKILL) ends with the weights of an uninterrupted one,
+with any number of loader workers. Real CIFAR-10, the whole augmentation recipe switched on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_mae
+from imae.errors import CheckpointError, ConfigError
+
+EPOCHS = 3
+# mixup/cutmix, RandAugment, random erasing and drop path all on: every random draw must resume exactly
+SETS = ["data.train_per_class=12", "data.eval_per_class=3", "data.num_workers=0", "finetune.batch_size=24",
+        "finetune.drop_path=0.1", "finetune.warmup_epochs=1", "finetune.log_every=1", "finetune.save_every=1",
+        "num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    ck = tmp_path_factory.mktemp("ft-src") / "tiny.pth"
+    torch.save({"model": tiny_mae().state_dict()}, ck)
+    return ck
+
+
+def _run(source: Path, cifar10_dir: Path, out: Path, resume: str | None = None, sets=()) -> Path:
+    from imae.eval.finetune import finetune
+
+    overrides = {"data.dataset": "cifar10", "data.path": str(cifar10_dir), "device": "cpu", "output_dir": str(out),
+                 "finetune.epochs": EPOCHS}
+    return finetune(source, overrides=overrides, sets=[*SETS, *sets], resume=resume)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint-last.pth", weights_only=True)["model"]
+
+
+def _history(run: Path) -> list[dict]:
+    return json.loads((run / "finetune.json").read_text())["results"]["history"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(source, cifar10_dir, tmp_path_factory) -> Path:
+    return _run(source, cifar10_dir, tmp_path_factory.mktemp("ft") / "whole")
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resume_matches_uninterrupted(source, cifar10_dir, uninterrupted, tmp_path,
+                                                                        monkeypatch):
+    import imae.eval.finetune as ft
+
+    real_lr_at = ft.lr_at
+    steps_per_epoch = 120 // 24
+
+    def lr_at(t, *args):  # SIGTERM arrives during epoch 2, step 3 (1-based)
+        if abs(t - (1 + 2 / steps_per_epoch)) < 1e-9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr_at(t, *args)
+
+    monkeypatch.setattr(ft, "lr_at", lr_at)
+    run = _run(source, cifar10_dir, tmp_path / "ft")
+    stopped = torch.load(run / "checkpoint-last.pth", weights_only=True)
+    assert (stopped["epoch"], stopped["step_in_epoch"]) == (0, 3)  # epoch 1 done, 3 steps of epoch 2
+    assert not (run / "finetune.json").exists()
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "stopped" and e["signal"] == "SIGTERM" for e in events)
+
+    monkeypatch.setattr(ft, "lr_at", real_lr_at)
+    # the same command with --resume auto; two loader workers this time (augmentation is seeded per image)
+    _run(source, cifar10_dir, tmp_path / "ft", resume="auto", sets=["data.num_workers=2"])
+    _equal(_weights(run), _weights(uninterrupted))
+    whole, resumed = _history(uninterrupted), _history(run)
+    assert [h["loss"] for h in resumed] == pytest.approx([h["loss"] for h in whole], rel=1e-6)
+    assert [h["test_top1"] for h in resumed] == [h["test_top1"] for h in whole]
+
+
+def test_resume_from_an_epoch_checkpoint_after_a_kill_matches_uninterrupted(source, cifar10_dir, uninterrupted,
+                                                                            tmp_path):
+    # what a SIGKILL during epoch 2 leaves: the checkpoint written at the end of epoch 1
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(uninterrupted / "checkpoint-0.pth", killed / "checkpoint-last.pth")
+    _run(source, cifar10_dir, tmp_path / "ignored", resume=str(killed))
+    _equal(_weights(killed), _weights(uninterrupted))
+    assert not (tmp_path / "ignored").exists()  # --resume RUN_DIR writes into that run
+
+
+def test_a_second_finetune_into_the_same_folder_is_refused_and_names_resume(source, cifar10_dir, uninterrupted):
+    before = (uninterrupted / "checkpoint-last.pth").read_bytes()
+    with pytest.raises(ConfigError, match=r"already holds a fine-tune; continue it with --resume auto"):
+        _run(source, cifar10_dir, uninterrupted)
+    assert (uninterrupted / "checkpoint-last.pth").read_bytes() == before
+
+
+def test_resume_refuses_a_pretraining_checkpoint(source, cifar10_dir, tmp_path):
+    not_ft = tmp_path / "pretrain-run"
+    not_ft.mkdir()
+    torch.save({"model": tiny_mae().state_dict(), "kind": "mae", "config": {}}, not_ft / "checkpoint-last.pth")
+    with pytest.raises(CheckpointError, match=r"is not a checkpoint of `imae finetune`"):
+        _run(source, cifar10_dir, tmp_path / "ft", resume=str(not_ft))
