@@ -236,8 +236,10 @@ def test_lost_peer_stops_the_other_rank_within_60s(tmp_path, fault_case):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
            *cli(run, sets=sets)[1:]]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    while last_step(run) < 8 and p.poll() is None:
+    deadline = time.time() + 120
+    while last_step(run) < 8 and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert p.poll() is None, f"the run ended before step 8: {p.communicate()[1][-1500:]}"
     kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
     os.kill(int(kids[-1]), signal.SIGKILL)
     t0 = time.time()
@@ -249,8 +251,10 @@ def test_lost_peer_stops_the_other_rank_within_60s(tmp_path, fault_case):
     run, port = tmp_path / "b", _free_port()
     procs = [subprocess.Popen(cli(run, sets=sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=_rank_env(r, port)) for r in (0, 1)]
-    while last_step(run) < 8 and procs[0].poll() is None:
+    deadline = time.time() + 120
+    while last_step(run) < 8 and procs[0].poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert procs[0].poll() is None, f"rank 0 ended before step 8: {procs[0].communicate()[1][-1500:]}"
     procs[1].kill()
     t0 = time.time()
     _, err = procs[0].communicate(timeout=120)
