@@ -219,6 +219,9 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
     if main:
         history = st.history
         evaluated = [h for h in history if "test_top1" in h]
+        if not evaluated:  # only a checkpoint of an older imae, resumed after its last epoch, lacks them
+            raise CheckpointError(f"{run_dir} holds no epoch records to report; fine-tune again into another "
+                                  f"--output-dir")
         results = {"best_top1": max(h["test_top1"] for h in evaluated),
                    "final_top1": evaluated[-1]["test_top1"], "final_top5": evaluated[-1].get("test_top5"),
                    "epochs": t.epochs, "pool": t.pool, "train_images": len(train), "test_images": len(test),
