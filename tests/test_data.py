@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,66 @@ def test_file_loader_path_is_deterministic_and_trains(cifar10_dir, tmp_path):
         "data.num_workers": 2, "data.max_per_class": 8, "model.img_size": 32, "model.patch_size": 4,
         "train.epochs": 1}))
     assert (run / "checkpoint-last.pth").is_file()
+
+
+def _write_cifar10_pickles(folder, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, str]:
+    """torchvision's ``cifar-10-batches-py`` layout (rows of 3072 bytes: R, G, B planes; "labels"; every
+    sixth image in each of data_batch_1..5 and test_batch). Returns each file's MD5."""
+    import hashlib
+    import pickle
+
+    folder.mkdir(parents=True)
+    rows = images.reshape(len(images), -1).numpy()
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rows[k::len(names)], "labels": labels[k::len(names)].tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": classes}, f)
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_download_flag_fetches_through_torchvision_and_the_pickled_release_loads_upright(cifar10_dir, tmp_path,
+                                                                                         monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    from conftest import CLASSES, load_cifar_images
+
+    images, labels = load_cifar_images(cifar10_dir, per_class=6)
+    release = tmp_path / "release" / CIFAR10.base_folder
+    md5 = _write_cifar10_pickles(release, images, labels, CLASSES)
+    # torchvision verifies every file against these checksums, as it does the real release's
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    fetched = []
+
+    def fetch(self):  # what torchvision's network fetch leaves on disk (there is no internet here)
+        fetched.append(self.root)
+        if not (Path(self.root) / self.base_folder).is_dir():
+            shutil.copytree(release, Path(self.root) / self.base_folder)
+
+    monkeypatch.setattr(CIFAR10, "download", fetch)
+    root = tmp_path / "new"
+    root.mkdir()
+    with pytest.raises(DataError, match="pass --download to fetch it"):
+        load_split("cifar10", "train", path=str(root))
+    root.rmdir()
+    train = load_split("cifar10", "train", path=str(root), download=True)
+    assert fetched == [str(root)]  # the missing folder was created and handed to torchvision
+    test = load_split("cifar10", "eval", path=str(root))
+    # data_batch_1..5 are the training split and test_batch the evaluation split; the JPEG pixels come back
+    # as [N, 3, H, W] exactly (HWC -> CHW once, nothing transposed or flipped)
+    train_idx = [i for k in range(5) for i in range(k, len(images), 6)]  # batch files in order
+    assert torch.equal(train.images, images[train_idx]) and torch.equal(train.labels, labels[train_idx])
+    assert torch.equal(test.images, images[5::6]) and torch.equal(test.labels, labels[5::6])
+    assert train.classes == CLASSES
+    # the command line's --download reaches torchvision: a tiny pre-training into a folder that does not exist
+    from conftest import tiny_cli_sets
+    from imae.cli import main
+
+    fetched.clear()
+    main(["pretrain", "--preset", "cifar10-mae-tiny", "--download", "--data-path", str(tmp_path / "fresh"),
+          "--output-dir", str(tmp_path / "run"), "--epochs", "1",
+          *tiny_cli_sets(**{"data.max_per_class": 4, "train.batch_size": 8})])
+    assert fetched == [str(tmp_path / "fresh")] and (tmp_path / "run" / "checkpoint-last.pth").is_file()
