@@ -331,3 +331,56 @@ def test_keep_last_keeps_only_the_newest_numbered_checkpoints(tmp_path):
     run = pretrain(tiny_config(tmp_path / "run", **{"train.epochs": 4, "train.save_every": 1, "train.keep_last": 2}))
     assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-2.pth", "checkpoint-3.pth",
                                                                      "checkpoint-last.pth"]
+
+
+def _signal_group_after(cmd: list[str], run: Path, at_step: int, cwd: Path) -> subprocess.CompletedProcess:
+    """Start ``cmd`` in its own process group and SIGTERM the whole group (as torchrun and schedulers do)
+    once its log shows ``at_step``."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd,
+                         start_new_session=True)
+    deadline = time.time() + 180
+    while last_step(run) < at_step and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, f"the run ended before step {at_step}: {p.communicate()[1][-1500:]}"
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=180)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_checkpoints(tmp_path, cifar10_dir, fault_case):
+    fault_case(injected="SIGTERM to the whole process group (main process and 2 DataLoader workers) of "
+                        "(a) a pre-training on image files, (b) a fine-tune",
+               expected="workers ignore it; the main process checkpoints and exits 0; the run resumes")
+    tree = tmp_path / "tree"
+    for split, n in (("train", 48), ("test", 4)):
+        for c in ("cat", "dog"):
+            (tree / split / c).mkdir(parents=True)
+            for f in sorted((cifar10_dir / split / c).iterdir())[:n]:
+                shutil.copy(f, tree / split / c / f.name)
+    # (a) pre-training through the file loader (ImageNet's path): workers decode and crop
+    run = tmp_path / "pt"
+    files = {"data.dataset": "imagefolder", "data.path": str(tree), "data.in_memory": False, "data.num_workers": 2,
+             "data.max_per_class": "null", "train.epochs": 40, "train.save_every_steps": 0}
+    res = _signal_group_after(cli(run, sets=files), run, 3, tmp_path)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "stopped by SIGTERM" in res.stderr
+    stopped = ckpt.load(run / "checkpoint-last.pth")
+    res = subprocess.run(cli(run, "--resume", "auto", sets={**files, "train.epochs": stopped["epoch"] + 2}),
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    # (b) fine-tuning: workers run timm's augmentation
+    src = tmp_path / "mae.pth"
+    torch.save({"model": ckpt.load(run / "checkpoint-last.pth")["model"]}, src)
+    ft = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "imae", "finetune", str(src), "--data-path", str(tree), "--set",
+           "data.dataset=imagefolder", "--set", "data.img_size=16", "--output-dir", str(ft), "--epochs", "40",
+           "--device", "cpu", "--set", "data.num_workers=2", "--set", "finetune.batch_size=16", "--set",
+           "finetune.log_every=1", "--set", f"num_heads={RUN_SETS['model.num_heads']}"]
+    res = _signal_group_after(cmd, ft, 3, tmp_path)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"imae finetune {src} --resume {ft}" in res.stderr
+    ft_ck = ckpt.load(ft / "checkpoint-last.pth")
+    assert (ft_ck["epoch"] + 1) * 6 + ft_ck["step_in_epoch"] >= 3  # 96 images / 16 = 6 steps an epoch
+    fault_case(outcome=f"(a) pre-training stopped with status 0 after {stopped['global_step']} steps and resumed; "
+                       f"(b) the fine-tune stopped with status 0 after {ft_ck['epoch'] + 1} epoch(s) and "
+                       f"{ft_ck['step_in_epoch']} step(s); no traceback", lost="nothing")

@@ -11,6 +11,7 @@ the same data as an uninterrupted run, and no RNG state has to be carried betwee
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,15 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (seed, epoch, step, rank, ...), well mixed by NumPy's SeedSequence."""
     words = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the training loaders: SIGTERM / SIGINT sent to a whole process group (torchrun
+    stopping its workers, a scheduler's pre-emption, Ctrl-C) are for the main process, which checkpoints
+    and stops; a loader worker killed by them would crash the main process first. Workers still end with
+    the main process (the DataLoader's shutdown and its parent watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -184,7 +194,8 @@ class FileLoader:
         self.loader = torch.utils.data.DataLoader(
             _FileDataset(data, size, scale, ratio, hflip, seed, skip_corrupt), batch_sampler=self.sampler,
             num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
+            persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None,
+            worker_init_fn=ignore_stop_signals)
         self.mean, self.std = data.mean, data.std
         self.plan, self.device, self.rank, self.seed = plan, device, rank, seed
 

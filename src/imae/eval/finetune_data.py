@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from imae.data.loader import derive_seed
+from imae.data.loader import derive_seed, ignore_stop_signals
 from imae.errors import DataError
 from imae.eval.config import FinetuneConfig
 from imae.eval.data import Split
@@ -51,12 +51,12 @@ class FinetuneImages(torch.utils.data.Dataset):
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's global generators (timm's transforms draw from all three) for
+    """Seed Python's, NumPy's and torch's global CPU generators (timm's transforms draw from all three) for
     the body, then restore their previous states."""
     states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
@@ -98,7 +98,8 @@ def training_loader(train: Split, transform, cfg: FinetuneConfig, rank: int, wor
         raise DataError(f"{len(train)} training images are fewer than one batch of {t.batch_size} x "
                         f"{world_size} process(es); lower --set finetune.batch_size")
     return torch.utils.data.DataLoader(FinetuneImages(train, transform, cfg.seed), batch_sampler=batches,
-                                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
+                                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
+                                       worker_init_fn=ignore_stop_signals)
 
 
 def transforms(cfg: FinetuneConfig, size: int, mean, std, in_memory: bool):
