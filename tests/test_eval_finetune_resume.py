@@ -47,6 +47,20 @@ def _history(run: Path) -> list[dict]:
     return json.loads((run / "finetune.json").read_text())["results"]["history"]
 
 
+def _stop_at(monkeypatch, at: float) -> None:
+    """SIGTERM this process when the step at fractional epoch ``at`` sets its learning rate."""
+    import imae.eval.finetune as ft
+
+    real = ft.lr_at
+
+    def lr_at(t, *args):
+        if abs(t - at) < 1e-9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(t, *args)
+
+    monkeypatch.setattr(ft, "lr_at", lr_at)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(source, cifar10_dir, tmp_path_factory) -> Path:
     return _run(source, cifar10_dir, tmp_path_factory.mktemp("ft") / "whole")
@@ -60,17 +74,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 def test_sigterm_mid_epoch_checkpoints_and_resume_matches_uninterrupted(source, cifar10_dir, uninterrupted, tmp_path,
                                                                         monkeypatch):
-    import imae.eval.finetune as ft
-
-    real_lr_at = ft.lr_at
-    steps_per_epoch = 120 // 24
-
-    def lr_at(t, *args):  # SIGTERM arrives during epoch 2, step 3 (1-based)
-        if abs(t - (1 + 2 / steps_per_epoch)) < 1e-9:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_lr_at(t, *args)
-
-    monkeypatch.setattr(ft, "lr_at", lr_at)
+    _stop_at(monkeypatch, 1 + 2 / 5)  # SIGTERM during epoch 2, step 3 (1-based); 120 images / 24 = 5 steps
     run = _run(source, cifar10_dir, tmp_path / "ft")
     stopped = torch.load(run / "checkpoint-last.pth", weights_only=True)
     assert (stopped["epoch"], stopped["step_in_epoch"]) == (0, 3)  # epoch 1 done, 3 steps of epoch 2
@@ -78,7 +82,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_matches_uninterrupted(source, 
     events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "stopped" and e["signal"] == "SIGTERM" for e in events)
 
-    monkeypatch.setattr(ft, "lr_at", real_lr_at)
+    monkeypatch.undo()
     # the same command with --resume auto; two loader workers this time (augmentation is seeded per image)
     _run(source, cifar10_dir, tmp_path / "ft", resume="auto", sets=["data.num_workers=2"])
     _equal(_weights(run), _weights(uninterrupted))
@@ -111,3 +115,29 @@ def test_resume_refuses_a_pretraining_checkpoint(source, cifar10_dir, tmp_path):
     torch.save({"model": tiny_mae().state_dict(), "kind": "mae", "config": {}}, not_ft / "checkpoint-last.pth")
     with pytest.raises(CheckpointError, match=r"is not a checkpoint of `imae finetune`"):
         _run(source, cifar10_dir, tmp_path / "ft", resume=str(not_ft))
+
+
+def test_resume_guards_a_changed_step_layout_fewer_epochs_and_unreadable_checkpoints(source, cifar10_dir,
+                                                                                    uninterrupted, tmp_path,
+                                                                                    monkeypatch):
+    _stop_at(monkeypatch, 2 / 5)  # during epoch 1, step 3
+    run = _run(source, cifar10_dir, tmp_path / "ft")
+    assert torch.load(run / "checkpoint-last.pth", weights_only=True)["step_in_epoch"] == 3
+    monkeypatch.undo()
+    before = (run / "checkpoint-last.pth").read_bytes()
+    # the rest of the epoch would be other batches: refused, nothing written
+    with pytest.raises(ConfigError, match=r"stopped in the middle of an epoch with finetune.batch_size=24, "
+                                          r"finetune.accum_iter=1 on 1 process\(es\); resume it with the same "
+                                          r"\(now finetune.batch_size=12"):
+        _run(source, cifar10_dir, run, resume="auto", sets=["finetune.batch_size=12"])
+    assert (run / "checkpoint-last.pth").read_bytes() == before
+    with pytest.raises(ConfigError, match=r"has already fine-tuned 3 epochs; --epochs must be at least that"):
+        from imae.eval.finetune import finetune
+
+        finetune(source, overrides={"output_dir": str(uninterrupted), "finetune.epochs": 2}, resume="auto")
+    # auto must not start over a folder whose checkpoints are all damaged, nor say "use --resume auto"
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "checkpoint-last.pth").write_bytes(before[: len(before) // 2])
+    with pytest.raises(CheckpointError, match=r"holds checkpoints but none can be read"):
+        _run(source, cifar10_dir, damaged, resume="auto")

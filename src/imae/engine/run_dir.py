@@ -40,6 +40,9 @@ def find_resume(resume: str, output_dir: str | None) -> tuple[Path, Path, dict[s
         if not output_dir or not Path(output_dir).is_dir():
             return None
         found = ckpt.latest_complete(Path(output_dir))
+        if found is None and ckpt.checkpoints_in(Path(output_dir)):
+            raise CheckpointError(f"--resume auto: {output_dir} holds checkpoints but none can be read (damaged or "
+                                  f"partial); move them aside to start again there, or choose another --output-dir")
         return None if found is None else (Path(output_dir), found[0], found[1])
     path = Path(resume)
     if not path.exists():

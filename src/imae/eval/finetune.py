@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imae.config import save_config
-from imae.data.loader import derive_seed
+from imae.data.loader import derive_seed, ignore_stop_signals
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
@@ -60,6 +60,11 @@ def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dic
     env = D.setup(s.cfg.device)
     try:
         return _finetune(s, env, resume_ck)
+    except RuntimeError as e:
+        if not D.is_peer_error(e):
+            raise
+        raise TrainingError(f"rank {env.rank} lost contact with another fine-tuning process ({D.short(e)}); the "
+                            f"last checkpoint is intact: restart the job with --resume auto") from None
     finally:
         D.cleanup()
 
@@ -111,6 +116,13 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
     optimizer = torch.optim.AdamW(layer_decay_groups(vit, t.weight_decay, t.layer_decay), lr=base_lr, betas=t.betas,
                                   fused=device.type == "cuda")
     st = _State.start(resume_ck)
+    layout = {"batch_size": t.batch_size, "accum_iter": t.accum_iter, "world_size": env.world_size}
+    if st.step_in_epoch and st.layout and st.layout != layout:  # the epoch's remaining batches would differ
+        raise ConfigError(f"{run_dir} stopped in the middle of an epoch with {_describe(st.layout)}; resume it with "
+                          f"the same (now {_describe(layout)})")
+    if st.epoch + 1 > t.epochs:
+        raise ConfigError(f"{run_dir} has already fine-tuned {st.epoch + 1} epochs; --epochs must be at least that")
+    st.layout = layout
     if resume_ck is not None:
         ckpt.load_state_dict(vit, resume_ck["model"], source=resume_ck["_path"])
         try:
@@ -238,10 +250,11 @@ class _State:
     records, and (stopped mid-epoch) the loss sum, image count and seconds of the epoch's finished steps."""
 
     def __init__(self, epoch: int = -1, step_in_epoch: int = 0, global_step: int = 0, history=None,
-                 loss_sum: float = 0.0, seen: int = 0, time_s: float = 0.0) -> None:
+                 loss_sum: float = 0.0, seen: int = 0, time_s: float = 0.0, layout=None) -> None:
         self.epoch, self.step_in_epoch, self.global_step = epoch, step_in_epoch, global_step
         self.history: list[dict[str, float]] = list(history or [])
         self.loss_sum, self.seen, self.time_s = loss_sum, seen, time_s
+        self.layout: dict[str, int] | None = layout  # batch size, accumulation and processes of the steps
 
     @classmethod
     def start(cls, ck: dict[str, Any] | None) -> _State:
@@ -249,13 +262,19 @@ class _State:
             return cls()
         partial = ck.get("partial") or {}
         return cls(ck.get("epoch", -1), ck.get("step_in_epoch", 0), ck.get("global_step", 0), ck.get("history"),
-                   partial.get("loss_sum", 0.0), partial.get("seen", 0), partial.get("time_s", 0.0))
+                   partial.get("loss_sum", 0.0), partial.get("seen", 0), partial.get("time_s", 0.0),
+                   ck.get("layout"))
 
     def to_dict(self) -> dict[str, Any]:
         """``epoch``: the last finished epoch (-1: none); ``step_in_epoch``: steps done of the next one."""
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "history": self.history,
+                "history": self.history, "layout": self.layout,
                 "partial": {"loss_sum": self.loss_sum, "seen": self.seen, "time_s": self.time_s}}
+
+
+def _describe(layout: dict[str, int]) -> str:
+    return (f"finetune.batch_size={layout['batch_size']}, finetune.accum_iter={layout['accum_iter']} on "
+            f"{layout['world_size']} process(es)")
 
 
 def _stopped(stop: StopRequest, st: _State, run_dir: Path, s: Session, log: RunLog, main: bool) -> Path:
@@ -289,7 +308,8 @@ def evaluate_classifier(vit: nn.Module, test: Split, transform, batch_size: int,
     n = len(test)
     lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
     shard = torch.utils.data.Subset(FinetuneImages(test, transform), range(lo, hi))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers)
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers,
+                                         worker_init_fn=ignore_stop_signals)
     sums = torch.zeros(4, device=device)  # correct@1, correct@5, loss sum, count
     for x, y in loader:
         x, y = x.to(device), y.to(device)
