@@ -103,3 +103,29 @@ def test_new_run_refuses_a_folder_with_checkpoints_and_resume_auto_continues(tmp
         pretrain(tiny_config(run))
     more = pretrain(tiny_config(run, **{"train.epochs": 2}), resume="auto", overrides={"train.epochs": 2})
     assert ckpt.load(more / "checkpoint-last.pth")["epoch"] == 1
+
+
+def test_steps_redone_after_a_kill_are_drawn_once_in_tensorboard_and_epochs_counted_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from imae.viz.report import epoch_records
+
+    run = pretrain(tiny_config(tmp_path / "r", **{"train.save_every": 1}))  # 2 epochs x 6 steps
+    first = {e.step: e.value for e in _scalars(EventAccumulator, run, "train/loss")}
+    assert sorted(first) == list(range(1, 13))
+    # a SIGKILL late in epoch 2 (its epoch record already written) leaves checkpoint-0 as the newest
+    (run / "checkpoint-last.pth").unlink()
+    (run / "checkpoint-1.pth").unlink()
+    pretrain(tiny_config(run), resume="auto")
+    redone = _scalars(EventAccumulator, run, "train/loss")
+    assert [e.step for e in redone] == list(range(1, 13))  # steps 7-12 once, from the resumed session
+    assert [e.value for e in redone] == pytest.approx([first[s] for s in range(1, 13)], rel=1e-5)
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "step" for r in lines) == 18  # log.jsonl keeps both tries, a resume event between
+    assert [r["epoch"] for r in epoch_records(run)] == [0, 1]
+
+
+def _scalars(accumulator, run, tag):
+    acc = accumulator(str(run / "tb"))
+    acc.Reload()
+    return acc.Scalars(tag)

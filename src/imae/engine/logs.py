@@ -13,9 +13,14 @@ from tqdm import tqdm
 
 
 class RunLog:
-    """``log.jsonl`` (one JSON object per line, ``"kind"``: step | epoch | event) and ``tb/`` events."""
+    """``log.jsonl`` (one JSON object per line, ``"kind"``: step | epoch | event) and ``tb/`` events.
 
-    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True) -> None:
+    ``purge_step`` (a resumed run: the first step it will redo) hides the TensorBoard points a stopped
+    run had logged from that step on, so redone steps are not drawn twice; ``log.jsonl`` keeps every
+    record (after a ``resume`` event the redone steps come again: keep the last record of each step)."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None) -> None:
         self.enabled = enabled and run_dir is not None
         self._jsonl = None
         self._tb = None
@@ -26,7 +31,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
             except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
                 self._tb = None
 

@@ -64,8 +64,9 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
         if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
-            RunLog(run_dir).write("event", {"event": "resume", "from": path.name,
-                                            "global_step": resume_ck.get("global_step", 0)})
+            note = RunLog(run_dir, tensorboard=False)
+            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0)})
+            note.close()
     else:
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
@@ -118,8 +119,9 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         ratio=cfg.data.crop_ratio, hflip=cfg.data.hflip, num_workers=cfg.data.num_workers,
         skip_corrupt=cfg.data.skip_corrupt)
     steps = len(loader)
-    log = RunLog(run_dir, enabled=main)
-    if state.epoch < 0 and state.step_in_epoch == 0:
+    resumed = state.epoch >= 0 or state.step_in_epoch > 0
+    log = RunLog(run_dir, enabled=main, purge_step=state.global_step + 1 if resumed else None)
+    if not resumed:
         info(f"training {cfg.method} {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters) on {len(data)} {cfg.data.dataset} images, {steps} steps/epoch x {t.epochs} epochs, "
              f"{env.world_size} process(es) on {env.device.type}; lr {base_lr:.3g}; writing {run_dir}", main)

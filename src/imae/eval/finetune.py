@@ -134,8 +134,9 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
         else vit
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp and device.type == "cuda"
                 else contextlib.nullcontext())
-    log = RunLog(run_dir, enabled=main)
-    if st.epoch >= 0 or st.step_in_epoch:
+    resumed = st.epoch >= 0 or st.step_in_epoch > 0
+    log = RunLog(run_dir, enabled=main, purge_step=st.global_step + 1 if resumed else None)
+    if resumed:
         info(f"resuming {run_dir} ({st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s) done)", main)
         log.write("event", {"event": "resume", "epoch": st.epoch, "step_in_epoch": st.step_in_epoch})
     info(f"fine-tuning {s.subject.path} ({sum(p.numel() for p in vit.parameters()) / 1e6:.2f}M parameters) on "

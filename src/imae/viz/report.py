@@ -27,19 +27,21 @@ HEADLINE_ALPHA = 0.3
 
 
 def epoch_records(run: Path) -> list[dict[str, Any]]:
-    """The ``kind: epoch`` records of a run's log.jsonl (fine-tune runs log ``epoch`` records too)."""
-    out = []
+    """The ``kind: epoch`` records of a run's log.jsonl (fine-tune runs log ``epoch`` records too), one per
+    epoch in epoch order: an epoch redone after a resume counts once, with its last record."""
+    by_epoch: dict[Any, dict[str, Any]] = {}
     log = run / "log.jsonl"
     if not log.is_file():
-        return out
+        return []
     for line in log.read_text().splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         if rec.get("kind") == "epoch":
-            out.append(rec)
-    return out
+            by_epoch.pop(rec.get("epoch"), None)
+            by_epoch[rec.get("epoch")] = rec
+    return sorted(by_epoch.values(), key=lambda r: r.get("epoch") if isinstance(r.get("epoch"), int) else -1)
 
 
 def _alpha(values: dict[str, Any], alpha: float = HEADLINE_ALPHA) -> Any:
