@@ -39,8 +39,7 @@ def epoch_records(run: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if rec.get("kind") == "epoch":
-            by_epoch.pop(rec.get("epoch"), None)
-            by_epoch[rec.get("epoch")] = rec
+            by_epoch[rec.get("epoch")] = rec  # a later record of the same epoch replaces the earlier
     return sorted(by_epoch.values(), key=lambda r: r.get("epoch") if isinstance(r.get("epoch"), int) else -1)
 
 
