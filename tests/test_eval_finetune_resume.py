@@ -104,7 +104,8 @@ def test_resume_from_an_epoch_checkpoint_after_a_kill_matches_uninterrupted(sour
 
 def test_a_second_finetune_into_the_same_folder_is_refused_and_names_resume(source, cifar10_dir, uninterrupted):
     before = (uninterrupted / "checkpoint-last.pth").read_bytes()
-    with pytest.raises(ConfigError, match=r"already holds a fine-tune; continue it with --resume auto"):
+    with pytest.raises(ConfigError, match=r"already holds checkpoints; continue it with --resume .*whole "
+                                          r"\(or --resume auto\)"):
         _run(source, cifar10_dir, uninterrupted)
     assert (uninterrupted / "checkpoint-last.pth").read_bytes() == before
 

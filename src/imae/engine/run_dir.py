@@ -19,8 +19,12 @@ def default_run_dir(cfg: Config) -> Path:
 
 def new_run_dir(cfg: Config) -> Path:
     """The output folder of a new run; refuses to start over a folder that already holds checkpoints."""
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
-    if ckpt.checkpoints_in(run_dir):
+    return prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg), fresh=True)
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool) -> Path:
+    """Create ``run_dir``; a ``fresh`` run (not a resumed one) refuses a folder that holds checkpoints."""
+    if fresh and ckpt.checkpoints_in(run_dir):
         raise ConfigError(f"{run_dir} already holds checkpoints; continue it with --resume {run_dir} "
                           f"(or --resume auto), or choose another --output-dir")
     try:

@@ -104,11 +104,7 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     optimizer = build_adamw(model, base_lr, t.weight_decay, t.betas, env.device)
     state = TrainState()
     if resume_ck is not None:
-        ckpt.load_state_dict(model, resume_ck["model"], source=resume_ck["_path"])
-        try:
-            optimizer.load_state_dict(resume_ck["optimizer"])
-        except (KeyError, ValueError) as e:
-            raise TrainingError(f"the optimiser state of {resume_ck['_path']} does not fit ({e})") from None
+        ckpt.restore(model, optimizer, resume_ck)
         state = TrainState(resume_ck.get("epoch", -1), resume_ck.get("step_in_epoch", 0),
                            resume_ck.get("global_step", 0), resume_ck.get("nonfinite_skipped", 0))
         del resume_ck

@@ -32,7 +32,7 @@ from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.optim import lr_at, set_lr
-from imae.engine.run_dir import find_resume
+from imae.engine.run_dir import find_resume, prepare_run_dir
 from imae.engine.signals import StopRequest
 from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from imae.eval.config import FinetuneConfig
@@ -91,13 +91,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
     D.check_same_config(cfg.to_dict())
     run_dir = _run_dir(s)
     if main:
-        if resume_ck is None and ckpt.checkpoints_in(run_dir):
-            raise ConfigError(f"{run_dir} already holds a fine-tune; continue it with --resume auto (same command) "
-                              f"or choose another --output-dir")
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create output folder {run_dir} ({e.strerror})") from None
+        prepare_run_dir(run_dir, fresh=resume_ck is None)
         save_config(cfg, run_dir / "config.yaml")
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):
@@ -124,11 +118,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
         raise ConfigError(f"{run_dir} has already fine-tuned {st.epoch + 1} epochs; --epochs must be at least that")
     st.layout = layout
     if resume_ck is not None:
-        ckpt.load_state_dict(vit, resume_ck["model"], source=resume_ck["_path"])
-        try:
-            optimizer.load_state_dict(resume_ck["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"the optimiser state of {resume_ck['_path']} does not fit ({e})") from None
+        ckpt.restore(vit, optimizer, resume_ck)
         del resume_ck
     net: nn.Module = DDP(vit, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed \
         else vit
