@@ -11,6 +11,8 @@ the same data as an uninterrupted run, and no RNG state has to be carried betwee
 
 from __future__ import annotations
 
+import contextlib
+import random
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,22 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (seed, epoch, step, rank, ...), well mixed by NumPy's SeedSequence."""
     words = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's global CPU generators for the body (torchvision's and timm's
+    per-image transforms draw from them), then restore their previous states."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -65,7 +83,7 @@ class BatchPlan:
     """
 
     def __init__(self, labels: torch.Tensor, batch_size: int, world_size: int = 1, seed: int = 0,
-                 class_pairs: bool = False) -> None:
+                 class_pairs: bool = False, batch_setting: str = "train.batch_size") -> None:
         self.labels = labels.cpu()
         self.batch_size, self.world_size, self.seed = batch_size, world_size, seed
         self.class_pairs = class_pairs
@@ -75,7 +93,7 @@ class BatchPlan:
         self.steps_per_epoch = usable // (batch_size * world_size)
         if self.steps_per_epoch == 0:
             raise DataError(f"the training split has {len(labels)} images ({usable} usable), fewer than one batch "
-                            f"of {batch_size} x {world_size} process(es); lower --set train.batch_size")
+                            f"of {batch_size} x {world_size} process(es); lower --set {batch_setting}")
 
     def _usable(self) -> int:
         if not self.class_pairs:
@@ -153,10 +171,8 @@ class _FileDataset(torch.utils.data.Dataset):
             if self.skip_corrupt:
                 return None
             raise
-        state = torch.random.get_rng_state()
-        torch.manual_seed(derive_seed(self.seed, epoch, i, 0xF11E))
-        x = self.transform(im)
-        torch.random.set_rng_state(state)
+        with seeded(derive_seed(self.seed, epoch, i, 0xF11E)):
+            x = self.transform(im)
         return x, int(self.labels[i]), i
 
 
@@ -170,8 +186,10 @@ def _collate(items):
     return (x, y, i), len(items) - len(kept)
 
 
-class _PlanSampler:
-    """Batch sampler over a plan; ``epoch`` and ``start`` are set before each pass (persistent workers)."""
+class PlanSampler:
+    """Batch sampler over a plan: the rank's batches of ``epoch`` from step ``start`` on, as keys
+    ``(epoch, i)``; ``epoch`` and ``start`` are set before each pass (it lives in the main process, so
+    persistent workers see the changes)."""
 
     def __init__(self, plan: BatchPlan, rank: int) -> None:
         self.plan, self.rank, self.epoch, self.start = plan, rank, 0, 0
@@ -190,7 +208,7 @@ class FileLoader:
     def __init__(self, data: ImageSet, plan: BatchPlan, size: int, device: torch.device, rank: int = 0,
                  seed: int = 0, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True,
                  num_workers: int = 4, skip_corrupt: bool = False) -> None:
-        self.sampler = _PlanSampler(plan, rank)
+        self.sampler = PlanSampler(plan, rank)
         self.loader = torch.utils.data.DataLoader(
             _FileDataset(data, size, scale, ratio, hflip, seed, skip_corrupt), batch_sampler=self.sampler,
             num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",

@@ -103,7 +103,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
     tf_train, tf_test = transforms(cfg, train.size, train.data.mean, train.data.std, train.data.images is not None)
     loader = training_loader(train, tf_train, cfg, env.rank, env.world_size, device.type == "cuda")
     batches = loader.batch_sampler
-    steps = batches.steps
+    steps = batches.plan.steps_per_epoch
     mixup, criterion = _mixing(t, train.num_classes)
     eff_batch = t.batch_size * t.accum_iter * env.world_size
     base_lr = t.blr * eff_batch / 256
