@@ -79,26 +79,44 @@ class PenaltyChoice:
     curve: list[float]  # validation R^2 for every penalty of the grid
 
 
+def ridge_from_gram(xtx: torch.Tensor, xty: torch.Tensor) -> RidgeFit:
+    """A problem given by its centred cross-products ``Xc^T Xc`` [D, D] and ``Xc^T Yc`` [D, T] (float64);
+    the caller has centred X and Y, so the fit has no intercept of its own."""
+    s, v = torch.linalg.eigh(xtx.double())
+    d, t = xty.shape
+    return RidgeFit(xtx.new_zeros(d, dtype=torch.float64), xtx.new_zeros(t, dtype=torch.float64), s, v,
+                    v.T @ xty.double())
+
+
+def choose_penalty(fit: RidgeFit, ptp: torch.Tensor, pty: torch.Tensor, y2: float, sst: float,
+                   penalties: list[float], cols: slice | None = None) -> PenaltyChoice:
+    """The relative penalty of the grid with the best validation R^2 = 1 - SSE / ``sst``.
+
+    With validation predictors rotated into the fit's eigenbasis, ``P = (X_val - mu_x) V``, the inputs are
+    ``ptp = P^T P`` [D, D], ``pty = P^T Yv`` [D, T_g] and ``y2 = |Yv|^2`` for the target columns ``cols``."""
+    a = fit.xty_rot[:, cols if cols is not None else slice(None)]  # [D, T_g]
+    cross = (pty * a).sum(1)  # [D]
+    quad = ptp * (a @ a.T)  # [D, D]
+    s = fit.eigvals.clamp_min(0)
+    sst = max(float(sst), 1e-300)
+    curve = []
+    for rel in penalties:
+        f = 1.0 / (s + rel * fit.scale)
+        sse = y2 - 2 * (f * cross).sum() + f @ quad @ f
+        curve.append(float(1.0 - sse / sst))
+    best = max(range(len(penalties)), key=lambda i: curve[i])
+    return PenaltyChoice(float(penalties[best]), curve[best], curve)
+
+
 def select_penalties(fit: RidgeFit, x_val: torch.Tensor, y_val: torch.Tensor, penalties: list[float],
                      groups: dict[str, slice]) -> dict[str, PenaltyChoice]:
     """For each target group (a slice of Y's columns) the relative penalty with the best validation R^2."""
     p = (x_val.double() - fit.mean_x) @ fit.eigvecs  # [Nv, D]
     yv = y_val.double() - fit.mean_y  # centred by the fit mean, as predictions are
-    gram = p.T @ p  # [D, D]
-    s = fit.eigvals.clamp_min(0)
+    ptp = p.T @ p  # [D, D]
     out = {}
     for name, cols in groups.items():
-        a = fit.xty_rot[:, cols]  # [D, T_g]
         yg = yv[:, cols]
-        cross = ((p.T @ yg) * a).sum(1)  # [D]
-        quad = gram * (a @ a.T)  # [D, D]
-        y2 = (yg**2).sum()
-        sst = ((yg - yg.mean(0)) ** 2).sum().clamp_min(1e-300)
-        curve = []
-        for rel in penalties:
-            f = 1.0 / (s + rel * fit.scale)
-            sse = y2 - 2 * (f * cross).sum() + f @ quad @ f
-            curve.append(float(1.0 - sse / sst))
-        best = max(range(len(penalties)), key=lambda i: curve[i])
-        out[name] = PenaltyChoice(float(penalties[best]), curve[best], curve)
+        sst = ((yg - yg.mean(0)) ** 2).sum()
+        out[name] = choose_penalty(fit, ptp, p.T @ yg, float((yg**2).sum()), float(sst), penalties, cols)
     return out
