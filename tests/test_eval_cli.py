@@ -103,15 +103,34 @@ def test_options_change_the_numbers(runs, tmp_path, capsys):
         assert code == 0, err
         return json.loads((tmp_path / "x" / f"{name}.json").read_text())["results"]
 
-    cls_sep, mean_sep = run("separability"), run("separability", "--set", "features.pool=mean")
-    assert cls_sep["pool"] == "cls" and mean_sep["pool"] == "mean"
-    assert cls_sep["regression"] != mean_sep["regression"]
-    assert run("separability", "--set", "separability.pixel_size=4")["targets"]["sub_pixels"] == 3 * 4 * 4
+    base = run("separability")
+    mean_sep = run("separability", "--set", "features.pool=mean")
+    assert base["classification"]["pool"] == "cls" and mean_sep["classification"]["pool"] == "mean"
+    assert base["classification"]["encoder"] != mean_sep["classification"]["encoder"]
+    assert base["tokens"] == mean_sep["tokens"]  # pooling is the classification's, tokens are tokens
+    small = run("separability", "--set", "separability.pixel_size=4")
+    assert small["classification"]["baselines"]["pixels"] != base["classification"]["baselines"]["pixels"]
+    half = run("separability", "--set", "separability.mask_ratio=0.5", "--set", "separability.unmasked=false")
+    assert half["ratios"] == ["0.5"] and half["mask_ratio"] == 0.5
+    assert half["tokens"]["0.5"]["encoder"] != base["tokens"]["0.75"]["encoder"]
+    few = run("separability", "--set", "separability.baselines=[pixels]", "--set", "separability.pooled=[mean]")
+    assert set(few["tokens"]["0.75"]["baselines"]) == {"pixels"} and set(few["pooled"]) == {"mean"}
+    other = run("separability", "--set", "separability.random_init_seed=1", "--set", "separability.bootstrap=50")
+    rand = ("tokens", "0.75", "baselines", "random_init", "distill", "sub", "0.3", "r2")
+    assert _get(other, rand) != _get(base, rand)
+    enc = ("tokens", "0.75", "encoder", "distill", "sub", "0.3")
+    assert _get(other, enc)["r2"] == _get(base, enc)["r2"] and _get(other, enc)["ci"] != _get(base, enc)["ci"]
     knn20, knn1 = run("knn"), run("knn", "--set", "knn.k=1")
     assert knn1["k"] == 1 and (knn1["top1"], knn1["top5"]) != (knn20["top1"], knn20["top5"])
     full = run("linprobe", "--set", "linprobe.mode=full", "--epochs", "2", "--set", "linprobe.batch_size=64",
                "--set", "linprobe.blr=10")
     assert full["mode"] == "full" and full["final_loss"] is not None
+
+
+def _get(tree, keys):
+    for k in keys:
+        tree = tree[k]
+    return tree
 
 
 def test_a_pretraining_preset_names_the_data_set_of_an_official_checkpoint(official, tmp_path, capsys):

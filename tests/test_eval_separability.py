@@ -53,28 +53,55 @@ def test_separability_of_an_mae_targets_are_aligned_with_the_pairs(runs, tmp_pat
     rec = evaluate("separability", runs["mae"], overrides={"output_dir": str(tmp_path)},
                    sets=[f"{k}={v}" for k, v in FAST.items()])
     r = _results(rec)
-    assert r["reference"]["is_self"] and set(r["regression"]) == {"encoder"}
-    enc = r["regression"]["encoder"]
-    assert set(enc) == {"sub_pixels", "dom_pixels", "sub_features", "dom_features"}
-    # at alpha 0.1 the mixture is nearly the dominant image: its features are nearly the dominant's
-    assert enc["dom_features"]["0.1"]["r2"] > 0.8
-    assert enc["dom_features"]["0.1"]["r2"] > enc["sub_features"]["0.1"]["r2"] + 0.3
-    assert enc["dom_pixels"]["0.1"]["r2"] > enc["sub_pixels"]["0.1"]["r2"]
-    for target in enc.values():
-        for scores in target.values():
-            assert scores["r2"] <= 1 and math.isfinite(scores["r2"]) and scores["penalty"] > 0
-    cls = r["classification"]["0.1"]
-    assert cls["dom_acc"] > cls["sub_acc"]
+    assert r["reference"]["is_self"] and r["mask_ratio"] == 0.75 and r["ratios"] == ["0.75", "0"]
+    assert r["pairs"]["same_class_p"] == "random"  # an MAE run has no training p
+    for ratio in r["ratios"]:
+        block = r["tokens"][ratio]
+        assert set(block) == {"encoder", "baselines"}  # an MAE has no branch maps
+        assert set(block["baselines"]) == {"pixels", "reference_on_mixture", "random_init", "partner_only"}
+        enc = block["encoder"]
+        assert set(enc) == {"distill", "encoder"} and set(enc["distill"]) == {"sub", "dom", "sum"}
+        # at alpha 0.1 the mixture is nearly the dominant image: its tokens are nearly the dominant's
+        for space in ("distill", "encoder"):
+            assert enc[space]["dom"]["0.1"]["r2"] > enc[space]["sub"]["0.1"]["r2"] + 0.3
+            for who in ("sub", "dom"):
+                for scores in enc[space][who].values():
+                    lo, hi = scores["ci"]
+                    assert math.isfinite(scores["r2"]) and scores["r2"] <= 1 and scores["penalty"] > 0
+                    assert lo <= scores["r2"] <= hi
+                    same, diff = scores["same"], scores["diff"]
+                    assert same is None or same["n"] + (diff["n"] if diff else 0) == r["pairs"]["test"]
+    # the MAE is its own reference: on the clean dominant image alone it predicts the dominant's tokens exactly
+    partner = r["tokens"]["0.75"]["baselines"]["partner_only"]["encoder"]["dom"]
+    assert partner["r2"] > 0.999
+    assert r["superposition"]["0.3"]["sub"] == pytest.approx(0.09 / 0.58)
+    cls = r["classification"]
+    assert cls["encoder"]["0.1"]["dom"]["acc"] > cls["encoder"]["0.1"]["sub"]["acc"]
+    assert set(cls["baselines"]) == {"pixels", "partner_only"} and 0 < cls["chance"]["sub"] < 0.5
     assert r["pairs"]["test"] == 24 and (tmp_path / "separability.json").is_file()
 
 
-def test_imae_reference_defaults_to_its_teacher_and_branch_latents_are_predictors(runs, tmp_path):
+def test_imae_reference_defaults_to_its_teacher_and_its_pairs_to_its_training_p(runs, tmp_path):
     rec = evaluate("separability", runs["imae"], overrides={"output_dir": str(tmp_path)},
                    sets=[f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3]}.items()])
     r = _results(rec)
-    assert set(r["regression"]) == {"encoder", "branch_sub", "branch_dom"}
-    assert not r["reference"]["is_self"] and r["reference"]["label"] == "mae"
+    assert set(r["tokens"]["0.75"]["branches"]) == {"sub", "dom"}
+    assert not r["reference"]["is_self"] and r["reference"]["is_teacher"] and r["reference"]["label"] == "mae"
+    assert len(r["reference"]["sha256"]) == 64
+    assert r["pairs"]["same_class_p"] == 1.0 and r["pairs"]["same_class_rate"] > 0.9
     assert rec["checkpoint"]["kind"] == "imae"
+
+
+def test_separability_settings_are_validated():
+    from imae.errors import ConfigError
+
+    for bad in ("separability.baselines=[pixel]", "separability.pooled=[max]", "separability.mask_ratio=1.0",
+                "separability.bootstrap=3"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            from imae.config import resolve
+            from imae.eval.config import EvalConfig
+
+            resolve({}, None, [bad], EvalConfig)
 
 
 def test_rerunning_gives_the_same_numbers_with_and_without_the_cache(runs, tmp_path):
@@ -98,6 +125,7 @@ def test_semantics_reports_probe_knn_nmi_and_same_vs_different_class_separabilit
     assert r["linprobe"]["top1"] > 0.3  # digits are easy even for a one-epoch encoder (chance 0.1)
     sep = r["separability"]
     assert sep["same_class_p"] == 0.5 and 0.3 < sep["pairs"]["same_class_rate"] < 0.7
-    scores = sep["regression"]["encoder"]["sub_features"]["0.3"]
-    assert scores["r2_same"] is not None and scores["r2_diff"] is not None
+    scores = sep["tokens"]["0.75"]["encoder"]["distill"]["sub"]["0.3"]
+    assert scores["same"]["n"] > 0 and scores["diff"]["n"] > 0
+    assert scores["same"]["n"] + scores["diff"]["n"] == sep["pairs"]["test"]
     assert rec["data"]["train_images"] == 200 and rec["data"]["eval_images"] == 120

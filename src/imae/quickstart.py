@@ -1,11 +1,13 @@
 """The README's main command: the whole pipeline on the embedded ``digits`` data set, on a CPU in minutes.
 
-1. pre-train a vanilla MAE (``digits-mae``): the baseline and the teacher;
-2. pre-train an i-MAE from it (``digits-imae``: the MAE is the frozen teacher and the student's start);
-3. evaluate both on the digits test split (360 images): separability (alphas 0.1, 0.3, 0.45; 216 / 72 /
-   72 fit / validation / test pairs, the MAE as the reference encoder of both) and the linear probe (cached
-   fast path); draw the figures of both side by side; write ``report.html`` and ``report.md``;
-4. print a short table (MAE vs i-MAE) and the report's path.
+1. pre-train a vanilla MAE (``digits-mae``, 30 epochs): the teacher and the common starting point;
+2. from it, for the same 20 epochs each: the compute-matched control, the MAE continued
+   (``digits-mae-continued``), and the i-MAE (``digits-imae``: the MAE is its frozen teacher);
+3. evaluate all three on the digits test split (360 images) against one reference, the teacher:
+   token-level separability (alphas 0.1, 0.3, 0.45; 180 / 36 / 144 fit / validation / test pairs, the
+   i-MAE's same-class pairing), with its baselines and 95% bootstrap intervals, and the linear probe;
+   ``imae compare`` of the continued MAE and the i-MAE; the figures; ``report.html`` and ``report.md``;
+4. print the table, the i-MAE minus MAE difference with its interval, and the report's path.
 Each training step resumes if its run directory already holds a checkpoint, so an interrupted quickstart
 continues; features are cached, so a rerun evaluates in seconds.
 """
@@ -13,15 +15,16 @@ continues; features are cached, so a rerun evaluates in seconds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from imae.config import build_config
 from imae.engine.logs import info
 from imae.engine.train import pretrain
 
-QUICK_ALPHAS = (0.1, 0.3, 0.45)  # of the five, to keep the evaluation under ~40 s on a 2-core CPU
-QUICK_COLUMNS = [("run", "model"), ("r2_sub_features", "separability R² (α=0.3, subordinate features)"),
-                 ("r2_dom_features", "separability R² (α=0.3, dominant features)"),
-                 ("linprobe", "linear probe top-1")]
+QUICK_ALPHAS = (0.1, 0.3, 0.45)  # of the five, to keep the evaluation short on a 2-core CPU
+QUICK_SETS = {"separability.alphas": list(QUICK_ALPHAS), "separability.fractions": [0.5, 0.1, 0.4],
+              "figures.images": 3}
+HEADLINE = "0.3"
 
 
 def run(out: Path, device: str = "auto", epochs: int | None = None) -> dict[str, Path]:
@@ -29,40 +32,82 @@ def run(out: Path, device: str = "auto", epochs: int | None = None) -> dict[str,
     common = {"device": device}
     if epochs:
         common["train.epochs"] = epochs
-    mae_cfg = build_config("digits-mae", {**common, "output_dir": str(out / "mae")})
-    mae_dir = pretrain(mae_cfg, resume="auto", overrides=common)
-    info(f"MAE run directory: {mae_dir}")
-    imae_cfg = build_config("digits-imae", {**common, "output_dir": str(out / "imae"),
-                                            "imae.teacher": str(mae_dir), "init_from": str(mae_dir)})
-    imae_dir = pretrain(imae_cfg, resume="auto", overrides=common)
+    mae_dir = pretrain(build_config("digits-mae", {**common, "output_dir": str(out / "mae")}), resume="auto",
+                       overrides=common)
+    info(f"MAE (teacher) run directory: {mae_dir}")
+    cont_dir = pretrain(build_config("digits-mae-continued", {**common, "output_dir": str(out / "mae-continued"),
+                                                              "init_from": str(mae_dir)}),
+                        resume="auto", overrides=common)
+    info(f"MAE continued run directory: {cont_dir}")
+    imae_dir = pretrain(build_config("digits-imae", {**common, "output_dir": str(out / "imae"),
+                                                     "imae.teacher": str(mae_dir), "init_from": str(mae_dir)}),
+                        resume="auto", overrides=common)
     info(f"i-MAE run directory: {imae_dir}")
-    report = evaluate_pair(mae_dir, imae_dir, out, device)
-    print(f"MAE:   {mae_dir}\ni-MAE: {imae_dir}")
-    return {"mae": mae_dir, "imae": imae_dir, "report": report}
+    report = evaluate_runs(mae_dir, cont_dir, imae_dir, out, device)
+    print(f"MAE:   {mae_dir}\nMAE continued: {cont_dir}\ni-MAE: {imae_dir}")
+    return {"mae": mae_dir, "mae_continued": cont_dir, "imae": imae_dir, "report": report}
 
 
-def evaluate_pair(mae_dir: Path, imae_dir: Path, out: Path, device: str = "auto") -> Path:
-    """Separability (alphas 0.1, 0.3, 0.45) and linear probe of both runs (the MAE is the reference encoder
-    of both), the figures, the report under ``out``; prints the comparison table. Returns report.html's path."""
+def evaluate_runs(mae_dir: Path, cont_dir: Path | None, imae_dir: Path, out: Path, device: str = "auto") -> Path:
+    """Separability (the teacher ``mae_dir`` as every run's reference) and linear probe of each run, the
+    comparison of the i-MAE with the continued MAE (or, without one, the teacher), the figures and the
+    report under ``out``; prints the table and the difference. Returns report.html's path."""
     from imae.engine.checkpoint import latest_in
-    from imae.eval.run import evaluate
+    from imae.eval.run import compare_checkpoints, evaluate
     from imae.viz.figures import make_figures
-    from imae.viz.report import markdown_table, summary, write_report
+    from imae.viz.report import write_report
 
-    over = {"device": device, "separability.alphas": list(QUICK_ALPHAS), "figures.images": 3}
-    mae_ck, imae_ck = latest_in(mae_dir), latest_in(imae_dir)  # resolved once: every step scores the same files
-    for ck in (mae_ck, imae_ck):
+    teacher = latest_in(mae_dir)  # resolved once: every step scores the same files
+    named = [("MAE (teacher)", mae_dir)] + ([("MAE continued", cont_dir)] if cont_dir else []) + [("i-MAE", imae_dir)]
+    ckpts = {name: latest_in(d) for name, d in named}
+    p = _training_p(imae_dir)
+    over = {"device": device, **QUICK_SETS, "separability.same_class_p": p}
+    rows = []
+    for name, ck in ckpts.items():
         info(f"evaluating {ck} on the digits test split (360 images)")
-        evaluate("separability", ck, reference=str(mae_ck), overrides=over)
-        evaluate("linprobe", ck, overrides=over)
-    make_figures([imae_ck, mae_ck], overrides=over)
-    paths = write_report([mae_dir, imae_dir], out)
-    rows = [summary(mae_dir), summary(imae_dir)]
-    for row, name in zip(rows, ("MAE", "i-MAE")):
-        row["run"] = name
-    print("\n" + markdown_table(rows, QUICK_COLUMNS))
-    print(f"separability: ridge from the pooled mixture latent to the MAE's features of each clean source, R² on "
-          f"72 held-out test pairs, alphas {', '.join(map(str, QUICK_ALPHAS))} only (imae separability runs all "
-          f"five); linear probe: 1437 training / 360 test digits")
+        sep = evaluate("separability", ck, reference=str(teacher), overrides=over)["results"]
+        lin = evaluate("linprobe", ck, overrides=over)["results"]
+        rows.append(_row(name, sep, lin))
+    base = ckpts.get("MAE continued", teacher)
+    cmp = compare_checkpoints(base, ckpts["i-MAE"], reference=str(teacher), overrides=over)["results"]
+    make_figures([ckpts["i-MAE"], teacher], overrides=over)
+    paths = write_report([d for _, d in named], out)
+    print("\n" + _table(rows))
+    d = cmp["metrics"]["token_r2_sub"][HEADLINE]
+    lo, hi = d["ci"]
+    print(f"\ni-MAE minus {'MAE continued' if cont_dir else 'MAE'} (same pairs and masks, reference: the teacher): "
+          f"token R²(sub) at α={HEADLINE} {d['diff']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] on "
+          f"{cmp['pairs']['test']} test pairs; "
+          + ("the interval excludes 0." if lo > 0 or hi < 0 else "the interval includes 0: no difference shown."))
+    print(f"token R²: ridge from the mixture's tokens (cls + visible patches, mask ratio {cmp['mask_ratio']:g}) to the "
+          f"teacher's distillation-space tokens of the clean subordinate; pairs same-class with p={p}; "
+          f"superposition line {rows[0]['superposition']:.3f}; linear probe: 1437 training / 360 test digits")
     print(f"report: {paths['html']}")
     return paths["html"]
+
+
+def _training_p(run: Path) -> Any:
+    import yaml
+
+    p = (yaml.safe_load((run / "config.yaml").read_text()).get("imae") or {}).get("same_class_p", "random")
+    return p if isinstance(p, str) else float(p)
+
+
+def _row(name: str, sep: dict[str, Any], lin: dict[str, Any]) -> dict[str, Any]:
+    block = sep["tokens"][sep["ratios"][0]]
+    space = "distill" if "distill" in block["encoder"] else "encoder"
+    sub = block["encoder"][space]["sub"][HEADLINE]
+    return {"model": name, "r2": sub["r2"], "ci": sub["ci"],
+            "pixels": block["baselines"]["pixels"][space]["sub"][HEADLINE]["r2"],
+            "random_init": block["baselines"]["random_init"][space]["sub"][HEADLINE]["r2"],
+            "sum": block["encoder"][space]["sum"][HEADLINE]["r2"],
+            "superposition": sep["superposition"][HEADLINE]["sub"], "linprobe": lin["top1"]}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ["model", f"token R²(sub) α={HEADLINE} [95% CI]", "R² sum", "pixels", "random init", "linear probe top-1"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['r2']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['sum']:.3f} | "
+                     f"{r['pixels']:.3f} | {r['random_init']:.3f} | {r['linprobe']:.3f} |")
+    return "\n".join(lines)

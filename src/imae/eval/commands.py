@@ -115,3 +115,23 @@ def cmd_report(args: argparse.Namespace) -> Path:
     paths = write_report([Path(r) for r in args.runs], Path(args.output_dir) if args.output_dir else None)
     print(paths["html"])
     return paths["html"]
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", metavar="A", help="the baseline checkpoint or run directory (e.g. the compute-matched MAE)")
+    p.add_argument("b", metavar="B", help="the checkpoint compared with it (e.g. the i-MAE)")
+    p.add_argument("--reference", metavar="CKPT",
+                   help="the one reference encoder both are scored against (default: the teacher of the first "
+                        "i-MAE among A and B, else A)")
+    add_common(p, output_default="B's eval/ folder")
+
+
+@command("compare", "B minus A on identical pairs, masks and test images, with paired-bootstrap 95% intervals")(
+    _compare_args)
+def cmd_compare(args: argparse.Namespace) -> Path:
+    from imae.eval.run import compare_checkpoints, overrides_from_args
+
+    record = compare_checkpoints(args.a, args.b, reference=args.reference, preset=args.preset,
+                                 overrides=overrides_from_args(args, "compare", None), sets=args.sets)
+    print(record["_path"])
+    return Path(record["_path"])

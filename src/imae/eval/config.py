@@ -16,6 +16,8 @@ from imae.config import plain
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
+# the separability scheme's baselines beside the analytic superposition line (imae.eval.separability)
+SEPARABILITY_BASELINES = ("pixels", "reference_on_mixture", "random_init", "partner_only")
 
 
 @dataclass
@@ -48,14 +50,23 @@ class FeatureConfig:
 
 @dataclass
 class SeparabilityConfig:
+    """Token-level separability (``imae.eval.separability``); every default is what docs/evaluation.md defines."""
+
     alphas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.45])
-    same_class_p: float | str = "random"  # partner choice, as in pre-training: number in [0, 1] or random
+    same_class_p: float | str | None = None  # partners: None = the run's training p if a number, else random
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # fit / validation / test share of the images
     max_images: int | None = None  # use at most N evaluation images (a seeded random subset)
+    mask_ratio: float | None = None  # one seeded mask per pair; None: the evaluated run's training ratio (0.75)
+    unmasked: bool = True  # also score ratio 0: the encoder sees every patch, tokens read at the same positions
+    baselines: list[str] = field(default_factory=lambda: list(SEPARABILITY_BASELINES))
+    pooled: list[str] = field(default_factory=list)  # also pooled variants (cls, mean) of the same passes
     penalties: list[float] = field(default_factory=lambda: [10.0**k for k in range(-6, 4)])  # x mean eigenvalue
-    pixel_size: int = 32  # pixel targets are average-pooled to at most this many pixels per side
+    pixel_size: int = 32  # classification's pixel baseline: the mixture average-pooled to at most this per side
     reference: str | None = None  # reference encoder; None: the run's teacher (i-MAE) or the model itself
     classify: bool = True  # also the classification scheme (linear heads for both source classes)
+    bootstrap: int = 1000  # paired-bootstrap resamples of the test pairs
+    ci: float = 0.95  # confidence level of every interval
+    random_init_seed: int = 0  # the untrained baseline encoder
 
 
 @dataclass
@@ -128,7 +139,8 @@ class EvalConfig:
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {s.alphas}")
         from imae.data.pairing import parse_p
 
-        s.same_class_p = parse_p(s.same_class_p)
+        if s.same_class_p is not None:
+            s.same_class_p = parse_p(s.same_class_p)
         if s.same_class_p == "self":
             raise ConfigError("separability.same_class_p=self would mix each image with itself; use a number or random")
         if len(s.fractions) != 3 or min(s.fractions) <= 0 or abs(sum(s.fractions) - 1.0) > 1e-6:
@@ -136,6 +148,16 @@ class EvalConfig:
                               f"got {list(s.fractions)}")
         if not s.penalties or min(s.penalties) <= 0:
             raise ConfigError(f"separability.penalties must be positive numbers, got {s.penalties}")
+        if s.mask_ratio is not None and not 0.0 <= s.mask_ratio < 1.0:
+            raise ConfigError(f"separability.mask_ratio must lie in [0, 1), got {s.mask_ratio}")
+        if unknown := [b for b in s.baselines if b not in SEPARABILITY_BASELINES]:
+            raise ConfigError(f"separability.baselines: unknown {unknown}; choose from "
+                              f"{', '.join(SEPARABILITY_BASELINES)}")
+        if unknown := [p for p in s.pooled if p not in POOLS]:
+            raise ConfigError(f"separability.pooled: unknown {unknown}; choose from {', '.join(POOLS)}")
+        if s.bootstrap < 10 or not 0.5 <= s.ci < 1.0:
+            raise ConfigError(f"separability.bootstrap must be at least 10 and separability.ci in [0.5, 1), got "
+                              f"{s.bootstrap} and {s.ci}")
         if s.pixel_size < 1:
             raise ConfigError(f"separability.pixel_size must be at least 1, got {s.pixel_size}")
         p = self.linprobe

@@ -25,7 +25,7 @@ from typing import Any
 from imae import __version__
 from imae.errors import ConfigError
 
-COMMANDS = ("separability", "semantics", "linprobe", "knn", "finetune")
+COMMANDS = ("separability", "semantics", "linprobe", "knn", "finetune", "compare")
 
 
 def _clean(obj: Any) -> Any:

@@ -20,9 +20,10 @@ from imae.eval.config import RUN_DATA_KEYS, EvalConfig, preset_tree
 from imae.eval.data import Split, load_eval_split
 from imae.eval.features import FeatureCache
 from imae.eval.results import write_result
-from imae.eval.subject import Subject, load_reference, load_subject
+from imae.eval.subject import Subject, load_reference, load_subject, separability_defaults
 
 EVALUATIONS = ("separability", "semantics", "linprobe", "knn")
+SEPARABILITY_HEADLINE_ALPHA = "0.3"
 
 
 def main_process() -> bool:
@@ -117,6 +118,7 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
 
         test = s.split("eval")
         ref = _reference(s, reference)
+        separability_defaults(cfg, s.subject)
         pairs = make_pairs(test.labels, cfg.separability.fractions, cfg.separability.same_class_p, cfg.seed,
                            cfg.separability.max_images)
         out = run_separability(s.subject, ref, test, pairs, cfg, **kw)
@@ -124,6 +126,7 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
         from imae.eval.semantics import run_semantics
 
         train, test = s.split("train"), s.split("eval")
+        separability_defaults(cfg, s.subject)
         out = run_semantics(s.subject, _reference(s, reference), train, test, cfg, **kw)
     elif command == "linprobe":
         from imae.eval.linprobe import run_linprobe
@@ -138,8 +141,52 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
     record = {"checkpoint": s.subject.describe(), "data": s.describe_data(test, train), "config": cfg.to_dict(),
               **out}
     path = write_result(s.out_dir, command, record)
+    info(f"{command}: {headline(command, record['results'])}", s.show_progress)
     info(f"{command}: wrote {path}", s.show_progress)
     return {**record, "_path": str(path)}
+
+
+def compare_checkpoints(a: str | Path, b: str | Path, *, reference: str | None = None, preset: str | None = None,
+                        overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+    """``imae compare``: B minus A on identical pairs, masks and test images (see :mod:`imae.eval.compare`).
+    Writes ``compare.json`` (default: B's eval/ folder) and returns the record (with ``"_path"``)."""
+    from imae.eval.compare import compare, format_table
+
+    s = open_session(a, preset=preset, overrides=overrides, sets=sets)
+    if not (overrides or {}).get("output_dir"):
+        s.out_dir = load_subject(b).default_output_dir
+    results = compare(s, b, reference or s.cfg.separability.reference, s.cfg)
+    record = {"checkpoint": results["b"], "data": s.describe_data(s.split("eval")), "config": s.cfg.to_dict(),
+              "results": results, "timing": {}}
+    path = write_result(s.out_dir, "compare", record)
+    if s.show_progress:
+        print(format_table(results))
+    info(f"compare: wrote {path}", s.show_progress)
+    return {**record, "_path": str(path)}
+
+
+def headline(command: str, results: dict[str, Any]) -> str:
+    """The numbers a user wants on the terminal, in one line."""
+    def ci(entry: dict[str, Any], key: str) -> str:
+        lo, hi = entry.get("ci") or (None, None)
+        return f"{entry[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+
+    if command in ("linprobe", "knn"):
+        return " ".join(f"{k} {results[k]:.3f}" for k in ("top1", "top5") if results.get(k) is not None)
+    if command == "semantics":
+        return (f"linear probe top-1 {results['linprobe']['top1']:.3f}, kNN top-1 {results['knn']['top1']:.3f}, "
+                f"NMI {results['nmi']:.3f}")
+    ak = SEPARABILITY_HEADLINE_ALPHA if SEPARABILITY_HEADLINE_ALPHA in map(lambda a: f"{a:g}", results["alphas"]) \
+        else f"{results['alphas'][0]:g}"
+    rk = results["ratios"][0]
+    block = results["tokens"][rk]
+    space = "distill" if "distill" in block["encoder"] else "encoder"
+    parts = [f"token R²(sub) at alpha {ak}, mask {rk}: {ci(block['encoder'][space]['sub'][ak], 'r2')}"]
+    for name in ("pixels", "random_init"):
+        if name in block["baselines"]:
+            parts.append(f"{name} {block['baselines'][name][space]['sub'][ak]['r2']:.3f}")
+    parts.append(f"superposition {results['superposition'][ak]['sub']:.3f}")
+    return "; ".join(parts)
 
 
 def _reference(s: Session, explicit: str | None) -> Subject:

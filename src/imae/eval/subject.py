@@ -7,15 +7,20 @@ image size; an official checkpoint (``{"model": state_dict}``) needs ``--preset`
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError
 from imae.models.loading import model_from_checkpoint
 from imae.models.mae import MaskedAutoencoder
+
+if TYPE_CHECKING:
+    from imae.eval.config import EvalConfig
 
 
 @dataclass
@@ -41,6 +46,31 @@ class Subject:
         if self.run_dir is not None:
             return self.run_dir / "eval"
         return self.path.parent / f"{self.path.stem}-eval"
+
+    @cached_property
+    def sha256(self) -> str:
+        """Content hash of the checkpoint file: what identifies a reference across folders and machines."""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    @property
+    def teacher(self) -> str | None:
+        """The teacher named in an i-MAE run's configuration."""
+        return ((self.train_config or {}).get("imae") or {}).get("teacher") if self.kind == "imae" else None
+
+    def training_setting(self, section: str, key: str) -> Any:
+        """A value of the run's training configuration (None for checkpoints that carry none)."""
+        return ((self.train_config or {}).get(section) or {}).get(key)
+
+    def identity(self, evaluated: Subject) -> dict[str, Any]:
+        """What a result records about this checkpoint as the reference of ``evaluated``."""
+        teacher = evaluated.teacher
+        is_teacher = bool(teacher) and Path(teacher).exists() and _same_file(Path(teacher), self)
+        return {"path": str(self.path), "label": self.label, "sha256": self.sha256, "is_self": self is evaluated,
+                "is_teacher": is_teacher}
 
     def describe(self) -> dict[str, Any]:
         """What a result file records about the checkpoint."""
@@ -73,7 +103,7 @@ def reference_spec(subject: Subject, explicit: str | None) -> str | None:
         return explicit
     if subject.kind != "imae" or subject.train_config is None:
         return None
-    teacher = (subject.train_config.get("imae") or {}).get("teacher")
+    teacher = subject.teacher
     if not teacher:
         return None
     if not Path(teacher).exists():
@@ -99,3 +129,31 @@ def _same_file(spec: Path, subject: Subject) -> bool:
     if not spec.exists():
         return False
     return spec.resolve() in (subject.source.resolve(), subject.path.resolve())
+
+
+def shared_reference(subjects: list[Subject], explicit: str | None, num_heads: int | None = None) -> Subject:
+    """The one reference of a comparison: ``explicit``, else the teacher of the first i-MAE, else the first."""
+    spec = explicit or next((x.teacher for x in subjects if x.teacher), None)
+    if spec is None:
+        return subjects[0]
+    for x in subjects:
+        if _same_file(Path(spec), x):
+            return x
+    return load_subject(spec, num_heads if explicit else None)
+
+
+def separability_defaults(cfg: EvalConfig, *subjects: Subject) -> None:
+    """Fill what ``separability`` leaves to the evaluated run(s): the mask ratio (the first run's training
+    ratio; 0.75 for official checkpoints) and the partners' same-class rate (the training p of the first
+    i-MAE among ``subjects`` where it is a number, else random), so that compared runs share pairs."""
+    s = cfg.separability
+    if s.mask_ratio is None:
+        ratio = subjects[0].training_setting("train", "mask_ratio")
+        s.mask_ratio = float(ratio) if ratio is not None else 0.75
+    if s.same_class_p is None:
+        s.same_class_p = "random"
+        for subject in subjects:
+            p = subject.training_setting("imae", "same_class_p") if subject.kind == "imae" else None
+            if isinstance(p, (int, float)) and not isinstance(p, bool):
+                s.same_class_p = float(p)
+                break

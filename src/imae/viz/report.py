@@ -13,11 +13,13 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from imae.errors import ConfigError
 from imae.eval.results import make_output_dir, read_results
+from imae.viz import separability_report as sepr
 
 HEADLINE_ALPHA = 0.3
 
@@ -63,13 +65,9 @@ def summary(run: Path) -> dict[str, Any]:
     any_result = next(iter(res.values()), None)
     if any_result:
         row["kind"] = any_result["checkpoint"]["kind"]
-    sep = res.get("separability", {}).get("results", {})
-    enc = sep.get("regression", {}).get("encoder", {})
-    for target in ("sub_features", "dom_features", "sub_pixels"):
-        entry = _alpha(enc.get(target, {}))
-        row[f"r2_{target}"] = entry["r2"] if entry else None
-    cls = _alpha(sep.get("classification", {}))
-    row["sub_class_acc"] = cls["sub_acc"] if cls else None
+    row.update(sepr.summary(res.get("separability", {}).get("results", {})))
+    ci = row.get("sep_r2_sub_ci")
+    row["sep_r2_sub_ci_text"] = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else None
     lin = res.get("linprobe", {}).get("results") or res.get("semantics", {}).get("results", {}).get("linprobe")
     row["linprobe"] = lin.get("top1") if lin else None
     knn = res.get("knn", {}).get("results") or res.get("semantics", {}).get("results", {}).get("knn")
@@ -80,9 +78,12 @@ def summary(run: Path) -> dict[str, Any]:
 
 
 COLUMNS = [("run", "run"), ("kind", "kind"), ("epochs", "epochs"), ("final_loss", "final loss"),
-           ("r2_sub_features", "R² sub feat. α=0.3"), ("r2_dom_features", "R² dom feat. α=0.3"),
-           ("r2_sub_pixels", "R² sub pix. α=0.3"), ("sub_class_acc", "sub class acc. α=0.3"),
+           ("sep_r2_sub", "token R²(sub) α=0.3"), ("sep_r2_sub_ci_text", "95% CI"), ("sep_r2_sub_sd", "sd over seeds"),
+           ("sep_r2_sum", "R² sum α=0.3"), ("sep_branch_r2_sub", "own branch R²(sub)"),
+           ("sep_pixels", "pixels R²(sub)"), ("sep_random_init", "random-init R²(sub)"),
+           ("sep_sub_class_acc", "sub class acc. α=0.3"),
            ("linprobe", "linear probe"), ("knn", "kNN"), ("nmi", "NMI"), ("finetune", "fine-tune")]
+GROUPED = ["sep_r2_sub", "sep_r2_sum", "sep_branch_r2_sub", "sep_sub_class_acc", "linprobe", "knn", "nmi", "finetune"]
 
 
 def fmt(v: Any) -> str:
@@ -141,37 +142,15 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def separability_tables(results: dict[str, Any], title: str = "separability") -> str:
-    alphas = [f"{a:g}" for a in results.get("alphas", [])]
-    parts = [f"<h4>{html.escape(title)}</h4><p>pairs {html.escape(json.dumps(results.get('pairs', {})))}; "
-             f"reference {html.escape(str(results.get('reference', {}).get('label')))}</p>"]
-    for predictor, targets in results.get("regression", {}).items():
-        rows = [[t] + [targets[t].get(a, {}).get("r2") for a in alphas] for t in targets]
-        parts.append(f"<p>ridge R² (test pairs), predictor <b>{html.escape(predictor)}</b></p>")
-        parts.append(_table(["target"] + [f"α={a}" for a in alphas], rows))
-        same = [[t] + [f"{fmt(targets[t].get(a, {}).get('r2_same'))} / {fmt(targets[t].get(a, {}).get('r2_diff'))}"
-                       for a in alphas] for t in targets if predictor == "encoder"]
-        if same:
-            parts.append("<p>same-class / different-class pairs</p>")
-            parts.append(_table(["target"] + [f"α={a}" for a in alphas], same))
-    cls = results.get("classification")
-    if cls:
-        rows = [[who] + [cls.get(a, {}).get(f"{who}_acc") for a in alphas] for who in ("sub", "dom")]
-        parts.append(f"<p>linear classification of the source classes (chance "
-                     f"{fmt(results.get('classification_chance'))})</p>")
-        parts.append(_table(["class of"] + [f"α={a}" for a in alphas], rows))
-    return "".join(parts)
-
-
 def result_section(command: str, record: dict[str, Any]) -> str:
     r = record["results"]
     if command == "separability":
-        return separability_tables(r)
+        return sepr.tables_html(r)
     if command == "semantics":
         rows = [["linear probe top-1", r["linprobe"].get("top1")], ["kNN top-1", r["knn"].get("top1")],
                 ["k-means NMI", r.get("nmi")]]
         return ("<h4>semantics</h4>" + _table(["metric", "value"], rows)
-                + separability_tables(r.get("separability", {}), "separability, same- vs different-class pairs"))
+                + sepr.tables_html(r.get("separability", {}), "separability, same- vs different-class pairs"))
     flat = [[k, v] for k, v in r.items() if isinstance(v, (int, float, str)) or v is None]
     return f"<h4>{html.escape(command)}</h4>" + _table(["", ""], flat)
 
@@ -202,7 +181,30 @@ STYLE = """body{font-family:sans-serif;font-size:13px;margin:16px}
 .runs{display:grid;grid-auto-flow:column;grid-auto-columns:minmax(420px,1fr);gap:16px;overflow-x:auto}
 .run{border:1px solid #ccc;padding:8px;min-width:0}img{max-width:100%}
 table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-pre{font-size:11px;max-height:300px;overflow:auto;background:#f6f6f6}.path{color:#777;font-size:11px}"""
+pre{font-size:11px;max-height:300px;overflow:auto;background:#f6f6f6}.path{color:#777;font-size:11px}
+.warn{color:#a00;font-weight:bold}"""
+
+
+def _results(run: Path) -> dict[str, Any]:
+    return read_results(run / "eval") if (run / "eval").is_dir() else {}
+
+
+def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A mean-and-spread row for every set of runs that differ only in their seed."""
+    import yaml
+
+    configs = {}
+    for r in runs:
+        cfg = r / "config.yaml"
+        if cfg.is_file():
+            configs[r.name] = yaml.safe_load(cfg.read_text()) or {}
+    by_name = {row["run"]: row for row in rows}
+    out = []
+    for members in sepr.groups(configs):
+        if len(members) > 1:
+            name = re.sub(r"([-_](seed|s))?[-_]*$", "", os.path.commonprefix(members)) or members[0]
+            out.append(sepr.group_row(name, [by_name[m] for m in members], GROUPED))
+    return out
 
 
 def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Path]:
@@ -217,8 +219,21 @@ def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Pat
             Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "report"
     out_dir = make_output_dir(out_dir)
     rows = [summary(r) for r in runs]
+    rows += seed_groups(runs, rows)
     table = markdown_table(rows)
-    summary_html = _table([t for _, t in COLUMNS], [[row.get(k) for k, _ in COLUMNS] for row in rows])
+    cols = [(k, t) for k, t in COLUMNS if any(r.get(k) is not None for r in rows)]
+    summary_html = _table([t for _, t in cols], [[row.get(k) for k, _ in cols] for row in rows])
+    warnings = sepr.flags(rows)
+    if warnings:
+        summary_html = ("".join(f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings) + summary_html)
+        table = "".join(f"> ⚠ {w}\n" for w in warnings) + "\n" + table
+    figure = sepr.headline_figure([(r.name, res["separability"]["results"]) for r in runs
+                                   if "separability" in (res := _results(r))])
+    if figure is not None:
+        summary_html += ("<h3>separability against α</h3><p>Token R² of the subordinate (left) and accuracy of its "
+                         "class (right), each run with its 95% pair-bootstrap band; grey lines: the first run's "
+                         "baselines.</p><img alt=\"separability against alpha\" src=\"data:image/png;base64,"
+                         f"{base64.b64encode(figure).decode()}\">")
     columns = "".join(f"<div class=run>{run_column(r)}</div>" for r in runs)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>imae report</title><style>{STYLE}</style>"
             f"</head><body><h1>imae report</h1>{summary_html}<div class=runs>{columns}</div></body></html>")

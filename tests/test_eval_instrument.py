@@ -1,0 +1,231 @@
+"""The separability instrument on planted encoders (real CIFAR-10), its held-out discipline, the no-refit branch
+score against an independent computation, bootstrap coverage, and ``imae compare``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eval_fixtures import FAST, digits_runs
+from imae.eval import separability as sep
+from imae.eval.bootstrap import Resampler
+from imae.eval.config import EvalConfig, EvalDataConfig
+from imae.eval.data import load_eval_split
+from imae.eval.pairs import make_pairs
+from imae.eval.subject import Subject
+from imae.eval.token_ridge import fit_tokens
+from imae.models.mae import MAEArch, MaskedAutoencoder
+
+ALPHAS = [0.1, 0.3, 0.45]
+
+
+class Planted(MaskedAutoencoder):
+    """A frozen 'encoder' with planted tokens: ``A * patch + c_position`` (cls: the patch mean), linear in the
+    image, so that the tokens of a mixture are the superposition of the sources' tokens. ``ignore``: tokens
+    are noise, whatever the input."""
+
+    def __init__(self, width: int = 48, seed: int = 0, ignore: bool = False) -> None:
+        super().__init__(MAEArch(img_size=32, patch_size=4, embed_dim=width, depth=1, num_heads=2,
+                                 decoder_embed_dim=width, decoder_depth=1, decoder_num_heads=2))
+        g = torch.Generator().manual_seed(seed)
+        self.proj = torch.randn(48, width, generator=g) / 7
+        self.offset = torch.randn(65, width, generator=g)
+        self.ignore = ignore
+        with torch.no_grad():  # the distillation space is the token space itself
+            self.decoder_embed.weight.copy_(torch.eye(width))
+            self.decoder_embed.bias.zero_()
+        self.eval()
+
+    def forward_features(self, imgs):
+        if self.ignore:
+            return torch.randn(imgs.shape[0], 65, self.proj.shape[1])
+        p = self.patchify(imgs) @ self.proj
+        return torch.cat([p.mean(1, keepdim=True), p], 1) + self.offset
+
+    def forward_encoder(self, imgs, mask_ratio=0.75, noise=None):
+        full = self.forward_features(imgs)
+        keep = torch.argsort(noise, dim=1)[:, :int(64 * (1 - mask_ratio))] + 1
+        idx = torch.cat([torch.zeros_like(keep[:, :1]), keep], 1)
+        return torch.gather(full, 1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1])), None, None
+
+
+def _subject(model, label):
+    return Subject(path=None, run_dir=None, model=model, train_config=None, fingerprint=label, label=label,
+                   source=None)
+
+
+@pytest.fixture(scope="module")
+def cifar_test(cifar10_dir):
+    cfg = EvalDataConfig(dataset="cifar10", path=str(cifar10_dir), eval_per_class=150)
+    return load_eval_split(cfg, "eval", 32, progress=False)
+
+
+def _measure(cifar_test, model, reference, monkeypatch=None, side_by_side=False, **sep_over):
+    cfg = EvalConfig()
+    cfg.separability.alphas = ALPHAS
+    cfg.separability.mask_ratio = 0.75
+    cfg.separability.same_class_p = "random"
+    cfg.separability.bootstrap = 200
+    cfg.separability.classify = False
+    for k, v in sep_over.items():
+        setattr(cfg.separability, k, v)
+    if side_by_side:
+        def both(model, xs, xd, alpha, noise, ratio, pos):
+            ts, td = (sep.encoder_tokens(model, x, noise, ratio, pos) for x in (xs, xd))
+            return tuple(torch.cat([a, b], -1) for a, b in zip(ts, td))
+        monkeypatch.setattr(sep, "mixture_tokens", both)
+    pairs = make_pairs(cifar_test.labels, seed=0)
+    ref = _subject(reference, "ref")
+    ref.identity = lambda evaluated: {"label": "ref"}
+    return sep.measure(_subject(model, "E"), ref, cifar_test, pairs, cfg, device=torch.device("cpu"),
+                       show_progress=False)
+
+
+def _r2(m, who="sub", ratio="0.75", predictor="encoder"):
+    block = m.results["tokens"][ratio]
+    values = block[predictor] if predictor == "encoder" else block["baselines"][predictor]
+    return {a: values["distill"][who][f"{a:g}"]["r2"] for a in ALPHAS}
+
+
+def test_superposed_features_score_on_the_superposition_line(cifar_test):
+    planted = Planted()
+    m = _measure(cifar_test, planted, planted, baselines=["pixels"])
+    for ratio in ("0.75", "0"):
+        for a, r2 in _r2(m, ratio=ratio).items():
+            assert abs(r2 - sep.superposition(a)) < 0.03, (ratio, a, r2)
+        for a, r2 in _r2(m, "dom", ratio).items():
+            assert abs(r2 - (1 - sep.superposition(a))) < 0.03, (ratio, a, r2)
+
+
+def test_side_by_side_sources_are_recovered_almost_fully(cifar_test, monkeypatch):
+    planted = Planted()
+    m = _measure(cifar_test, planted, planted, monkeypatch, side_by_side=True, baselines=[], unmasked=False)
+    sub, dom = _r2(m), _r2(m, "dom")
+    for a in ALPHAS:
+        assert sub[a] > 0.95 and dom[a] > 0.95
+        assert m.results["tokens"]["0.75"]["encoder"]["distill"]["sum"][f"{a:g}"]["r2"] > 1.9
+
+
+def test_an_encoder_that_ignores_its_input_scores_zero_below_the_pixel_baseline(cifar_test):
+    m = _measure(cifar_test, Planted(ignore=True), Planted(), baselines=["pixels"], unmasked=False)
+    pixels = _r2(m, predictor="pixels")
+    for a, r2 in _r2(m).items():
+        assert abs(r2) < 0.03 and r2 < pixels[a], (a, r2, pixels[a])
+        assert a < 0.3 or r2 < pixels[a] - 0.05  # the pixels of the mixture hold the subordinate's share
+        lo, hi = m.results["tokens"]["0.75"]["encoder"]["distill"]["sub"][f"{a:g}"]["ci"]
+        assert lo <= 0.0 + 0.03 and hi >= 0.0 - 0.03
+
+
+def test_no_test_pair_reaches_a_fit_or_a_penalty_choice(cifar_test, monkeypatch):
+    seen = []
+    real = sep.fit_tokens
+
+    def spy(x, y, pos, fit_rows, val_rows, test_rows, groups, penalties):
+        seen.append((fit_rows, val_rows, test_rows))
+        return real(x, y, pos, fit_rows, val_rows, test_rows, groups, penalties)
+
+    monkeypatch.setattr(sep, "fit_tokens", spy)
+    planted = Planted()
+    m = _measure(cifar_test, planted, planted, baselines=["pixels", "partner_only"], unmasked=False)
+    pairs = m.scorer.pairs
+    test_images = set(torch.cat([pairs.sub[m.scorer.test], pairs.dom[m.scorer.test]]).tolist())
+    assert len(seen) == 1 + 2 * len(ALPHAS)  # partner_only once, encoder and pixels per alpha
+    for fit_rows, val_rows, test_rows in seen:
+        assert torch.equal(test_rows, m.scorer.test)
+        used = torch.cat([fit_rows, val_rows])
+        assert not set(used.tolist()) & set(test_rows.tolist())
+        assert not set(torch.cat([pairs.sub[used], pairs.dom[used]]).tolist()) & test_images
+
+
+def test_poisoned_test_tokens_change_no_fit_and_no_penalty():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, 8, generator=g)
+    y = x @ torch.randn(8, 3, generator=g) + 0.5 * torch.randn(60, 5, 3, generator=g)
+    pos = torch.randint(0, 9, (60, 5), generator=g)
+    rows = torch.arange(60)
+    fit, val, test = rows[:30], rows[30:45], rows[45:]
+    groups, grid = {"y": slice(0, 3)}, [1e-4, 1e-2, 1.0, 100.0]
+    clean = fit_tokens(x, y, pos, fit, val, test, groups, grid)["y"]
+    x2 = x.clone()
+    x2[test] = 1e6
+    poisoned = fit_tokens(x2, y, pos, fit, val, test, groups, grid)["y"]
+    assert (poisoned.penalty, poisoned.val_r2) == (clean.penalty, clean.val_r2)
+    assert poisoned.r2 < clean.r2 - 1  # only the test score sees the poisoned tokens
+
+
+def test_bootstrap_intervals_cover_the_true_value_at_least_90_of_100_times():
+    g = torch.Generator().manual_seed(1)
+    r2_hits = acc_hits = 0
+    for trial in range(100):
+        n = 200
+        sst = torch.distributions.Exponential(1.0).sample((n,))
+        sse = 0.4 * sst * torch.rand(n, generator=g) * 2  # E[sse] = 0.4 E[sst]: true R^2 = 0.6
+        correct = torch.rand(n, generator=g) < 0.7
+        rs = Resampler.draw(n, 1000, seed=trial)
+        lo, hi = rs.interval(rs.r2_draws(sse, sst))
+        r2_hits += lo <= 0.6 <= hi
+        lo, hi = rs.interval(rs.mean_draws(correct))
+        acc_hits += lo <= 0.7 <= hi
+    assert r2_hits >= 90 and acc_hits >= 90
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return digits_runs(tmp_path_factory)
+
+
+def test_own_branch_r2_equals_the_distillation_loss_over_the_target_variance(runs, tmp_path):
+    from imae.data.augment import normalize
+    from imae.eval.run import evaluate
+    from imae.eval.subject import load_subject
+    from imae.eval.token_ridge import position_means
+    from imae.eval.tokens import pair_noise, positions
+
+    rec = evaluate("separability", runs["imae"], overrides={"output_dir": str(tmp_path)},
+                   sets=[f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3]}.items()])
+    r = rec["results"]
+    assert r["reference"]["is_teacher"]
+    reported = r["tokens"]["0.75"]["branches"]["sub"]["0.3"]["r2"]
+    # independently: the i-MAE's own forward pass (its distillation loss) on the same pairs and masks
+    student, teacher = load_subject(runs["imae"]).model, load_subject(runs["mae"]).model
+    student.attach_teacher(teacher)
+    split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=12), "eval", 16, progress=False)
+    pairs = make_pairs(split.labels, same_class_p=1.0, seed=0)
+    noise = pair_noise(len(pairs), student.arch.num_patches, 0)
+    d = split.data
+
+    def images(rows, which):
+        return normalize(split.read(which[rows]), d.mean, d.std)
+
+    test, fit = pairs.rows("test"), pairs.rows("fit")
+    with torch.no_grad():
+        out = student(images(test, pairs.sub), images(test, pairs.dom), 0.3, 0.75, noise[test])
+        targets = {rows: teacher.decoder_embed(teacher.forward_encoder(images(rows, pairs.sub), 0.75, noise[rows])[0])
+                   for rows in (fit, test)}
+    pos = positions(noise, 0.75)
+    mean = position_means(targets[fit], pos[fit], torch.arange(fit.numel()), int(pos.max()) + 1)
+    sst = ((targets[test].double() - mean[pos[test]]) ** 2).sum()
+    sse = out["distill_sub"].double() * targets[test].numel()
+    assert abs(reported - float(1 - sse / sst)) < 1e-4
+
+
+def test_compare_of_identical_checkpoints_is_zero_and_swapping_flips_the_sign(runs, tmp_path):
+    from imae.eval.run import compare_checkpoints
+
+    sets = [f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3], "separability.bootstrap": 200}.items()]
+
+    def metrics(a, b, out):
+        return compare_checkpoints(a, b, overrides={"output_dir": str(tmp_path / out)}, sets=sets)["results"]
+
+    same = metrics(runs["imae"], runs["imae"], "same")["metrics"]
+    for name in ("token_r2_sub", "r2_sum", "branch_r2_sub", "sub_class_acc"):
+        d = same[name]["0.3"]
+        assert d["diff"] == 0 and d["ci"][0] <= 0 <= d["ci"][1]
+    assert same["linprobe"]["diff"] == 0 and same["knn"]["ci"] == [0.0, 0.0]
+    ab, ba = metrics(runs["mae"], runs["imae"], "ab"), metrics(runs["imae"], runs["mae"], "ba")
+    assert ab["reference"]["label"] == ba["reference"]["label"] == "mae"  # the i-MAE's teacher, both ways
+    for name in ("token_r2_sub", "r2_sum", "sub_class_acc"):
+        x, y = ab["metrics"][name]["0.3"], ba["metrics"][name]["0.3"]
+        assert x["diff"] == pytest.approx(-y["diff"], abs=1e-12)
+        assert x["ci"] == pytest.approx([-y["ci"][1], -y["ci"][0]], abs=1e-9)
+    assert (tmp_path / "ab" / "compare.json").is_file()
