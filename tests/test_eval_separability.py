@@ -51,7 +51,7 @@ def _results(record):
 
 def test_separability_of_an_mae_targets_are_aligned_with_the_pairs(runs, tmp_path):
     rec = evaluate("separability", runs["mae"], overrides={"output_dir": str(tmp_path)},
-                   sets=[f"{k}={v}" for k, v in FAST.items()])
+                   sets=[f"{k}={v}" for k, v in FAST.items()] + ["separability.unmasked=true"])
     r = _results(rec)
     assert r["reference"]["is_self"] and r["mask_ratio"] == 0.75 and r["ratios"] == ["0.75", "0"]
     assert r["pairs"]["same_class_p"] == "random"  # an MAE run has no training p
@@ -78,7 +78,7 @@ def test_separability_of_an_mae_targets_are_aligned_with_the_pairs(runs, tmp_pat
     cls = r["classification"]
     assert cls["encoder"]["0.1"]["dom"]["acc"] > cls["encoder"]["0.1"]["sub"]["acc"]
     assert set(cls["baselines"]) == {"pixels", "partner_only"} and 0 < cls["chance"]["sub"] < 0.5
-    assert r["pairs"]["test"] == 24 and (tmp_path / "separability.json").is_file()
+    assert r["pairs"]["test"] == 48 and (tmp_path / "separability.json").is_file()  # 40% of 120 test digits
 
 
 def test_imae_reference_defaults_to_its_teacher_and_its_pairs_to_its_training_p(runs, tmp_path):

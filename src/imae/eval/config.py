@@ -54,14 +54,14 @@ class SeparabilityConfig:
 
     alphas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.45])
     same_class_p: float | str | None = None  # partners: None = the run's training p if a number, else random
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # fit / validation / test share of the images
-    max_images: int | None = None  # use at most N evaluation images (a seeded random subset)
+    fractions: tuple[float, float, float] = (0.4, 0.2, 0.4)  # fit / validation / test share of the images
+    max_images: int | None = 5000  # use at most N evaluation images (a seeded subset): 2,000 test pairs
     mask_ratio: float | None = None  # one seeded mask per pair; None: the evaluated run's training ratio (0.75)
-    unmasked: bool = True  # also score ratio 0: the encoder sees every patch, tokens read at the same positions
+    unmasked: bool = False  # also score ratio 0: the encoder sees every patch, tokens read at the same positions
     baselines: list[str] = field(default_factory=lambda: list(SEPARABILITY_BASELINES))
     pooled: list[str] = field(default_factory=list)  # also pooled variants (cls, mean) of the same passes
     penalties: list[float] = field(default_factory=lambda: [10.0**k for k in range(-6, 4)])  # x mean eigenvalue
-    pixel_size: int = 32  # classification's pixel baseline: the mixture average-pooled to at most this per side
+    pixel_size: int = 16  # classification's pixel baseline: the mixture average-pooled to at most this per side
     reference: str | None = None  # reference encoder; None: the run's teacher (i-MAE) or the model itself
     classify: bool = True  # also the classification scheme (linear heads for both source classes)
     bootstrap: int = 1000  # paired-bootstrap resamples of the test pairs
