@@ -50,6 +50,7 @@ class ModelConfig:
     decoder_num_heads: int | None = None
     mlp_ratio: float | None = None
     norm_pix_loss: bool = False  # per-patch normalised pixel targets
+    layer_norm_eps: float | None = None  # None: 1e-6 (the official MAE's)
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields that are set, as keyword arguments for ``create_model``."""
