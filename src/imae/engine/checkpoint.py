@@ -9,7 +9,7 @@ A training checkpoint is a dict in the official MAE layout plus the resume state
 
 With ``train.checkpoint_format=safetensors`` the weights live in ``checkpoint-*.safetensors`` beside the
 ``.pth`` (see :mod:`imae.engine.safetensors_io`); ``load`` joins them again. ``load`` also takes a
-standalone ``.safetensors`` file.
+standalone ``.safetensors`` file and a Hugging Face ViTMAE folder (see :mod:`imae.models.hf`).
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth file or a run directory")
+    if path.is_dir() and hf_folder(path):
+        from imae.models.hf import load_folder
+
+        return load_folder(path)
     if path.is_dir():
         found = latest_complete(path)
         if found is None:
@@ -187,6 +191,12 @@ def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
                                 f"{Path(path).parent}") from None
     else:
         save_atomic(obj, path)
+
+
+def hf_folder(path: Path) -> bool:
+    """Whether folder ``path`` looks like a Hugging Face model folder (or a hub cache entry), not a run."""
+    names = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return any((Path(path) / n).exists() for n in names) or (Path(path) / "snapshots").is_dir()
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
