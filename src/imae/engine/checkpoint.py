@@ -90,7 +90,8 @@ def load(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth file or a run directory")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth or .safetensors file, a run "
+                              f"directory or a Hugging Face model folder")
     if path.is_dir() and hf_folder(path):
         from imae.models.hf import load_folder
 
