@@ -101,9 +101,18 @@ def test_every_transformers_naming_gives_the_same_weights(tmp_path):
     want = ckpt.load(folder)["model"]
     for sd in (to_ours(saved), to_ours(v4), to_ours(in_memory)):
         assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in want)
+    # the same weights sharded (model.safetensors.index.json) and as a pytorch_model.bin
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    (tmp_path / "bin").mkdir()
+    shutil.copy(folder / "config.json", tmp_path / "bin")
+    torch.save(v4, tmp_path / "bin" / "pytorch_model.bin")
+    for other in (tmp_path / "sharded", tmp_path / "bin"):
+        sd = ckpt.load(other)["model"]
+        assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in want)
 
 
-def test_encoder_only_folder_and_hub_cache_snapshot_give_transformers_hidden_states(tmp_path):
+def test_encoder_only_folder_and_hub_cache_snapshot_give_transformers_hidden_states(tmp_path, capsys):
     hf, folder = hf_folder(tmp_path, cls="ViTMAEModel", mask_ratio=0.0)
     # the layout of ~/.cache/huggingface/hub: models--org--name/{refs/main, snapshots/<revision>/}
     entry = tmp_path / "models--org--tiny-mae"
@@ -119,6 +128,14 @@ def test_encoder_only_folder_and_hub_cache_snapshot_give_transformers_hidden_sta
         assert torch.allclose(ours.forward_features(x), want, atol=1e-5)
     # evaluation results never go into the hub cache
     assert load_subject(entry).default_output_dir == Path("runs") / "org--tiny-mae-eval"
+    # and back out: an encoder-only checkpoint becomes a ViTMAEModel folder
+    code, _, err = run_cli(["export", str(entry), "--to", "hf", "--output", str(tmp_path / "again")], capsys)
+    assert code == 0, err
+    again, info = transformers.ViTMAEModel.from_pretrained(tmp_path / "again", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        got = again.eval()(pixel_values=x, noise=torch.arange(64.0).expand(2, -1)).last_hidden_state
+    assert torch.equal(got, want)
 
 
 def test_hf_config_that_does_not_fit_its_weights_names_the_keys(tmp_path):

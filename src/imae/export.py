@@ -42,6 +42,7 @@ def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None 
         # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
         ckpt.save_atomic({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}, output)
         return [output]
+    # config.json's mask_ratio: the run's train.mask_ratio, a Hugging Face input's own, else the MAE default
     train = (ck.get("config") or {}).get("train") if isinstance(ck.get("config"), dict) else None
-    mask_ratio = float(train.get("mask_ratio", 0.75)) if isinstance(train, dict) else 0.75
+    mask_ratio = float(train.get("mask_ratio", 0.75)) if isinstance(train, dict) else float(ck.get("mask_ratio", 0.75))
     return hf.save_folder(sd, model.arch, output, encoder_only=encoder_only, mask_ratio=mask_ratio)

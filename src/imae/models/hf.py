@@ -219,7 +219,8 @@ def load_folder(path: Path) -> dict[str, Any]:
     arch = arch_from_config(config, str(config_file))
     sd = to_ours(_read_weights(folder), f"{folder}")
     return {"model": sd, "kind": "mae", "arch": arch.to_dict(), "_path": str(folder), "_format": "hf",
-            "_weights": [str(p) for p in _weight_files(folder)]}
+            "_weights": [str(p) for p in _weight_files(folder)],
+            "mask_ratio": float(config.get("mask_ratio", HF_DEFAULTS["mask_ratio"]))}  # kept for export
 
 
 def _weight_files(folder: Path) -> list[Path]:
