@@ -140,6 +140,21 @@ def test_official_layout_checkpoint_loads_strictly_and_reproduces_outputs(tmp_pa
     assert torch.equal(src(x, noise=noise)["pred"], dst(x, noise=noise)["pred"])
 
 
+def test_checkpoint_saved_before_layer_norm_eps_existed_loads_with_the_official_eps(tmp_path):
+    from imae.engine import checkpoint as ckpt
+    from imae.models.loading import model_from_checkpoint
+
+    src = tiny_mae(layer_norm_eps=1e-5)
+    arch = {k: v for k, v in src.arch.to_dict().items() if k != "layer_norm_eps"}
+    torch.save({"model": src.state_dict(), "kind": "mae", "arch": arch}, tmp_path / "old.pth")
+    torch.save({"model": src.state_dict(), "kind": "mae", "arch": src.arch.to_dict()}, tmp_path / "new.pth")
+    old, new = (model_from_checkpoint(ckpt.load(tmp_path / f)) for f in ("old.pth", "new.pth"))
+    assert old.arch.layer_norm_eps == 1e-6 and old.norm.eps == 1e-6 and old.blocks[0].norm1.eps == 1e-6
+    assert new.arch.layer_norm_eps == 1e-5 and new.decoder_norm.eps == 1e-5 and new.decoder_blocks[0].norm2.eps == 1e-5
+    with pytest.raises(ConfigError, match="layer_norm_eps must be positive"):
+        tiny_mae(layer_norm_eps=0.0)
+
+
 def test_mismatching_checkpoint_names_missing_unexpected_and_shapes():
     other = tiny_mae(depth=3).state_dict()
     other["extra.weight"] = torch.zeros(1)

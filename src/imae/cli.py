@@ -109,6 +109,38 @@ def cmd_quickstart(args: argparse.Namespace) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# export
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", metavar="CKPT", help="a run directory, .pth or .safetensors checkpoint (ours or an "
+                                                "official MAE's), or a Hugging Face ViTMAE folder")
+    p.add_argument("--to", required=True, choices=["hf", "timm", "mae"],
+                   help="hf: a folder for transformers' ViTMAEForPreTraining.from_pretrained (ViTMAEModel for an "
+                        "encoder-only input); timm: the encoder as a timm ViT state dict (.safetensors, plus a "
+                        ".timm.json with the timm.create_model call); mae: an official-layout MAE .pth. For an "
+                        "i-MAE checkpoint, hf and mae hold its encoder and shared decoder with the dominant "
+                        "branch as decoder_embed (the subordinate one for imae.branches=sub)")
+    p.add_argument("--output", required=True, metavar="PATH", help="the folder (hf) or file to write; must not exist")
+    p.add_argument("--num-heads", type=int, help="encoder heads of an official checkpoint of a non-standard width")
+
+
+@command("export", "write a checkpoint as a Hugging Face ViTMAE folder, a timm ViT (.safetensors) or an "
+                   "official MAE .pth")(_export_args)
+def cmd_export(args: argparse.Namespace) -> list[Path]:
+    from imae.export import export
+
+    paths = export(args.ckpt, args.to, args.output, num_heads=args.num_heads)
+    for p in paths:
+        print(p)
+    if args.to == "timm":
+        import json
+
+        print(json.loads(paths[1].read_text())["python"])
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,6 +50,7 @@ class ModelConfig:
     decoder_num_heads: int | None = None
     mlp_ratio: float | None = None
     norm_pix_loss: bool = False  # per-patch normalised pixel targets
+    layer_norm_eps: float | None = None  # None: 1e-6 (the official MAE's)
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields that are set, as keyword arguments for ``create_model``."""
@@ -78,6 +79,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     compile: bool = False  # torch.compile the model
     skip_nonfinite: int = 0  # tolerate up to N non-finite losses by skipping their updates
+    checkpoint_format: str = "pth"  # pth | safetensors (weights as .safetensors beside a .pth of the resume state)
 
 
 @dataclass
@@ -125,6 +127,8 @@ class Config:
         for name in ("epochs", "batch_size", "accum_iter"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+        if t.checkpoint_format not in ("pth", "safetensors"):
+            raise ConfigError(f"train.checkpoint_format must be 'pth' or 'safetensors', got {t.checkpoint_format!r}")
         if t.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {t.warmup_epochs}")
         lo, hi = self.data.crop_scale

@@ -19,6 +19,10 @@ class CheckpointError(ImaeError):
     """A checkpoint that is missing, unreadable, untrusted or of another architecture."""
 
 
+class MissingDependency(ImaeError):
+    """An optional package that the asked-for feature needs is not installed; the message names the extra."""
+
+
 class TrainingError(ImaeError):
     """Training stopped: a non-finite loss, a failed checkpoint write, a lost peer process."""
 

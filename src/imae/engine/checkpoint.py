@@ -6,6 +6,10 @@ A training checkpoint is a dict in the official MAE layout plus the resume state
      next epoch already done (0 at epoch ends), "global_step": optimiser steps, "config": resolved
      configuration, "kind": "mae" | "imae", "arch": architecture, "scaler": None, "rng": {...},
      "metrics": last epoch's averages, "version": imae version}
+
+With ``train.checkpoint_format=safetensors`` the weights live in ``checkpoint-*.safetensors`` beside the
+``.pth`` (see :mod:`imae.engine.safetensors_io`); ``load`` joins them again. ``load`` also takes a
+standalone ``.safetensors`` file and a Hugging Face ViTMAE folder (see :mod:`imae.models.hf`).
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import argparse
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.nn as nn
 
-from imae.errors import CheckpointError, TrainingError
+from imae.engine import safetensors_io
+from imae.errors import CheckpointError, MissingDependency, TrainingError
 
 # what the weights-only unpickler may build besides tensors and plain containers: official MAE
 # checkpoints carry their argparse.Namespace of training arguments
@@ -34,11 +40,16 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
     A failure (disk full, permission denied, a kill mid-write) leaves the previous file untouched.
     """
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(file)`` to a temporary file beside ``path``, fsync, rename over ``path`` (see save_atomic)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -79,13 +90,20 @@ def load(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth file or a run directory")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth or .safetensors file, a run "
+                              f"directory or a Hugging Face model folder")
+    if path.is_dir() and hf_folder(path):
+        from imae.models.hf import load_folder
+
+        return load_folder(path)
     if path.is_dir():
         found = latest_complete(path)
         if found is None:
             raise CheckpointError(f"{path} holds no readable checkpoint-*.pth; pass a checkpoint file or a "
                                   f"run directory of `imae pretrain`")
         return found[1]
+    if path.suffix == ".safetensors":
+        return safetensors_io.load_checkpoint(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,6 +119,8 @@ def load(path: str | Path) -> dict[str, Any]:
                               f"it may be truncated or not a PyTorch file") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a dict of weights (got {type(obj).__name__})")
+    if "model" not in obj and "model_file" in obj:  # train.checkpoint_format=safetensors
+        safetensors_io.attach_weights(obj, path)
     if "model" not in obj:
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             obj = {"model": obj}
@@ -138,6 +158,10 @@ def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             with torch.serialization.safe_globals(SAFE_GLOBALS):
                 ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(ck, dict) and "model" not in ck and "model_file" in ck:
+                safetensors_io.attach_weights(ck, p)
+        except MissingDependency:
+            raise
         except Exception:  # partial or corrupt: an older one will do
             continue
         if isinstance(ck, dict) and "model" in ck:
@@ -153,6 +177,27 @@ def prune(run_dir: Path, keep_last: int) -> None:
     numbered = [p for p in checkpoints_in(run_dir) if _NUMBERED.search(p.name)]
     for p in numbered[keep_last:]:
         p.unlink(missing_ok=True)
+        safetensors_io.remove_weights(p)
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
+    """Write a training checkpoint: one ``.pth`` (``fmt="pth"``), or the weights as ``.safetensors`` beside a
+    ``.pth`` of the resume state (``fmt="safetensors"``; see :mod:`imae.engine.safetensors_io`)."""
+    if fmt == "safetensors":
+        try:
+            safetensors_io.save_split(obj, path)
+        except OSError as e:
+            raise TrainingError(f"could not write checkpoint {path} ({e.strerror}); the previous checkpoint is "
+                                f"intact; free space or fix permissions, then resume with --resume "
+                                f"{Path(path).parent}") from None
+    else:
+        save_atomic(obj, path)
+
+
+def hf_folder(path: Path) -> bool:
+    """Whether folder ``path`` looks like a Hugging Face model folder (or a hub cache entry), not a run."""
+    names = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return any((Path(path) / n).exists() for n in names) or (Path(path) / "snapshots").is_dir()
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",

@@ -15,7 +15,7 @@ from imae.data.pairing import choose_partners, needs_labels
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import info
-from imae.engine.objectives import model_overrides
+from imae.engine.objectives import model_overrides, note_eps
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.loading import is_imae_state, mae_from_checkpoint
@@ -78,6 +78,7 @@ class IMAEObjective:
     def load_init(self, ck: dict[str, Any]) -> None:
         """Start from an MAE checkpoint (both branch maps from its decoder_embed) or an i-MAE one."""
         source = ck.get("_path", "--init-from")
+        note_eps(ck, self.model)
         if is_imae_state(ck["model"]):
             ckpt.load_state_dict(self.model, ck["model"], source=source)
             return

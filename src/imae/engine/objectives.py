@@ -15,6 +15,7 @@ import torch.nn as nn
 from imae.config import Config
 from imae.data.loader import Batch
 from imae.engine.checkpoint import load_state_dict
+from imae.engine.logs import info
 from imae.models.registry import create_model
 
 
@@ -47,8 +48,18 @@ class MAEObjective:
         return {"kind": "mae", "arch": self.model.arch.to_dict()}
 
     def load_init(self, ck: dict[str, Any]) -> None:
-        """Start from a checkpoint's weights (ours or the official MAE's), strictly."""
+        """Start from a checkpoint's weights (ours, the official MAE's, a Hugging Face folder), strictly."""
         load_state_dict(self.model, ck["model"], source=ck.get("_path", "--init-from"))
+        note_eps(ck, self.model)
+
+
+def note_eps(ck: dict[str, Any], model: nn.Module) -> None:
+    """Say so when --init-from weights were trained with another layer-norm eps (it is not in a state dict)."""
+    stored = (ck.get("arch") or {}).get("layer_norm_eps") if isinstance(ck.get("arch"), dict) else None
+    own = model.arch.layer_norm_eps
+    if stored is not None and stored != own:
+        info(f"note: {ck.get('_path', '--init-from')} was trained with layer_norm_eps {stored:g}, this model uses "
+             f"{own:g}; --set model.layer_norm_eps={stored:g} matches it")
 
 
 def build_objective(cfg: Config):

@@ -24,6 +24,7 @@ from imae.data.datasets import load_split
 from imae.data.loader import build_train_loader
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
+from imae.engine import safetensors_io
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, lr_at, set_lr
@@ -71,6 +72,8 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
     D.check_same_config(cfg.to_dict())
+    if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
+        safetensors_io.require("train.checkpoint_format=safetensors")
     if main:
         ckpt.remove_partial_writes(run_dir)
         write_config(cfg, run_dir)
@@ -299,9 +302,10 @@ class _Loop:
                 **self.objective.checkpoint_meta(),
             }
             try:
-                ckpt.save_atomic(obj, self.run_dir / "checkpoint-last.pth")
+                fmt = self.cfg.train.checkpoint_format
+                ckpt.save_checkpoint(obj, self.run_dir / "checkpoint-last.pth", fmt)
                 if numbered:
-                    ckpt.save_atomic(obj, self.run_dir / f"checkpoint-{epoch}.pth")
+                    ckpt.save_checkpoint(obj, self.run_dir / f"checkpoint-{epoch}.pth", fmt)
                     ckpt.prune(self.run_dir, self.cfg.train.keep_last)
             except TrainingError as e:
                 error = e

@@ -1,6 +1,7 @@
 """What is evaluated: a checkpoint (ours or an official MAE release), its model, run and output folder.
 
-``CKPT`` on the command line is a checkpoint file or a run directory (its newest complete checkpoint).
+``CKPT`` on the command line is a checkpoint file (``.pth`` or ``.safetensors``), a run directory (its newest
+complete checkpoint) or a Hugging Face ViTMAE folder.
 Our checkpoints carry their training configuration, which supplies the data set, its path and the
 image size; an official checkpoint (``{"model": state_dict}``) needs ``--preset`` / ``--set data.*``.
 """
@@ -42,9 +43,12 @@ class Subject:
 
     @property
     def default_output_dir(self) -> Path:
-        """``<run dir>/eval``; for a checkpoint file that is not ours, ``<folder>/<stem>-eval``."""
+        """``<run dir>/eval``; for a checkpoint file that is not ours, ``<folder>/<stem>-eval``; for a Hugging
+        Face hub cache snapshot (never written into), ``runs/<org>--<name>-eval``."""
         if self.run_dir is not None:
             return self.run_dir / "eval"
+        if self.path.is_dir() and self.path.parent.name == "snapshots":
+            return Path("runs") / f"{self.path.parent.parent.name.removeprefix('models--')}-eval"
         return self.path.parent / f"{self.path.stem}-eval"
 
     @cached_property
@@ -87,9 +91,14 @@ def load_subject(spec: str | Path, num_heads: int | None = None) -> Subject:
     model = model_from_checkpoint(ck, **over).eval()
     model.requires_grad_(False)
     config = ck.get("config") if isinstance(ck.get("config"), dict) else None
-    run_dir = spec if spec.is_dir() else (path.parent if config is not None else None)
-    st = path.stat()
-    fingerprint = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|heads={model.arch.num_heads}"
+    if ck.get("_format") == "hf":  # a Hugging Face folder is not a run: results go beside it (default_output_dir)
+        run_dir = None
+    else:
+        run_dir = spec if spec.is_dir() else (path.parent if config is not None else None)
+    files = [Path(f) for f in ck.get("_weights", [])] or [path]  # a Hugging Face folder: its weight files
+    stats = [(os.path.realpath(f), f.stat()) for f in files]
+    fingerprint = "|".join(f"{real}|{st.st_mtime_ns}|{st.st_size}" for real, st in stats)
+    fingerprint += f"|heads={model.arch.num_heads}"
     label = run_dir.name if run_dir is not None else path.stem
     epoch = ck.get("epoch")
     return Subject(path, run_dir, model, config, fingerprint, label, spec,

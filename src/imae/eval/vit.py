@@ -29,7 +29,7 @@ def vit_from_encoder(model: MaskedAutoencoder, num_classes: int, drop_path: floa
                             num_classes=num_classes, embed_dim=a.embed_dim, depth=a.depth, num_heads=a.num_heads,
                             mlp_ratio=a.mlp_ratio, qkv_bias=True, drop_path_rate=drop_path,
                             global_pool="token" if pool == "cls" else "avg",
-                            norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                            norm_layer=partial(nn.LayerNorm, eps=a.layer_norm_eps))
     sd = {k: v for k, v in model.state_dict().items() if k in set(model.encoder_keys())}
     if pool != "cls":  # timm: norm after pooling
         sd = {("fc_norm." + k[len("norm."):] if k.startswith("norm.") else k): v for k, v in sd.items()}

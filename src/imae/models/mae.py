@@ -37,8 +37,11 @@ class MAEArch:
     decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
     norm_pix_loss: bool = False
+    layer_norm_eps: float = 1e-6  # every LayerNorm; the official MAE's (Hugging Face ViTMAE's default is 1e-12)
 
     def __post_init__(self) -> None:
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if self.img_size % self.patch_size:
             raise ConfigError(f"image size {self.img_size} is not divisible by patch size {self.patch_size}; "
                               f"pick an image size that is a multiple of {self.patch_size}")
@@ -61,8 +64,8 @@ class MAEArch:
         return asdict(self)
 
 
-def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
-    norm = partial(nn.LayerNorm, eps=1e-6)
+def _blocks(width: int, depth: int, heads: int, mlp_ratio: float, eps: float) -> nn.ModuleList:
+    norm = partial(nn.LayerNorm, eps=eps)
     return nn.ModuleList([Block(width, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
 
 
@@ -79,15 +82,16 @@ class MaskedAutoencoder(nn.Module):
         self.patch_embed = PatchEmbed(a.img_size, a.patch_size, a.in_chans, a.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, a.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, a.num_patches + 1, a.embed_dim), requires_grad=False)
-        self.blocks = _blocks(a.embed_dim, a.depth, a.num_heads, a.mlp_ratio)
-        self.norm = nn.LayerNorm(a.embed_dim, eps=1e-6)
+        self.blocks = _blocks(a.embed_dim, a.depth, a.num_heads, a.mlp_ratio, a.layer_norm_eps)
+        self.norm = nn.LayerNorm(a.embed_dim, eps=a.layer_norm_eps)
         # decoder
         self.decoder_embed = nn.Linear(a.embed_dim, a.decoder_embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, a.decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, a.num_patches + 1, a.decoder_embed_dim),
                                               requires_grad=False)
-        self.decoder_blocks = _blocks(a.decoder_embed_dim, a.decoder_depth, a.decoder_num_heads, a.mlp_ratio)
-        self.decoder_norm = nn.LayerNorm(a.decoder_embed_dim, eps=1e-6)
+        self.decoder_blocks = _blocks(a.decoder_embed_dim, a.decoder_depth, a.decoder_num_heads, a.mlp_ratio,
+                                      a.layer_norm_eps)
+        self.decoder_norm = nn.LayerNorm(a.decoder_embed_dim, eps=a.layer_norm_eps)
         self.decoder_pred = nn.Linear(a.decoder_embed_dim, a.patch_size**2 * a.in_chans, bias=True)
         self.initialize_weights()
 

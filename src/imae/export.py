@@ -1,0 +1,48 @@
+"""``imae export``: any checkpoint we read, written as a Hugging Face folder, a timm ViT or an official MAE .pth.
+
+The input is anything a checkpoint is taken as (run directory, ``.pth``, ``.safetensors``, Hugging Face
+ViTMAE folder). An i-MAE becomes a vanilla MAE first: its encoder, the shared decoder, and the dominant
+branch as ``decoder_embed`` (the subordinate one for a ``sub`` student; ``IMAE.mae_state_dict``). An
+encoder-only input is written encoder-only (``ViTMAEModel`` for ``hf``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imae.engine import checkpoint as ckpt
+from imae.errors import ConfigError
+from imae.models import hf
+from imae.models.imae import IMAE
+from imae.models.loading import model_from_checkpoint
+from imae.models.timm_export import save_timm
+
+TARGETS = {"hf": "", "timm": ".safetensors", "mae": ".pth"}  # target -> required suffix of --output
+
+
+def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None = None) -> list[Path]:
+    """Write checkpoint ``spec`` as ``to`` (hf | timm | mae) at ``output``; returns the files written."""
+    output = Path(output)
+    if to not in TARGETS:
+        raise ConfigError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if TARGETS[to] and output.suffix != TARGETS[to]:
+        raise ConfigError(f"--to {to} writes a {TARGETS[to]} file; name --output like {output.stem}{TARGETS[to]}")
+    if output.exists() and (output.is_file() or any(output.iterdir())):
+        raise ConfigError(f"{output} already exists; remove it or choose another --output")
+    ck = ckpt.load(spec)
+    model = model_from_checkpoint(ck, **({"num_heads": num_heads} if num_heads else {}))
+    encoder_only = bool(getattr(model, "encoder_only", False))
+    sd = model.mae_state_dict() if isinstance(model, IMAE) else model.state_dict()
+    if encoder_only:
+        sd = {k: v for k, v in sd.items() if k in set(model.encoder_keys())}
+    if to == "timm":
+        return save_timm(model, output)
+    if to == "mae":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
+        ckpt.save_atomic({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}, output)
+        return [output]
+    # config.json's mask_ratio: the run's train.mask_ratio, a Hugging Face input's own, else the MAE default
+    train = (ck.get("config") or {}).get("train") if isinstance(ck.get("config"), dict) else None
+    mask_ratio = float(train.get("mask_ratio", 0.75)) if isinstance(train, dict) else float(ck.get("mask_ratio", 0.75))
+    return hf.save_folder(sd, model.arch, output, encoder_only=encoder_only, mask_ratio=mask_ratio)
