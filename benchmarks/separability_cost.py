@@ -76,8 +76,9 @@ def main() -> None:
         timings["separability_masked_only"].append(run_sep(False))
         print({k: round(v[-1], 1) for k, v in timings.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in timings.items()}
-    out = {"device": str(device), "host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "images": len(split), "pairs": pairs.summary(), "model": "mae_vit_tiny_patch4", "seconds": timings,
+    out = {"device": str(device), "host": platform.node(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "images": len(split), "pairs": pairs.summary(),
+           "model": "mae_vit_tiny_patch4", "seconds": timings,
            "median_s": med, "ratio_to_extract": {k: med[k] / med["extract"] for k in med}}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"separability-cost-{device.type}"

@@ -89,7 +89,7 @@ def _r2(m, who="sub", ratio="0.75", predictor="encoder"):
 
 def test_superposed_features_score_on_the_superposition_line(cifar_test):
     planted = Planted()
-    m = _measure(cifar_test, planted, planted, baselines=["pixels"])
+    m = _measure(cifar_test, planted, planted, baselines=["pixels"], unmasked=True)
     for ratio in ("0.75", "0"):
         for a, r2 in _r2(m, ratio=ratio).items():
             assert abs(r2 - sep.superposition(a)) < 0.03, (ratio, a, r2)
@@ -190,7 +190,8 @@ def test_own_branch_r2_equals_the_distillation_loss_over_the_target_variance(run
     student, teacher = load_subject(runs["imae"]).model, load_subject(runs["mae"]).model
     student.attach_teacher(teacher)
     split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=12), "eval", 16, progress=False)
-    pairs = make_pairs(split.labels, same_class_p=1.0, seed=0)
+    s = EvalConfig().separability  # the pairs the command drew: its default parts, p of the i-MAE's training
+    pairs = make_pairs(split.labels, s.fractions, 1.0, 0, s.max_images)
     noise = pair_noise(len(pairs), student.arch.num_patches, 0)
     d = split.data
 

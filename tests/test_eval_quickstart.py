@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from eval_fixtures import digits_runs
 from imae.quickstart import QUICK_ALPHAS, evaluate_runs
@@ -33,3 +34,29 @@ def test_quickstart_evaluates_the_runs_against_the_teacher_and_prints_the_differ
     d = cmp["metrics"]["token_r2_sub"]["0.3"]
     assert f"token R²(sub) at α=0.3 {d['diff']:+.3f}, 95% CI [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" in out
     assert (runs["imae"] / "eval" / "figures" / "ablation-grid.png").is_file()
+    page = html.read_text()
+    assert "<h3>imae minus mae</h3>" in page and f"{d['diff']:+.3f}" in page  # the comparison table
+
+
+def test_a_stage_stopped_by_a_signal_ends_the_quickstart_before_the_next_starts(tmp_path, monkeypatch):
+    import pytest
+
+    from imae import quickstart
+
+    def stopped_run(cfg, resume=None, overrides=None):
+        run = Path(cfg.output_dir)
+        run.mkdir(parents=True)
+        events = [{"kind": "event", "event": "start"}, {"kind": "step", "loss": 1.0},
+                  {"kind": "event", "event": "stopped", "signal": "SIGTERM"}]
+        (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        started.append(run.name)
+        return run
+
+    started: list[str] = []
+    monkeypatch.setattr(quickstart, "pretrain", stopped_run)
+    with pytest.raises(SystemExit) as stop:
+        quickstart.run(tmp_path, device="cpu")
+    assert stop.value.code == 0 and started == ["mae"]  # the continued MAE and the i-MAE never started
+    log = tmp_path / "mae" / "log.jsonl"
+    log.write_text(log.read_text() + json.dumps({"kind": "event", "event": "resume"}) + "\n")
+    assert not quickstart.stopped(tmp_path / "mae")

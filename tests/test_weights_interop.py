@@ -179,6 +179,11 @@ def test_evaluation_command_takes_an_hf_folder(tmp_path, capsys):
     assert code == 0, err
     rec = json.loads((tmp_path / "hf-eval" / "knn.json").read_text())
     assert rec["checkpoint"]["arch"]["layer_norm_eps"] == 1e-12 and rec["checkpoint"]["path"] == str(folder)
+    code, _, err = run_cli(["separability", str(folder), "--preset", "digits-mae", *fast_sets(),
+                            "--set", "separability.alphas=[0.3]"], capsys)
+    assert code == 0, err  # the folder is its own reference, identified by the hash of its files
+    ref = json.loads((tmp_path / "hf-eval" / "separability.json").read_text())["results"]["reference"]
+    assert ref["is_self"] and len(ref["sha256"]) == 64
 
 
 # ----------------------------------------------------------------------------------------------

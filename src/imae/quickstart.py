@@ -32,17 +32,19 @@ def run(out: Path, device: str = "auto", epochs: int | None = None) -> dict[str,
     common = {"device": device}
     if epochs:
         common["train.epochs"] = epochs
-    mae_dir = pretrain(build_config("digits-mae", {**common, "output_dir": str(out / "mae")}), resume="auto",
-                       overrides=common)
-    info(f"MAE (teacher) run directory: {mae_dir}")
-    cont_dir = pretrain(build_config("digits-mae-continued", {**common, "output_dir": str(out / "mae-continued"),
-                                                              "init_from": str(mae_dir)}),
-                        resume="auto", overrides=common)
-    info(f"MAE continued run directory: {cont_dir}")
-    imae_dir = pretrain(build_config("digits-imae", {**common, "output_dir": str(out / "imae"),
-                                                     "imae.teacher": str(mae_dir), "init_from": str(mae_dir)}),
-                        resume="auto", overrides=common)
-    info(f"i-MAE run directory: {imae_dir}")
+
+    def train(preset: str, name: str, **over: str) -> Path:
+        run_dir = pretrain(build_config(preset, {**common, "output_dir": str(out / name), **over}), resume="auto",
+                           overrides=common)
+        if stopped(run_dir):  # a signal stopped this stage: the next must not start from a half-trained run
+            info(f"quickstart stopped during {name}; run the same command again to continue")
+            raise SystemExit(0)
+        info(f"{name} run directory: {run_dir}")
+        return run_dir
+
+    mae_dir = train("digits-mae", "mae")
+    cont_dir = train("digits-mae-continued", "mae-continued", init_from=str(mae_dir))
+    imae_dir = train("digits-imae", "imae", **{"imae.teacher": str(mae_dir), "init_from": str(mae_dir)})
     report = evaluate_runs(mae_dir, cont_dir, imae_dir, out, device)
     print(f"MAE:   {mae_dir}\nMAE continued: {cont_dir}\ni-MAE: {imae_dir}")
     return {"mae": mae_dir, "mae_continued": cont_dir, "imae": imae_dir, "report": report}
@@ -84,6 +86,16 @@ def evaluate_runs(mae_dir: Path, cont_dir: Path | None, imae_dir: Path, out: Pat
           f"superposition line {rows[0]['superposition']:.3f}; linear probe: 1437 training / 360 test digits")
     print(f"report: {paths['html']}")
     return paths["html"]
+
+
+def stopped(run: Path) -> bool:
+    """Whether the run's last event in log.jsonl is a stop by a signal (its training did not finish)."""
+    import json
+
+    log = run / "log.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines() if '"event"' in line] if log.is_file() else []
+    events = [e for e in events if e.get("kind") == "event"]
+    return bool(events) and events[-1].get("event") == "stopped"
 
 
 def _training_p(run: Path) -> Any:

@@ -53,11 +53,16 @@ class Subject:
 
     @cached_property
     def sha256(self) -> str:
-        """Content hash of the checkpoint file: what identifies a reference across folders and machines."""
+        """Content hash of the checkpoint file (of a Hugging Face folder: of its files, by name): what identifies
+        a reference across folders and machines."""
         h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+        files = sorted(f for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else [self.path]
+        for file in files:
+            if self.path.is_dir():
+                h.update(str(file.relative_to(self.path)).encode())
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
         return h.hexdigest()
 
     @property

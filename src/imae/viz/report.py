@@ -227,6 +227,9 @@ def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Pat
     if warnings:
         summary_html = ("".join(f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings) + summary_html)
         table = "".join(f"> ⚠ {w}\n" for w in warnings) + "\n" + table
+    for r in runs:
+        if "compare" in (res := _results(r)):
+            summary_html += sepr.compare_html(res["compare"]["results"])
     figure = sepr.headline_figure([(r.name, res["separability"]["results"]) for r in runs
                                    if "separability" in (res := _results(r))])
     if figure is not None:

@@ -221,3 +221,21 @@ def _rows_html(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def compare_html(results: dict[str, Any]) -> str:
+    """An ``imae compare`` result as a table: metric, alpha, A, B, B - A with its 95% interval."""
+    a, b = results["a"]["label"], results["b"]["label"]
+    rows = []
+    for metric, values in results["metrics"].items():
+        if metric == "token_r2_sub_space":
+            continue
+        for ak, r in ([("", values)] if "diff" in values else values.items()):
+            lo, hi = r["ci"]
+            rows.append([metric.replace("_", " "), ak, _f(r["a"]), _f(r["b"]), f"{r['diff']:+.3f}",
+                         f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "–"])
+    ref = results["reference"]
+    return (f"<h3>{html.escape(b)} minus {html.escape(a)}</h3><p>identical pairs ({results['pairs']['test']} test "
+            f"pairs) and masks (ratio {results['mask_ratio']:g}), reference {html.escape(str(ref['label']))} "
+            f"(sha256 {html.escape(str(ref['sha256'])[:12])}); paired-bootstrap 95% intervals</p>"
+            + _rows_html(["metric", "α", a, b, "B − A", "95% CI"], rows))

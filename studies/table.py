@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""A study's results table (Markdown) from its collected run folders.
+
+    python studies/table.py studies/digits/results > studies/digits/results/table.md
+
+Rows: the arms (run folders named ``<arm>-s<seed>``, ``teacher``, ``untrained``), each as the mean over its
+seeds ± the half-width of a 95% t-interval across seeds (one seed: the value with its 95% pair-bootstrap
+interval in brackets), then the baselines of the first arm's separability result. Columns: token R²(sub)
+at alpha 0.1 / 0.3 / 0.45 (training mask ratio, distillation space, the one reference of the study),
+R²(sub) + R²(dom) at 0.3, the own branch maps' R²(sub) at 0.3 (i-MAE), the subordinate's class accuracy at
+0.3, linear probe, kNN, NMI and training images/s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 8: 2.365, 10: 2.262}  # two-sided t, n - 1 df
+ALPHAS = ("0.1", "0.3", "0.45")
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text())["results"] if path.is_file() else None
+
+
+def run_values(run: Path) -> dict[str, tuple[float, list | None]]:
+    """{column: (value, pair-bootstrap ci or None)} of one run folder."""
+    out: dict[str, tuple[float, list | None]] = {}
+    sep = _json(run / "eval" / "separability.json")
+    if sep and sep.get("scheme") == "tokens":
+        block = sep["tokens"][sep["ratios"][0]]
+        space = "distill" if "distill" in block["encoder"] else "encoder"
+        for a in ALPHAS:
+            if a in block["encoder"][space]["sub"]:
+                e = block["encoder"][space]["sub"][a]
+                out[f"r2 {a}"] = (e["r2"], e["ci"])
+        if "0.3" in block["encoder"][space]["sum"]:
+            e = block["encoder"][space]["sum"]["0.3"]
+            out["sum 0.3"] = (e["r2"], e["ci"])
+        branch = block.get("branches", {}).get("sub", {}).get("0.3")
+        if branch:
+            out["branch 0.3"] = (branch["r2"], branch["ci"])
+        cls = (sep.get("classification") or {}).get("encoder", {}).get("0.3")
+        if cls:
+            out["acc 0.3"] = (cls["sub"]["acc"], cls["sub"]["ci"])
+    sem = _json(run / "eval" / "semantics.json")
+    if sem:
+        out["linprobe"] = (sem["linprobe"]["top1"], None)
+        out["knn"] = (sem["knn"]["top1"], None)
+        out["nmi"] = (sem["nmi"], None)
+    log = run / "epochs.jsonl"
+    if log.is_file():
+        speeds = [json.loads(line).get("images_per_s") for line in log.read_text().splitlines() if line.strip()]
+        speeds = [s for s in speeds if isinstance(s, (int, float))]
+        if speeds:
+            out["img/s"] = (statistics.median(speeds), None)
+    return out
+
+
+COLUMNS = [*(f"r2 {a}" for a in ALPHAS), "sum 0.3", "branch 0.3", "acc 0.3", "linprobe", "knn", "nmi", "img/s"]
+HEADER = [*(f"token R²(sub) α={a}" for a in ALPHAS), "R² sum α=0.3", "own branch R²(sub)", "sub class acc. α=0.3",
+          "linear probe", "kNN", "NMI", "train img/s"]
+
+
+def cell(values: list[tuple[float, list | None]], column: str) -> str:
+    if not values:
+        return "–"
+    digits = 0 if column == "img/s" else 3
+    if len(values) == 1:
+        v, ci = values[0]
+        return f"{v:.{digits}f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
+    xs = [v for v, _ in values]
+    half = T95.get(len(xs), 2.0) * statistics.stdev(xs) / len(xs) ** 0.5
+    return f"{statistics.fmean(xs):.{digits}f} ± {half:.{digits}f}"
+
+
+def main(folder: Path) -> str:
+    arms: dict[str, list[dict]] = {}
+    for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
+        arm = re.sub(r"-s\d+$", "", run.name)
+        arms.setdefault(arm, []).append(run_values(run))
+    lines = ["| arm | seeds | " + " | ".join(HEADER) + " |", "|" + " --- |" * (len(HEADER) + 2)]
+    for arm, runs in arms.items():
+        cells = [cell([r[c] for r in runs if c in r], c) for c in COLUMNS]
+        lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+    first = next((p.parent for p in sorted(folder.glob("*/eval/separability.json"))), None)
+    sep = _json(first / "eval" / "separability.json") if first else None
+    if sep and sep.get("scheme") == "tokens":
+        block = sep["tokens"][sep["ratios"][0]]
+        space = "distill" if "distill" in block["encoder"] else "encoder"
+        rows = {"superposition": {a: (sep["superposition"][a]["sub"], None) for a in ALPHAS
+                                  if a in sep["superposition"]}}
+        for name, b in block["baselines"].items():
+            values = b[space]["sub"]
+            rows[name] = {a: (values[a]["r2"], values[a]["ci"]) for a in ALPHAS if a in values} if "r2" not in values \
+                else {a: (values["r2"], values["ci"]) for a in ALPHAS}
+        for name, values in rows.items():
+            cells = [cell([values[a]], f"r2 {a}") if a in values else "–" for a in ALPHAS]
+            lines.append(f"| baseline: {name.replace('_', ' ')} ({first.name}) | | " + " | ".join(cells)
+                         + " |" + " – |" * (len(HEADER) - len(ALPHAS)))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(main(Path(sys.argv[1])), end="")
