@@ -75,7 +75,8 @@ def summary(run: Path) -> dict[str, Any]:
     knn = res.get("knn", {}).get("results") or res.get("semantics", {}).get("results", {}).get("knn")
     row["knn"] = knn.get("top1") if knn else None
     row["nmi"] = res.get("semantics", {}).get("results", {}).get("nmi")
-    row["finetune"] = res.get("finetune", {}).get("results", {}).get("best_top1")
+    ft = res.get("finetune", {}).get("results", {})
+    row["finetune"] = ft.get("top1", ft.get("final_top1"))  # the last epoch's (older files: final_top1)
     return row
 
 
