@@ -208,19 +208,19 @@ def make_figures(ckpts: list[str | Path], *, preset: str | None = None, override
                 "mae": "its one reconstruction (an MAE has a single decoder output; it reconstructs the mixture)"}
         made.append((mixture_figure(s, x_sub, x_dom, cfg.separability.alphas, f.mask_ratio, noise, show,
                                     out_dir / f"mixtures-{s.label}.png"), s.label,
-                     f"Mixtures of {n} evaluation pairs at alpha = {alphas}: per pair the clean subordinate and "
-                     f"dominant, then per alpha the masked mixture the encoder sees (mask ratio {f.mask_ratio:g}) "
-                     f"and {what[s.kind]}. {MASK_LEGEND}."))
+                     f"Mixtures of {_count(n, 'evaluation pair')} at alpha = {alphas}: per pair the clean "
+                     f"subordinate and dominant, then per alpha the masked mixture the encoder sees (mask ratio "
+                     f"{f.mask_ratio:g}) and {what[s.kind]}. {MASK_LEGEND}."))
         made.append((mask_ratio_figure(s, x_sub, f.mask_ratios, cfg.seed, show, out_dir / f"mask-ratios-{s.label}.png"),
-                     s.label, f"{n} clean evaluation images masked at ratios "
+                     s.label, f"{_count(n, 'clean evaluation image')} masked at ratios "
                               f"{', '.join(f'{r:g}' for r in f.mask_ratios)}: per ratio the masked input and the "
                               f"reconstruction" + (" (an i-MAE decodes with its dominant branch)"
                                                    if s.kind == "imae" else "") + f". {MASK_LEGEND}."))
     if decoders:
         made.append((ablation_grid(decoders, x_sub, x_dom, f.alpha, f.mask_ratio, noise, show,
                                    out_dir / "ablation-grid.png"), None,
-                     f"The same {n} pairs, alpha {f.alpha:g} and masks (ratio {f.mask_ratio:g}) through every "
-                     f"checkpoint: the clean sources, the unmasked mixture, then each model's reconstruction(s) "
+                     f"The same {_count(n, 'pair')}, alpha {f.alpha:g} and masks (ratio {f.mask_ratio:g}) through "
+                     f"every checkpoint: the clean sources, the unmasked mixture, then each model's reconstruction(s) "
                      f"({', '.join(s.label for s in decoders)}). Yellow outline: visible patches (mixture pixels); "
                      f"inside it each model's prediction."))
     made.append((weights_figure(subjects, out_dir / "weights.png"), None,
@@ -230,7 +230,7 @@ def make_figures(ckpts: list[str | Path], *, preset: str | None = None, override
         depth = len(s.model.blocks)
         made.append((attention_figure(s, x_sub, f.layer, show, out_dir / f"attention-{s.label}.png"), s.label,
                      f"Attention of the cls token to each patch, per head, in block {f.layer % depth + 1} of "
-                     f"{depth}, over {n} clean evaluation images (each map scaled to its maximum)."))
+                     f"{depth}, over {_count(n, 'clean evaluation image')} (each map scaled to its maximum)."))
     write_manifest(out_dir, made)
     paths = [p for p, _, _ in made]
     info(f"figures: wrote {len(paths)} PNG files to {out_dir}", session.show_progress)
@@ -257,6 +257,10 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
         return [e for e in data["figures"] if isinstance(e, dict) and isinstance(e.get("file"), str)]
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def is_greyscale(u8: torch.Tensor) -> bool:
