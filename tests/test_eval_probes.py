@@ -192,3 +192,6 @@ def test_linprobe_command_chooses_l2_on_training_features_only(tmp_path_factory,
         assert bool(rows_in_train.all()) and not bool(rows_in_test.any())
     assert [x.shape[0] for x in fitted] == [res["l2_selection"]["fit_images"]] * (len(fitted) - 1) + [len(train)]
     assert res["l2"] in res["l2_selection"]["grid"] and res["train_images"] == len(train)
+    fitted.clear()
+    fixed = evaluate("linprobe", run, sets=[f"{k}={v}" for k, v in FAST.items()] + ["linprobe.l2=0.03"])["results"]
+    assert fixed["l2"] == 0.03 and fixed["l2_selection"] is None and len(fitted) == 1  # no search
