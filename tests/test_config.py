@@ -57,3 +57,14 @@ def test_defaults_mean_something():
     c = Config()
     assert c.train.mask_ratio == 0.75 and c.train.betas == (0.9, 0.95) and c.train.weight_decay == 0.05
     assert c.data.crop_scale == (0.2, 1.0)
+
+
+def test_imagenet_imae_recipe_targets_agree_with_the_checkpoint_it_names():
+    """The released recipe starts student and teacher from mae_pretrain_vit_base_full.pth, trained on
+    normalised pixels: the preset must train towards normalised pixels and name that checkpoint."""
+    from imae.config import preset_path
+
+    cfg = build_config("imagenet-imae-base")
+    assert cfg.model.norm_pix_loss is True and cfg.imae.same_class_p == 1.0
+    run_line = [ln for ln in preset_path("imagenet-imae-base").read_text().splitlines() if "--teacher" in ln]
+    assert run_line and run_line[0].count("mae_pretrain_vit_base_full.pth") == 2

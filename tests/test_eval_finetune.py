@@ -69,6 +69,7 @@ def test_every_finetune_preset_resolves():
         assert cfg.data.dataset and cfg.finetune.epochs >= 1
     ib = resolve_config(FinetuneConfig, SimpleNamespace(train_config=None), "finetune/imagenet-base").finetune
     assert (ib.epochs, ib.blr, ib.layer_decay, ib.pool) == (20, 5e-5, 0.65, "cls")
+    assert ib.warmup_epochs == 2 and ib.batch_size * ib.accum_iter * 8 == 1024  # on the 8 GPUs its comment names
 
 
 def test_short_finetune_on_real_cifar10_lowers_the_loss(cifar10_dir, tmp_path):
@@ -83,8 +84,12 @@ def test_short_finetune_on_real_cifar10_lowers_the_loss(cifar10_dir, tmp_path):
             "finetune.crop_scale=[0.8,1.0]", "num_heads=2"]
     run = finetune(ck, overrides={"data.dataset": "cifar10", "data.path": str(cifar10_dir), "device": "cpu",
                                   "output_dir": str(tmp_path / "ft"), "finetune.epochs": 6}, sets=sets)
-    hist = json.loads((run / "finetune.json").read_text())["results"]["history"]
+    res = json.loads((run / "finetune.json").read_text())["results"]
+    hist = res["history"]
     assert hist[-1]["loss"] < hist[0]["loss"] - 0.1
+    # the headline is the last epoch's test top-1; no maximum over test-scored epochs is reported
+    assert res["top1"] == res["final_top1"] == hist[-1]["test_top1"] and res["epoch"] == 6
+    assert "best_top1" not in res
     assert {"config.yaml", "log.jsonl", "tb", "checkpoint-last.pth", "finetune.json"} <= {p.name for p in run.iterdir()}
     saved = torch.load(run / "checkpoint-last.pth", weights_only=True)
     assert saved["epoch"] == 5 and "head.weight" in saved["model"]

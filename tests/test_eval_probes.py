@@ -93,3 +93,105 @@ def test_lars_step_scales_matrix_updates_by_the_trust_ratio_and_leaves_biases_pl
     q = 0.01 * torch.norm(torch.full((2, 2), 2.0)) / torch.norm(d)
     assert torch.allclose(w.detach(), torch.full((2, 2), 2.0) - 0.5 * q * d)
     assert torch.allclose(b.detach(), torch.full((2,), -0.5))
+
+
+# ----------------------------------------------------------------------------------------------
+# the probe's l2: chosen on a validation share of the training split, never on the test split
+
+
+def _cancelling_signal(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two features x1 = s + big nuisance, x2 = the nuisance: the class (sign of s) is read only by the large,
+    cancelling weights x1 - x2, which a strong penalty forbids (it keeps roughly x1 alone)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    s = (2 * y - 1).float() * 0.3
+    nuisance = 3.0 * torch.randn(n, generator=g)
+    return torch.stack([s + nuisance, nuisance], dim=1), y
+
+
+def test_l2_choice_is_weak_when_the_signal_needs_large_weights_and_strong_for_noise():
+    from imae.eval.linear import select_l2
+
+    cfg = LinearProbeConfig()
+    x, y = _cancelling_signal()
+    weak = select_l2(x, y, 2, cfg)
+    assert weak["l2"] <= 1e-2 and weak["best_val_top1"] > 0.95
+    assert weak["val_top1"][-1] < 0.8  # the strongest penalty of the grid does hurt here
+    assert weak["grid"] == sorted(cfg.l2_grid) and len(weak["val_top1"]) == len(cfg.l2_grid)
+    assert weak["val_images"] == 60 and weak["fit_images"] == 340  # 15% of each class
+    strong = 0
+    for seed in range(8):  # no signal, many dimensions: 45 validation images, so a draw can fool the rule
+        noise = torch.randn(300, 200, generator=torch.Generator().manual_seed(seed))
+        strong += select_l2(noise, torch.arange(300) % 4, 4, cfg, seed=seed)["l2"] >= 1.0
+    assert strong >= 6
+
+
+def test_validation_split_is_seeded_stratified_and_disjoint():
+    from imae.eval.linear import validation_split
+
+    y = torch.arange(103) % 5
+    fit, val = validation_split(y, 0.2, seed=3)
+    assert set(fit.tolist()).isdisjoint(val.tolist()) and len(fit) + len(val) == 103
+    assert torch.bincount(y[val], minlength=5).tolist() == [4, 4, 4, 4, 4]  # round(0.2 * 20 or 21)
+    again, _ = validation_split(y, 0.2, seed=3)
+    other, _ = validation_split(y, 0.2, seed=4)
+    assert torch.equal(fit, again) and not torch.equal(fit, other)
+
+
+def test_fixed_l2_skips_the_search_and_is_what_the_head_is_fitted_with(monkeypatch):
+    import imae.eval.linear as linear
+
+    seen = []
+    real = linear.fit_cached_many
+    monkeypatch.setattr(linear, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
+    x, y = _cancelling_signal(200)
+    _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))
+    assert rec == {"l2": 0.5, "l2_selection": None} and seen == [0.5]
+    seen.clear()
+    _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig())
+    # one batched search over the grid, then the refit on all of x with the choice
+    assert seen == [sorted(LinearProbeConfig().l2_grid), rec["l2"]] and rec["l2"] in rec["l2_selection"]["grid"]
+
+
+def test_fit_cached_many_without_a_choice_uses_the_fixed_default():
+    from imae.eval.linear import DEFAULT_L2, fit_cached_many
+
+    x, y = _cancelling_signal(200)
+    cfg = LinearProbeConfig()
+    assert cfg.l2 is None
+    a = fit_cached_many([x], y, 2, cfg)[0].head.fc.weight
+    b = fit_cached_many([x], y, 2, LinearProbeConfig(l2=DEFAULT_L2))[0].head.fc.weight
+    c = fit_cached_many([x], y, 2, LinearProbeConfig(l2=1.0))[0].head.fc.weight
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_linprobe_command_chooses_l2_on_training_features_only(tmp_path_factory, monkeypatch):
+    """Every feature row any probe fit sees (search and refit) is a training-split row; none is a test row."""
+    import imae.eval.linear as linear
+    import imae.eval.linprobe as linprobe
+    from eval_fixtures import FAST, digits_runs
+    from imae.eval.run import evaluate
+
+    run = digits_runs(tmp_path_factory)["mae"]
+    extracted, fitted = {}, []
+    real_extract, real_fit = linprobe.extract_split, linear.fit_cached_many
+
+    def extract(*a, which, **k):
+        out = real_extract(*a, which=which, **k)
+        extracted[which] = out.pooled("cls")
+        return out
+
+    monkeypatch.setattr(linprobe, "extract_split", extract)
+    monkeypatch.setattr(linear, "fit_cached_many", lambda xs, *a, **k: fitted.extend(xs) or real_fit(xs, *a, **k))
+    res = evaluate("linprobe", run, sets=[f"{k}={v}" for k, v in FAST.items()])["results"]
+    train, test = extracted["training"], extracted["evaluation"]
+    assert len(fitted) == len(res["l2_selection"]["grid"]) + 1
+    for x in fitted:
+        rows_in_train = (x[:, None, :] == train[None]).all(-1).any(1)
+        rows_in_test = (x[:, None, :] == test[None]).all(-1).any(1)
+        assert bool(rows_in_train.all()) and not bool(rows_in_test.any())
+    assert [x.shape[0] for x in fitted] == [res["l2_selection"]["fit_images"]] * (len(fitted) - 1) + [len(train)]
+    assert res["l2"] in res["l2_selection"]["grid"] and res["train_images"] == len(train)
+    fitted.clear()
+    fixed = evaluate("linprobe", run, sets=[f"{k}={v}" for k, v in FAST.items()] + ["linprobe.l2=0.03"])["results"]
+    assert fixed["l2"] == 0.03 and fixed["l2_selection"] is None and len(fitted) == 1  # no search

@@ -84,8 +84,93 @@ def test_mixture_reconstructions_are_the_branch_predictions():
     out = reconstruct_mixture(model, xs, xd, 0.3, 0.75, noise)
     with torch.no_grad():
         ref = model(xs, xd, 0.3, mask_ratio=0.75, noise=noise)
-    assert torch.allclose(out["sub"], model.unpatchify(ref["pred_sub"]), atol=1e-5)
-    assert torch.allclose(out["dom"], model.unpatchify(ref["pred_dom"]), atol=1e-5)
+    assert torch.allclose(out["sub_pred"], model.unpatchify(ref["pred_sub"]), atol=1e-5)
+    assert torch.allclose(out["dom_pred"], model.unpatchify(ref["pred_dom"]), atol=1e-5)
     assert torch.allclose(out["mixture"], mix(xs, xd, 0.3))
     removed = model.unpatchify(ref["mask"].unsqueeze(-1).expand(-1, -1, 48)).bool()
     assert bool((out["masked"][removed] == 0).all())
+    # shown as the MAE demo: the prediction at removed patches, the mixture (the input) at visible ones
+    for k in ("sub", "dom"):
+        assert torch.equal(out[k][removed], out[f"{k}_pred"][removed])
+        assert torch.equal(out[k][~removed], out["mixture"][~removed])
+        assert not torch.allclose(out[k][~removed], out[f"{k}_pred"][~removed])
+    assert torch.equal(out["removed"].bool().expand(-1, 3, -1, -1), removed)
+
+
+def _colours(path):
+    """Pixels [H, W, 3] of a PNG as ints."""
+    import numpy as np
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def test_digits_figures_are_grey_with_coloured_mask_marks_only(runs, tmp_path, capsys):
+    """Greyscale data stays grey: the only coloured pixels are the removed-patch fill and the outline of
+    visible patches (before, raw predictions at visible patches put magenta/green speckles there)."""
+    import json
+
+    import numpy as np
+
+    from imae.viz.grid import REMOVED_RGB, VISIBLE_RGB
+    from test_cli import run_cli
+
+    code, _, err = run_cli(["figures", str(runs["imae"]), str(runs["mae"]), "--output-dir", str(tmp_path),
+                            "--set", "figures.images=2", "--set", "separability.alphas=[0.3]",
+                            "--set", "figures.mask_ratios=[0.5]"], capsys)
+    assert code == 0, err
+    for name in ("mixtures-imae.png", "mask-ratios-mae.png", "ablation-grid.png"):
+        px = _colours(tmp_path / name)
+        coloured = (px.max(-1) - px.min(-1)) > 6
+        marks = np.zeros(coloured.shape, bool)
+        for rgb in (REMOVED_RGB, VISIBLE_RGB):
+            marks |= (np.abs(px - np.array(rgb) * 255).max(-1) <= 3)
+        assert marks.sum() > 100, name  # the marks are drawn
+        assert (coloured & ~marks).sum() < 0.001 * coloured.size, name  # and nothing else is coloured
+
+    def has_fill(name):
+        return (np.abs(_colours(tmp_path / name) - np.array(REMOVED_RGB) * 255).max(-1) <= 3).sum()
+
+    assert has_fill("mixtures-imae.png") > 0 and has_fill("ablation-grid.png") == 0  # masked vs unmasked mixture
+    manifest = {e["file"]: e for e in json.loads((tmp_path / "figures.json").read_text())["figures"]}
+    assert manifest["mixtures-mae.png"]["run"] == "mae" and manifest["ablation-grid.png"]["run"] is None
+    assert "masked" in manifest["mixtures-imae.png"]["caption"] and ".png" not in manifest["weights.png"]["caption"]
+
+
+def test_outline_marks_the_edge_between_visible_and_removed_patches():
+    import numpy as np
+
+    from imae.viz.grid import VISIBLE_RGB, _outline
+
+    tile = np.zeros((8, 8, 3))
+    visible = np.array([[True, False], [False, False]])  # the top-left patch of a 2 x 2 grid
+    _outline(tile, visible)
+    drawn = (tile == VISIBLE_RGB).all(-1)
+    assert drawn[0, :4].all() and drawn[:4, 0].all() and drawn[3, :4].all() and drawn[:4, 3].all()
+    assert not drawn[4:].any() and not drawn[:, 4:].any() and not drawn[1:3, 1:3].any()
+
+
+def _disk_full_after_half(monkeypatch):
+    """Every output write puts half its bytes on disk, then fails as a full disk does."""
+    import imae.viz.output as output
+
+    def full(path, data):
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output, "_write", full)
+
+
+def test_full_disk_while_drawing_is_one_line_and_keeps_the_earlier_pngs(runs, tmp_path, capsys, monkeypatch):
+    from test_cli import assert_one_line_error, run_cli
+
+    args = ["figures", str(runs["mae"]), "--output-dir", str(tmp_path), "--set", "figures.images=1",
+            "--set", "separability.alphas=[0.3]", "--set", "figures.mask_ratios=[0.75]"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    _disk_full_after_half(monkeypatch)
+    code, _, err = run_cli(args + ["--set", "seed=5"], capsys)  # other images: different PNGs if written
+    assert_one_line_error(code, err, "No space left on device")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no truncated file, no temp file

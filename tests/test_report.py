@@ -97,3 +97,147 @@ def test_runs_that_differ_only_in_the_seed_form_a_group_with_mean_and_spread(eva
     assert group["run"] == "a (mean of 2 seeds)"
     assert group["linear probe"] == fmt((first["linprobe"] + 0.5) / 2)
     assert group["token R²(sub) α=0.3"] == fmt(first["sep_r2_sub"]) and group["sd over seeds"] == fmt(0.0)
+
+
+def _card(page: str, run: str) -> str:
+    start = page.index(f'<section class=card id="run-{run}">')
+    return page[start:page.index("</section>", start)]
+
+
+def _b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_each_runs_figures_sit_in_its_own_card_with_captions(evaluated, tmp_path):
+    page = write_report([evaluated["mae"], evaluated["imae"]], tmp_path)["html"].read_text()
+    figures = evaluated["imae"] / "eval" / "figures"  # `imae figures IMAE MAE` drew both runs' figures here
+    mae, imae = _card(page, "mae"), _card(page, "imae")
+    assert _b64(figures / "mixtures-mae.png") in mae and _b64(figures / "mixtures-mae.png") not in imae
+    assert _b64(figures / "mixtures-imae.png") in imae and _b64(figures / "attention-mae.png") in mae
+    first_card = page.index("<section class=card")
+    for shared in ("ablation-grid.png", "weights.png"):  # comparisons: above the cards, in neither
+        assert page.index(_b64(figures / shared)) < first_card
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == len(re.findall(r"<figure>", page)) >= 2 + 8
+    assert all(c.strip() and ".png" not in c for c in captions)
+    assert "<th></th>" not in page  # every table has a header that names its columns
+
+
+def test_training_chart_puts_loss_terms_on_one_axis_and_the_rest_on_small_labelled_charts(evaluated):
+    from imae.viz.charts import training_chart
+    from imae.viz.report import epoch_records
+
+    fig = training_chart(epoch_records(evaluated["imae"]))
+    loss_axis, *small = fig.axes
+    assert {ln.get_label() for ln in loss_axis.get_lines()} == {"loss", "rec_sub", "rec_dom", "distill_sub",
+                                                               "distill_dom"}
+    titles = {a.get_title(): a for a in small}
+    assert {"learning rate", "mixing weight alpha", "same-class pairs", "waiting for data"} <= set(titles)
+    assert all(a.get_xlabel() == "epoch" and a.get_ylabel() for a in small)
+    assert titles["same-class pairs"].get_lines()[0].get_ydata()[0] == 1.0  # digits-imae pairs same-class images
+    mae_axes = training_chart(epoch_records(evaluated["mae"])).axes
+    assert "mixing weight alpha" not in {a.get_title() for a in mae_axes}  # nothing to draw for an MAE
+
+
+def _other_dataset_run(evaluated, root):
+    """A copy of the MAE run's config and probe result, relabelled as a CIFAR-10 run."""
+    import json
+    import shutil
+
+    run = root / "c10-mae"
+    (run / "eval").mkdir(parents=True)
+    cfg = (evaluated["mae"] / "config.yaml").read_text().replace("dataset: digits", "dataset: cifar10")
+    (run / "config.yaml").write_text(cfg)
+    rec = json.loads((evaluated["mae"] / "eval" / "linprobe.json").read_text())
+    rec["data"]["dataset"] = "cifar10"
+    (run / "eval" / "linprobe.json").write_text(json.dumps(rec))
+    shutil.copy(evaluated["mae"] / "log.jsonl", run / "log.jsonl")
+    return run
+
+
+def test_report_across_data_sets_has_a_data_set_column(evaluated, tmp_path):
+    other = _other_dataset_run(evaluated, tmp_path / "runs")
+    paths = write_report([evaluated["mae"], other], tmp_path / "out")
+    md = paths["md"].read_text().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    rows = [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in md[2:]]
+    assert [r["data set"] for r in rows] == ["digits", "cifar10"]
+    page = paths["html"].read_text()
+    assert "<th>data set</th>" in page and "different data sets" in page
+
+
+def test_report_of_a_folder_of_runs_takes_each_run_and_of_an_empty_folder_writes_nothing(evaluated, tmp_path,
+                                                                                       capsys):
+    parent = evaluated["mae"].parent  # holds the mae and imae runs (and nothing else that is a run)
+    code, out, err = run_cli(["report", str(parent), "--output-dir", str(tmp_path / "all")], capsys)
+    assert code == 0, err
+    md = (tmp_path / "all" / "report.md").read_text()
+    assert "| mae |" in md and "| imae |" in md
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)
+    code, _, err = run_cli(["report", str(empty)], capsys)
+    assert_one_line_error(code, err, "no runs found")
+    code, _, err = run_cli(["report", str(empty), "--output-dir", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, "no runs found")
+    assert sorted(p.name for p in empty.rglob("*")) == ["notes"] and not (tmp_path / "out").exists()
+
+
+def test_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_report(evaluated, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import imae.viz.output as output
+
+    args = ["report", str(evaluated["mae"]), "--output-dir", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"report.html", "report.md"}
+
+    def full(path, data):
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output, "_write", full)
+    args.insert(2, str(evaluated["imae"]))  # a different page, were it written
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "No space left on device")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # intact, and no temporary file
+
+
+def _render_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "render_report.py"
+    spec = importlib.util.spec_from_file_location("render_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_render_checks_without_a_browser_catch_external_loads_broken_images_and_blank_pages(tmp_path):
+    from PIL import Image
+
+    rr = _render_script()
+    assert rr.static_problems('<img src="data:image/png;base64,iVBORw0KGgo=">')  # a PNG signature, no image
+    assert rr.static_problems('<img src="https://example.org/x.png">')
+    white = tmp_path / "white.png"
+    Image.new("RGB", (200, 300), "white").save(white)
+    assert "differs from white" in rr.blank(white)  # says why the page looks blank
+    log = '[1:1:1201/0:INFO:CONSOLE:1] "Uncaught ReferenceError: f", source: file:///r.html (1)\nother line'
+    assert len(rr.console_errors(log)) == 1
+
+
+def test_report_renders_in_headless_chromium(evaluated, tmp_path):
+    rr = _render_script()
+    if rr.find_chromium() is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    page = write_report([evaluated["mae"], evaluated["imae"]], tmp_path)["html"]
+    assert rr.main([str(page), "--out", str(tmp_path / "page.png")]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "page.png") as im:
+        assert im.width == 1280 and im.height > 2000  # the summary, two cards of charts, tables and figures
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.read_text().replace("</body>", "<script>no_such_function()</script></body>"))
+    assert rr.main([str(broken), "--out", str(tmp_path / "broken.png")]) == 1

@@ -27,3 +27,8 @@ class TrainingError(ImaeError):
     """Training stopped: a non-finite loss, a failed checkpoint write, a lost peer process."""
 
     exit_code = 1
+
+
+class OutputError(ImaeError):
+    """An output file (report, figure) that cannot be written: a full disk, a read-only folder. Earlier
+    outputs of the same name are left as they were."""

@@ -25,7 +25,7 @@ from imae.eval.bootstrap import Resampler
 from imae.eval.config import EvalConfig
 from imae.eval.features import extract_split
 from imae.eval.knn import knn_predict
-from imae.eval.linear import fit_cached, predict
+from imae.eval.linear import fit_probe, predict
 from imae.eval.pairs import make_pairs
 from imae.eval.separability import Measurement, measure
 from imae.eval.subject import Subject, load_subject, separability_defaults, shared_reference
@@ -65,12 +65,13 @@ def separability_diffs(ma: Measurement, mb: Measurement, alphas: list[float]) ->
 
 def clean_hits(subject: Subject, train, test, cfg: EvalConfig, *, device, cache,
                show_progress: bool) -> dict[str, torch.Tensor]:
-    """Per test image, whether the linear probe and the kNN classify it right: {"linprobe", "knn"} -> [N] bool."""
+    """Per test image, whether the linear probe (``imae linprobe``'s cached probe, l2 chosen on the training split)
+    and the kNN classify it right: {"linprobe", "knn"} -> [N] bool."""
     kw = dict(device=device, cache=cache, show_progress=show_progress)
     pool = cfg.features.pool
     ftr = extract_split(subject, train, cfg, which="training", **kw).pooled(pool)
     fte = extract_split(subject, test, cfg, which="evaluation", **kw).pooled(pool)
-    fit = fit_cached(ftr, train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device)
+    fit, _ = fit_probe(ftr, train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device)  # as linprobe
     probe = predict(fit.head, fte)[:, 0].argmax(-1) == test.labels
     knn = knn_predict(ftr, train.labels, fte, train.num_classes, cfg.knn.k, cfg.knn.temperature).argmax(1)
     return {"linprobe": probe, "knn": knn == test.labels}

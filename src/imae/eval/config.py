@@ -76,10 +76,16 @@ class LinearProbeConfig:
     ``cached`` (the fast path): the head is fitted to convergence on cached clean features by full-batch
     L-BFGS (cross-entropy + l2/2 |W|^2); BatchNorm then standardises with the training set's statistics.
     ``full``: MAE's ``main_linprobe.py`` recipe, augmented images through the encoder every step, LARS.
+
+    The cached head's L2 penalty: ``l2`` when it is a number; ``None`` (default) chooses it from
+    ``l2_grid`` on a seeded validation share (``l2_val_fraction``) of the *training* split, by the
+    one-standard-error rule, then refits on the whole training split (``imae.eval.linear.fit_probe``).
     """
 
     mode: str = "cached"  # cached | full
-    l2: float = 1e-4  # cached: L2 penalty on the head's weights
+    l2: float | None = None  # cached: L2 penalty on the head's weights; None: chosen on validation (l2_grid)
+    l2_grid: list[float] = field(default_factory=lambda: [10.0**k for k in range(-5, 2)])  # 1e-5 ... 10
+    l2_val_fraction: float = 0.15  # share of each training class held out to choose l2
     max_iter: int = 300  # cached: L-BFGS iterations at most
     epochs: int = 90  # full: MAE's recipe from here on
     warmup_epochs: float = 10.0
@@ -163,8 +169,12 @@ class EvalConfig:
         p = self.linprobe
         if p.mode not in ("cached", "full"):
             raise ConfigError(f"linprobe.mode must be 'cached' or 'full', got {p.mode!r}")
-        if p.epochs < 1 or p.batch_size < 2 or p.max_iter < 1 or p.l2 < 0:
+        if p.epochs < 1 or p.batch_size < 2 or p.max_iter < 1 or (p.l2 is not None and p.l2 < 0):
             raise ConfigError("linprobe.epochs and max_iter must be at least 1, batch_size at least 2, l2 >= 0")
+        if not p.l2_grid or min(p.l2_grid) < 0:
+            raise ConfigError(f"linprobe.l2_grid must be non-negative numbers, got {p.l2_grid}")
+        if not 0.0 < p.l2_val_fraction < 1.0:
+            raise ConfigError(f"linprobe.l2_val_fraction must lie in (0, 1), got {p.l2_val_fraction}")
         if self.knn.k < 1 or self.knn.temperature <= 0:
             raise ConfigError(f"knn.k must be at least 1 and knn.temperature positive, got {self.knn}")
         if not 0.0 <= self.semantics.same_class_p <= 1.0:

@@ -225,8 +225,11 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
         if not evaluated:  # only a checkpoint of an older imae, resumed after its last epoch, lacks them
             raise CheckpointError(f"{run_dir} holds no epoch records to report; fine-tune again into another "
                                   f"--output-dir")
-        results = {"best_top1": max(h["test_top1"] for h in evaluated),
-                   "final_top1": evaluated[-1]["test_top1"], "final_top5": evaluated[-1].get("test_top5"),
+        # the headline is the last epoch's; a maximum over epochs scored on the test split would select on
+        # it, and no validation split is held out of training here, so no "best" is reported
+        last = evaluated[-1]
+        results = {"top1": last["test_top1"], "top5": last.get("test_top5"), "epoch": last["epoch"] + 1,
+                   "final_top1": last["test_top1"], "final_top5": last.get("test_top5"),
                    "epochs": t.epochs, "pool": t.pool, "train_images": len(train), "test_images": len(test),
                    "history": history}
         record = {"checkpoint": s.subject.describe(), "data": s.describe_data(test, train), "config": cfg.to_dict(),

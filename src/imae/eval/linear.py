@@ -4,7 +4,8 @@ Two ways to train it:
 - :func:`fit_cached` (the fast path): full-batch L-BFGS to convergence on cached features, loss
   cross-entropy + l2/2 |W|^2. With the whole set as one batch, BatchNorm's statistics are exactly the
   training set's mean and variance, i.e. the head is multinomial logistic regression on standardised
-  features. Deterministic; seconds for CIFAR-10.
+  features. Deterministic; seconds for CIFAR-10. :func:`fit_probe` chooses ``l2`` first on a validation
+  share of the training features (never the test split) and refits on all of them.
 - :func:`train_head`: MAE's ``main_linprobe.py`` schedule (LARS, linear warmup, half-cycle cosine) over
   batches the caller supplies (augmented images through the encoder: ``linprobe.mode=full``).
 
@@ -14,9 +15,11 @@ scheme predicts the subordinate's and the dominant's class of a mixture with one
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from imae.engine.logs import progress
 from imae.engine.optim import lr_at, set_lr
+from imae.errors import ConfigError
 from imae.eval.config import LinearProbeConfig
 from imae.eval.lars import LARS
 from imae.eval.threads import threads_for
@@ -86,22 +90,37 @@ def train_head(epoch_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch
     return HeadFit(head, losses, time.perf_counter() - t0)
 
 
+# the penalty of a head fitted without a chosen one (cfg.l2 None and no l2 argument): the fixed value
+# this project used before l2 was chosen on validation; the separability classification heads use it
+DEFAULT_L2 = 1e-4
+BATCHED_ELEMENTS = 2**26  # the l2 search fits the whole grid as one batched problem up to this many floats
+
+
 def fit_cached(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
-               device: torch.device | str = "cpu") -> HeadFit:
+               device: torch.device | str = "cpu", l2: float | None = None) -> HeadFit:
     """Fit a head to cached features x [N, D] with labels y [N] or [N, K] by full-batch L-BFGS."""
-    return fit_cached_many([x], y, num_classes, cfg, seed=seed, device=device)[0]
+    return fit_cached_many([x], y, num_classes, cfg, seed=seed, device=device, l2=l2)[0]
 
 
 def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *,
-                    seed: int = 0, device: torch.device | str = "cpu") -> list[HeadFit]:
+                    seed: int = 0, device: torch.device | str = "cpu",
+                    l2: float | Sequence[float] | None = None) -> list[HeadFit]:
     """One head per feature set x_a [N, D] (same labels y [N] or [N, K]), fitted jointly by full-batch L-BFGS.
 
     BatchNorm's statistics are each set's own (what it computes on a full batch); each linear map then
-    minimises mean cross-entropy (summed over the K outputs) + l2/2 |W|^2. The problems are independent,
+    minimises mean cross-entropy (summed over the K outputs) + l2_a/2 |W|^2. The problems are independent,
     so the joint minimum is each one's minimum; solving them as one batched problem, with hand-written
     gradients, pays L-BFGS's per-iteration overhead (what costs on small sets) once instead of A times.
+
+    ``l2``: one penalty for all heads or one per head; None: ``cfg.l2``, or :data:`DEFAULT_L2` when that is
+    None too (no search happens here; :func:`fit_probe` searches).
     """
     t0 = time.perf_counter()
+    if l2 is None:
+        l2 = cfg.l2 if cfg.l2 is not None else DEFAULT_L2
+    l2s = [float(v) for v in l2] if isinstance(l2, Sequence) else [float(l2)] * len(xs)
+    if len(l2s) != len(xs):
+        raise ValueError(f"{len(l2s)} penalties for {len(xs)} feature sets")
     x = torch.stack([xi.float() for xi in xs]).to(device)  # [A, N, D]
     y = (y.view(-1, 1) if y.ndim == 1 else y).to(device)
     a, n, d = x.shape
@@ -117,6 +136,7 @@ def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, c
         h.bn.running_var.copy_(var[i, 0])
     z = (x - mean) / torch.sqrt(var + eps)
     onehot = torch.nn.functional.one_hot(y, num_classes).float().view(n, k * num_classes)  # [N, K*C]
+    lam = torch.tensor(l2s, device=device).view(a, 1, 1)  # each head's penalty
     w = torch.stack([h.fc.weight.detach() for h in heads]).requires_grad_(True)  # [A, K*C, D]
     b = torch.stack([h.fc.bias.detach() for h in heads]).requires_grad_(True)  # [A, K*C]
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=cfg.max_iter, history_size=10, line_search_fn="strong_wolfe",
@@ -127,9 +147,9 @@ def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, c
     def closure():
         logits = torch.baddbmm(b.unsqueeze(1), z, w.transpose(1, 2)).view(a, n, k, num_classes)
         logp = torch.log_softmax(logits, dim=-1).view(a, n, k * num_classes)
-        loss = -(logp * onehot).sum() / n + 0.5 * cfg.l2 * (w * w).sum()
+        loss = -(logp * onehot).sum() / n + 0.5 * (lam * w * w).sum()
         g = (logp.exp() - onehot) / n  # [A, N, K*C]
-        w.grad = torch.bmm(g.transpose(1, 2), z) + cfg.l2 * w
+        w.grad = torch.bmm(g.transpose(1, 2), z) + lam * w
         b.grad = g.sum(1)
         losses.append(float(loss) / a)
         return loss
@@ -143,6 +163,63 @@ def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, c
             h.fc.bias.copy_(b[i])
         h.eval()
     return [HeadFit(h, losses[-1:], seconds / a) for h in heads]
+
+
+def validation_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (fit, validation) of a seeded split of labels y [N]: ``fraction`` of each class (rounded,
+    at least one image of each class stays in the fit part) goes to validation."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(y.shape[0], generator=g)
+    fit, val = [], []
+    for c in torch.unique(y).tolist():
+        idx = perm[y[perm] == c]
+        k = min(int(math.floor(fraction * idx.numel() + 0.5)), idx.numel() - 1)
+        val.append(idx[:k])
+        fit.append(idx[k:])
+    return torch.cat(fit).sort().values, torch.cat(val).sort().values
+
+
+def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
+              device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Choose the probe's l2 on a validation share of the training features x [N, D], labels y [N].
+
+    One head per value of ``cfg.l2_grid`` is fitted on the fit part and scored (top-1) on the validation
+    part. Rule: the largest l2 whose validation top-1 is within one standard error of the best
+    (sqrt(p (1 - p) / n_val) at the best p), so that a penalty is only relaxed when that measurably helps.
+    Returns the record written into the result file (``l2`` is the choice)."""
+    fit_idx, val_idx = validation_split(y, cfg.l2_val_fraction, seed)
+    if val_idx.numel() == 0 or fit_idx.numel() < 2:
+        raise ConfigError(f"{y.shape[0]} training images are too few to choose linprobe.l2 on a validation share "
+                          f"of {cfg.l2_val_fraction:g}; set linprobe.l2=VALUE")
+    grid = sorted(float(v) for v in cfg.l2_grid)
+    xf, yf, xv, yv = x[fit_idx], y[fit_idx], x[val_idx], y[val_idx]
+    per_batch = max(1, BATCHED_ELEMENTS // max(xf.numel(), 1))
+    fits: list[HeadFit] = []
+    for i in range(0, len(grid), per_batch):
+        part = grid[i:i + per_batch]
+        fits += fit_cached_many([xf] * len(part), yf, num_classes, cfg, seed=seed, device=device, l2=part)
+    acc = [topk_accuracy(predict(f.head, xv)[:, 0], yv) for f in fits]
+    best = max(acc)
+    se = math.sqrt(best * (1 - best) / val_idx.numel())
+    chosen = max(v for v, a in zip(grid, acc) if a >= best - se - 1e-12)
+    return {"l2": chosen, "rule": "one_se", "grid": grid, "val_top1": acc, "best_val_top1": best, "se": se,
+            "fit_images": int(fit_idx.numel()), "val_images": int(val_idx.numel()),
+            "val_fraction": cfg.l2_val_fraction}
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
+              device: torch.device | str = "cpu") -> tuple[HeadFit, dict[str, Any]]:
+    """The cached probe: l2 as configured, or chosen by :func:`select_l2` on the training features alone;
+    then one head fitted on all of x [N, D] with it. Returns (fit, {"l2", "l2_selection": record or None})."""
+    t0 = time.perf_counter()
+    selection = None
+    l2 = cfg.l2
+    if l2 is None:
+        selection = select_l2(x, y, num_classes, cfg, seed=seed, device=device)
+        l2 = selection.pop("l2")
+    fit = fit_cached(x, y, num_classes, cfg, seed=seed, device=device, l2=l2)
+    fit.seconds = time.perf_counter() - t0
+    return fit, {"l2": l2, "l2_selection": selection}
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """The linear probe (MAE's protocol): frozen encoder, BatchNorm without affine + linear head.
 
 ``linprobe.mode=cached`` (default, the fast path): clean training features are extracted once (cached)
-and the head is fitted on them by L-BFGS. ``linprobe.mode=full``: MAE's ``main_linprobe.py`` recipe,
+and the head is fitted on them by L-BFGS, its l2 chosen on a validation share of the training split
+(``imae.eval.linear.fit_probe``). ``linprobe.mode=full``: MAE's ``main_linprobe.py`` recipe,
 RandomResizedCrop + flip images through the frozen encoder at every step, LARS, warmup + cosine for
 ``linprobe.epochs``. Both are scored on the clean evaluation split's cached features.
 """
@@ -17,7 +18,7 @@ from imae.errors import DataError
 from imae.eval.config import EvalConfig
 from imae.eval.data import Split
 from imae.eval.features import FeatureCache, encode, extract_split
-from imae.eval.linear import HeadFit, fit_cached, predict, topk_accuracy, train_head
+from imae.eval.linear import HeadFit, fit_probe, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
 
 
@@ -41,12 +42,14 @@ def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *
     if p.mode == "cached":
         ftr = extract_split(subject, train, cfg, which="training", **kw)
         extract_s += ftr.seconds
-        fit = fit_cached(ftr.pooled(pool), train.labels, train.num_classes, p, seed=cfg.seed, device=device)
+        # l2 is chosen on a validation share of the training features; the test split is only scored
+        fit, penalty = fit_probe(ftr.pooled(pool), train.labels, train.num_classes, p, seed=cfg.seed, device=device)
         fit_s = fit.seconds
     else:
         fit = train_full(subject, train, cfg, device=device, show_progress=show_progress)
         fit_s = fit.seconds  # the full protocol's encoder passes count as fitting
-    results = {"mode": p.mode, "pool": pool, **probe_scores(fit, fte.pooled(pool), test.labels),
+        penalty = {}  # LARS with linprobe.weight_decay; no l2
+    results = {"mode": p.mode, "pool": pool, **probe_scores(fit, fte.pooled(pool), test.labels), **penalty,
                "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
                "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}
     return {"results": results, "timing": {"extract_s": extract_s, "fit_s": fit_s}}

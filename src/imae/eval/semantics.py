@@ -20,7 +20,7 @@ from imae.eval.config import EvalConfig
 from imae.eval.data import Split
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.knn import knn_accuracy
-from imae.eval.linear import fit_cached
+from imae.eval.linear import fit_probe
 from imae.eval.linprobe import probe_scores
 from imae.eval.pairs import make_pairs
 from imae.eval.separability import run_separability
@@ -47,10 +47,11 @@ def run_semantics(subject: Subject, reference: Subject, train: Split, test: Spli
     ftr = extract_split(subject, train, cfg, which="training", **kw)
     fte = extract_split(subject, test, cfg, which="evaluation", **kw)
     t0 = time.perf_counter()
-    fit = fit_cached(ftr.pooled(pool), train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device)
+    fit, penalty = fit_probe(ftr.pooled(pool), train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed,
+                             device=device)  # l2 chosen on the training split only
     results: dict[str, Any] = {
         "pool": pool,
-        "linprobe": probe_scores(fit, fte.pooled(pool), test.labels),
+        "linprobe": {**probe_scores(fit, fte.pooled(pool), test.labels), **penalty},
         "knn": {"k": cfg.knn.k, "temperature": cfg.knn.temperature,
                 **knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
                                cfg.knn.k, cfg.knn.temperature)},

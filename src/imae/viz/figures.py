@@ -2,9 +2,14 @@
 
 1. ``mixtures-<label>.png``: pairs mixed at every alpha of ``separability.alphas``; per alpha the masked
    mixture and the subordinate and dominant reconstructions (a vanilla MAE: its one reconstruction).
-3. ``ablation-grid.png``: the same pairs, masks and alpha (``figures.alpha``) through every checkpoint.
+3. ``ablation-grid.png``: the same pairs, masks and alpha (``figures.alpha``) through every checkpoint,
+   beside the unmasked mixture.
 4. ``mask-ratios-<label>.png``: clean images masked at each of ``figures.mask_ratios`` and reconstructed
-   (prediction with the visible patches pasted back; an i-MAE decodes with its dominant branch).
+   (an i-MAE decodes with its dominant branch).
+
+Reconstructions show the prediction at removed patches and the input (the mixture) at visible ones,
+outlined; masked inputs show removed patches in blue (:mod:`imae.viz.grid`); greyscale data is drawn in
+grey. ``figures.json`` says what each PNG shows (the report's captions) and which run it belongs to.
 5. ``weights.png``: histograms of |w| of the encoder's weight matrices of every checkpoint, and
    ``attention-<label>.png``: the cls token's attention to the patches, per head, in block ``figures.layer``.
 
@@ -14,6 +19,7 @@ Images come from the evaluation split of the first checkpoint's data set, chosen
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +32,29 @@ from imae.errors import CheckpointError
 from imae.eval.run import open_session
 from imae.eval.subject import Subject, load_subject
 from imae.viz.attention import cls_attention
-from imae.viz.grid import save_grid, to_hwc
+from imae.viz.grid import MASK_LEGEND, save_grid, to_hwc
+from imae.viz.output import save_figure, write_file
 from imae.viz.reconstruct import reconstruct, reconstruct_mixture, to_unit
 
 NAMES = {"sub": "subordinate", "dom": "dominant", "rec": "reconstruction"}
+
+
+class Display:
+    """How images of one data set are drawn: de-normalised, greyscale data in grey, masks marked."""
+
+    def __init__(self, mean, std, grey: bool) -> None:
+        self.mean, self.std, self.grey = mean, std, grey
+
+    def images(self, x: torch.Tensor, removed: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Normalised images [N, C, H, W] -> panels; ``removed`` [N, 1, H, W] fills removed patches blue."""
+        unit = to_unit(x, self.mean, self.std)
+        return [to_hwc(unit[i], self.grey, None if removed is None else removed[i]) for i in range(x.shape[0])]
+
+
+def visible_grid(mask: torch.Tensor) -> list[np.ndarray]:
+    """mask [N, L] (1 = removed) -> per image a boolean [g, g] grid, True at visible patches."""
+    g = int(round(mask.shape[1] ** 0.5))
+    return [(mask[i] < 0.5).view(g, g).cpu().numpy() for i in range(mask.shape[0])]
 
 
 def _mixture_columns(model) -> list[str]:
@@ -39,51 +64,65 @@ def _mixture_columns(model) -> list[str]:
     return ["sub", "dom"] if model.decoder_embed_dom is not None else ["sub"]
 
 
+def _grid(cols: list[tuple[list[np.ndarray], list[np.ndarray] | None]]) -> tuple[list, list]:
+    """Columns of (panels, outline grids or None) -> rows of panels and rows of outlines."""
+    n = len(cols[0][0])
+    panels = [[col[0][r] for col in cols] for r in range(n)]
+    outlines = [[None if col[1] is None else col[1][r] for col in cols] for r in range(n)]
+    return panels, outlines
+
+
 def mixture_figure(subject: Subject, x_sub: torch.Tensor, x_dom: torch.Tensor, alphas: list[float],
-                   mask_ratio: float, noise: torch.Tensor, mean, std, path: Path) -> Path:
-    """Figure 1: rows are pairs; columns the two sources, then per alpha the masked mixture and reconstructions."""
+                   mask_ratio: float, noise: torch.Tensor, show: Display, path: Path) -> Path:
+    """Figure 1: rows are pairs; columns the two sources, then per alpha the masked mixture (the encoder's
+    input) and the reconstructions (prediction at removed patches, the mixture at visible ones)."""
     kinds = _mixture_columns(subject.model)
-    titles = ["subordinate", "dominant"]
-    cols: list[list[torch.Tensor]] = [[*to_unit(x_sub, mean, std)], [*to_unit(x_dom, mean, std)]]
+    titles = ["subordinate\n(clean)", "dominant\n(clean)"]
+    cols = [(show.images(x_sub), None), (show.images(x_dom), None)]
     for a in alphas:
         out = reconstruct_mixture(subject.model, x_sub, x_dom, a, mask_ratio, noise)
-        titles.append(f"mixture a={a:g}")
-        cols.append([*to_unit(out["masked"], mean, std)])
+        vis = visible_grid(out["mask"])
+        titles.append(f"mixture a={a:g}\n(masked input)")
+        cols.append((show.images(out["mixture"], out["removed"]), None))
         for k in kinds:
-            titles.append({"sub": f"rec. sub a={a:g}", "dom": f"rec. dom a={a:g}", "rec": f"rec. a={a:g}"}[k])
-            cols.append([*to_unit(out[k], mean, std)])
-    panels = [[to_hwc(col[r]) for col in cols] for r in range(x_sub.shape[0])]
-    return save_grid(panels, path, titles, title=f"{subject.label}: mixtures, mask {mask_ratio:g}")
+            titles.append({"sub": f"rec. subordinate\na={a:g}", "dom": f"rec. dominant\na={a:g}",
+                           "rec": f"rec. of mixture\na={a:g}"}[k])
+            cols.append((show.images(out[k]), vis))
+    panels, outlines = _grid(cols)
+    return save_grid(panels, path, titles, outlines=outlines, title=f"{subject.label}: mixtures, mask {mask_ratio:g}")
 
 
 def ablation_grid(subjects: list[Subject], x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float,
-                  mask_ratio: float, noise: torch.Tensor, mean, std, path: Path) -> Path:
-    """Figure 3: rows are pairs; columns the sources, the mixture, then each checkpoint's reconstructions."""
-    titles = ["subordinate", "dominant", f"mixture a={alpha:g}"]
-    cols = [[*to_unit(x_sub, mean, std)], [*to_unit(x_dom, mean, std)],
-            [*to_unit((alpha * x_sub + (1 - alpha) * x_dom), mean, std)]]
+                  mask_ratio: float, noise: torch.Tensor, show: Display, path: Path) -> Path:
+    """Figure 3: rows are pairs; columns the sources, the unmasked mixture, then each checkpoint's
+    reconstructions of it under the same mask (visible patches outlined)."""
+    titles = ["subordinate\n(clean)", "dominant\n(clean)", f"mixture a={alpha:g}\n(unmasked)"]
+    cols = [(show.images(x_sub), None), (show.images(x_dom), None),
+            (show.images(alpha * x_sub + (1 - alpha) * x_dom), None)]
     for s in subjects:
         out = reconstruct_mixture(s.model, x_sub, x_dom, alpha, mask_ratio, noise)
+        vis = visible_grid(out["mask"])
         for k in _mixture_columns(s.model):
             titles.append(f"{s.label}\n{NAMES[k]}")
-            cols.append([*to_unit(out[k], mean, std)])
-    panels = [[to_hwc(col[r]) for col in cols] for r in range(x_sub.shape[0])]
-    return save_grid(panels, path, titles, title=f"same pairs, alpha {alpha:g}, mask {mask_ratio:g}")
+            cols.append((show.images(out[k]), vis))
+    panels, outlines = _grid(cols)
+    return save_grid(panels, path, titles, outlines=outlines, title=f"same pairs, alpha {alpha:g}, mask {mask_ratio:g}")
 
 
-def mask_ratio_figure(subject: Subject, x: torch.Tensor, ratios: list[float], seed: int, mean, std,
+def mask_ratio_figure(subject: Subject, x: torch.Tensor, ratios: list[float], seed: int, show: Display,
                       path: Path) -> Path:
-    """Figure 4: rows are images; columns the image, then per mask ratio the masked input and reconstruction."""
-    titles = ["image"]
-    cols = [[*to_unit(x, mean, std)]]
+    """Figure 4: rows are images; columns the image, then per mask ratio the masked input and the
+    reconstruction (prediction at removed patches, the image at visible ones, outlined)."""
+    titles = ["image\n(clean)"]
+    cols = [(show.images(x), None)]
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(x.shape[0], subject.model.arch.num_patches, generator=g).to(x.device)
     for r in ratios:
         out = reconstruct(subject.model, x, r, noise)
-        titles += [f"masked {r:g}", f"rec. {r:g}"]
-        cols += [[*to_unit(out["masked"], mean, std)], [*to_unit(out["rec"], mean, std)]]
-    panels = [[to_hwc(col[i]) for col in cols] for i in range(x.shape[0])]
-    return save_grid(panels, path, titles, title=f"{subject.label}: mask ratios")
+        titles += [f"mask {r:g}\n(masked input)", f"mask {r:g}\nreconstruction"]
+        cols += [(show.images(x, out["removed"]), None), (show.images(out["rec"]), visible_grid(out["mask"]))]
+    panels, outlines = _grid(cols)
+    return save_grid(panels, path, titles, outlines=outlines, title=f"{subject.label}: mask ratios")
 
 
 def weight_magnitudes(model) -> np.ndarray:
@@ -111,20 +150,19 @@ def weights_figure(subjects: list[Subject], path: Path, small: float = 0.01) -> 
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, Path(path), dpi=DPI)
+    finally:
+        plt.close(fig)
 
 
-def attention_figure(subject: Subject, x: torch.Tensor, layer: int, mean, std, path: Path) -> Path:
+def attention_figure(subject: Subject, x: torch.Tensor, layer: int, show: Display, path: Path) -> Path:
     """Figure 5b: rows are images; columns the image, then the cls attention of each head over it."""
     maps = cls_attention(subject.model, x, layer).cpu()  # [N, heads, g, g]
     maps = maps / maps.amax(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
-    imgs = to_unit(x, mean, std)
+    imgs = show.images(x)
     heads = maps.shape[1]
-    panels = [[to_hwc(imgs[i])] * (heads + 1) for i in range(x.shape[0])]
+    panels = [[imgs[i]] * (heads + 1) for i in range(x.shape[0])]
     overlays = [[None] + [maps[i, h].numpy() for h in range(heads)] for i in range(x.shape[0])]
     depth = len(subject.model.blocks)
     titles = ["image"] + [f"head {h}" for h in range(heads)]
@@ -156,24 +194,78 @@ def make_figures(ckpts: list[str | Path], *, preset: str | None = None, override
     x_sub, x_dom = x[:n], x[n:2 * n]
     noise = torch.rand(n, session.subject.model.arch.num_patches, generator=g).to(session.device)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else session.subject.default_output_dir / "figures"
-    paths = []
+    show = Display(d.mean, d.std, grey=is_greyscale(u8))
+    alphas = ", ".join(f"{a:g}" for a in cfg.separability.alphas)
+    made: list[tuple[Path, str | None, str]] = []  # (file, run label or None for comparisons, caption)
     decoders = [s for s in subjects if not getattr(s.model, "encoder_only", False)]
     for s in subjects:
         if s not in decoders:
             info(f"{s.path} holds only an encoder: no reconstruction figures for it", session.show_progress)
             continue
-        paths.append(mixture_figure(s, x_sub, x_dom, cfg.separability.alphas, f.mask_ratio, noise, d.mean, d.std,
-                                    out_dir / f"mixtures-{s.label}.png"))
-        paths.append(mask_ratio_figure(s, x_sub, f.mask_ratios, cfg.seed, d.mean, d.std,
-                                       out_dir / f"mask-ratios-{s.label}.png"))
+        what = {"imae": "the reconstructions of its subordinate and dominant branches"
+                if s.kind == "imae" and s.model.decoder_embed_dom is not None
+                else "the reconstruction of its subordinate branch",
+                "mae": "its one reconstruction (an MAE has a single decoder output; it reconstructs the mixture)"}
+        made.append((mixture_figure(s, x_sub, x_dom, cfg.separability.alphas, f.mask_ratio, noise, show,
+                                    out_dir / f"mixtures-{s.label}.png"), s.label,
+                     f"Mixtures of {_count(n, 'evaluation pair')} at alpha = {alphas}: per pair the clean "
+                     f"subordinate and dominant, then per alpha the masked mixture the encoder sees (mask ratio "
+                     f"{f.mask_ratio:g}) and {what[s.kind]}. {MASK_LEGEND}."))
+        made.append((mask_ratio_figure(s, x_sub, f.mask_ratios, cfg.seed, show, out_dir / f"mask-ratios-{s.label}.png"),
+                     s.label, f"{_count(n, 'clean evaluation image')} masked at ratios "
+                              f"{', '.join(f'{r:g}' for r in f.mask_ratios)}: per ratio the masked input and the "
+                              f"reconstruction" + (" (an i-MAE decodes with its dominant branch)"
+                                                   if s.kind == "imae" else "") + f". {MASK_LEGEND}."))
     if decoders:
-        paths.append(ablation_grid(decoders, x_sub, x_dom, f.alpha, f.mask_ratio, noise, d.mean, d.std,
-                                   out_dir / "ablation-grid.png"))
-    paths.append(weights_figure(subjects, out_dir / "weights.png"))
+        made.append((ablation_grid(decoders, x_sub, x_dom, f.alpha, f.mask_ratio, noise, show,
+                                   out_dir / "ablation-grid.png"), None,
+                     f"The same {_count(n, 'pair')}, alpha {f.alpha:g} and masks (ratio {f.mask_ratio:g}) through "
+                     f"every checkpoint: the clean sources, the unmasked mixture, then each model's reconstruction(s) "
+                     f"({', '.join(s.label for s in decoders)}). Yellow outline: visible patches (mixture pixels); "
+                     f"inside it each model's prediction."))
+    made.append((weights_figure(subjects, out_dir / "weights.png"), None,
+                 f"Distribution of |w| over every encoder weight matrix of {', '.join(s.label for s in subjects)} "
+                 f"(log density); the legend gives the share of |w| < 0.01 and the mean |w|."))
     for s in subjects:
-        paths.append(attention_figure(s, x_sub, f.layer, d.mean, d.std, out_dir / f"attention-{s.label}.png"))
+        depth = len(s.model.blocks)
+        made.append((attention_figure(s, x_sub, f.layer, show, out_dir / f"attention-{s.label}.png"), s.label,
+                     f"Attention of the cls token to each patch, per head, in block {f.layer % depth + 1} of "
+                     f"{depth}, over {_count(n, 'clean evaluation image')} (each map scaled to its maximum)."))
+    write_manifest(out_dir, made)
+    paths = [p for p, _, _ in made]
     info(f"figures: wrote {len(paths)} PNG files to {out_dir}", session.show_progress)
     return paths
+
+
+MANIFEST = "figures.json"  # what each PNG shows, for the report's captions
+
+
+def write_manifest(out_dir: Path, made: list[tuple[Path, str | None, str]]) -> Path:
+    """``figures.json``: {"figures": [{"file", "run", "caption"}, ...]}, merged with an earlier one's entries
+    for PNGs still there (atomic, as the PNGs)."""
+    path = Path(out_dir) / MANIFEST
+    entries = {e["file"]: e for e in read_manifest(Path(out_dir)) if (Path(out_dir) / e["file"]).is_file()}
+    for p, run, caption in made:
+        entries[p.name] = {"file": p.name, "run": run, "caption": caption}
+    write_file(path, json.dumps({"figures": list(entries.values())}, indent=1) + "\n")
+    return path
+
+
+def read_manifest(folder: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+        return [e for e in data["figures"] if isinstance(e, dict) and isinstance(e.get("file"), str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def is_greyscale(u8: torch.Tensor) -> bool:
+    """Whether images [N, C, H, W] are grey: one channel, or all channels equal (digits)."""
+    return u8.shape[1] == 1 or bool((u8 == u8[:, :1]).all())
 
 
 def _unique_labels(subjects: list[Subject]) -> None:

@@ -1,8 +1,11 @@
 """Reconstructions for the figures: what a checkpoint's decoder makes of a (masked) mixture or image.
 
-Shown images are the decoder's predictions for every patch (visible ones included), de-normalised to
-[0, 1]. For ``norm_pix_loss`` models the per-patch normalisation is undone with the mean and variance of
-the image each branch is asked to reconstruct (as MAE's demo does); such reconstructions borrow those
+Shown as the official MAE demo shows them: the prediction only at the removed patches, the input's own
+pixels at the visible ones (``paste = x * (1 - mask) + pred * mask``; for an i-MAE the input is the
+mixture). The loss never trains the prediction at visible patches, so drawing it there shows noise
+(the coloured speckles of earlier figures); the raw predictions stay available as ``<name>_pred``.
+For ``norm_pix_loss`` models the per-patch normalisation is undone with the mean and variance of the
+image each branch is asked to reconstruct (as MAE's demo does); such reconstructions borrow those
 statistics from the ground truth.
 """
 
@@ -40,6 +43,17 @@ def _images(model: MaskedAutoencoder, pred: torch.Tensor, target: torch.Tensor) 
     return model.unpatchify(pred)
 
 
+def removed_pixels(model: MaskedAutoencoder, mask: torch.Tensor) -> torch.Tensor:
+    """mask [N, L] (1 = removed) -> [N, 1, H, W], 1 at the pixels of removed patches."""
+    a = model.arch
+    return model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, a.patch_size**2 * a.in_chans).float())[:, :1]
+
+
+def paste(x: torch.Tensor, pred: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """The input's pixels at visible patches, the prediction at removed ones (``removed`` [N, 1, H, W])."""
+    return x * (1 - removed) + pred * removed
+
+
 def masked_view(model: MaskedAutoencoder, x: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """x [N, C, H, W] with removed patches (mask [N, L], 1 = removed) set to ``fill`` (normalised units)."""
     patches = model.patchify(x)
@@ -50,32 +64,40 @@ def masked_view(model: MaskedAutoencoder, x: torch.Tensor, mask: torch.Tensor, f
 @torch.inference_mode()
 def reconstruct_mixture(model: MaskedAutoencoder, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float,
                         mask_ratio: float, noise: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Normalised images [N, C, H, W] -> {"mixture", "masked", "sub", "dom"} images [N, C, H, W].
+    """Normalised images [N, C, H, W] -> {"mixture", "masked", "mask" [N, L], "removed" [N, 1, H, W],
+    "sub", "dom" (or "rec"), and the raw predictions "sub_pred", "dom_pred" (or "rec_pred")}.
 
     An i-MAE reconstructs both sources from its branches (``dom`` absent with one branch); a vanilla MAE
-    has one reconstruction of the mixture (``rec``).
+    has one reconstruction of the mixture (``rec``). Each reconstruction is pasted: the mixture at visible
+    patches (what the encoder saw), the prediction at removed ones.
     """
     model.eval()
     m = mix(x_sub, x_dom, alpha)
     h, mask, ids_restore = model.forward_encoder(m, mask_ratio, noise)
-    out = {"mixture": m, "masked": masked_view(model, m, mask)}
+    removed = removed_pixels(model, mask)
+    out = {"mixture": m, "masked": masked_view(model, m, mask), "mask": mask, "removed": removed}
     if isinstance(model, IMAE):
         z_sub, z_dom = model.split(h)
         pred_sub, pred_dom = model.decode_branches(z_sub, z_dom, ids_restore)
-        out["sub"] = _images(model, pred_sub, x_sub)
+        out["sub_pred"] = _images(model, pred_sub, x_sub)
         if pred_dom is not None:
-            out["dom"] = _images(model, pred_dom, x_dom)
+            out["dom_pred"] = _images(model, pred_dom, x_dom)
     else:
-        out["rec"] = _images(model, model.forward_decoder(h, ids_restore), m)
+        out["rec_pred"] = _images(model, model.forward_decoder(h, ids_restore), m)
+    for k in ("sub", "dom", "rec"):
+        if f"{k}_pred" in out:
+            out[k] = paste(m, out[f"{k}_pred"], removed)
     return out
 
 
 @torch.inference_mode()
 def reconstruct(model: MaskedAutoencoder, x: torch.Tensor, mask_ratio: float,
                 noise: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Clean images -> {"masked": visible patches only, "rec": prediction with the visible patches pasted}."""
+    """Clean images -> {"masked": visible patches only, "rec": prediction with the visible patches pasted,
+    "rec_pred": the raw prediction, "mask" [N, L], "removed" [N, 1, H, W]}."""
     mae = as_mae(model)
     latent, mask, ids_restore = mae.forward_encoder(x, mask_ratio, noise)
     pred = _images(mae, mae.forward_decoder(latent, ids_restore), x)
-    keep = mae.unpatchify(mask.unsqueeze(-1).expand(-1, -1, mae.patchify(x).shape[-1]))  # 1 where removed
-    return {"masked": masked_view(mae, x, mask), "rec": x * (1 - keep) + pred * keep}
+    removed = removed_pixels(mae, mask)
+    return {"masked": masked_view(mae, x, mask), "rec": paste(x, pred, removed), "rec_pred": pred, "mask": mask,
+            "removed": removed}

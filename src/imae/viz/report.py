@@ -1,16 +1,20 @@
 """``imae report RUN_DIR ...``: one self-contained HTML page comparing runs, and a Markdown table.
 
-Per run (one column each, side by side): its configuration (``config.yaml``), loss curves (epoch records
-of ``log.jsonl``), the tables of every evaluation result under ``<run>/eval/`` (the JSON files the
-evaluation commands write) and every PNG under ``<run>/eval/`` (figures), embedded as base64.
-``report.md`` holds one summary row per run, ready to paste into a README.
+The page, top to bottom: a summary table (one row per run, with its data set); the figures that compare
+runs (the ablation grid, the weight histograms); then one card per run: what it is (kind, data set,
+epochs), its training charts (loss terms on one axis; lr, alpha, same-class rate and data wait in small
+charts), the tables of its evaluation results (the JSON files under ``<run>/eval/``), its own figures
+with captions (from ``figures.json``, written by ``imae figures``) and its configuration. Every image is
+embedded as base64. ``report.md`` holds one summary row per run, ready to paste into a README.
+
+A RUN_DIR may also be a folder of runs (each subfolder that is a run is taken). Both files are written
+atomically; a full disk leaves the previous ones as they were (one-line error, exit 2).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 import re
@@ -20,6 +24,8 @@ from typing import Any
 from imae.errors import ConfigError
 from imae.eval.results import make_output_dir, read_results
 from imae.viz import separability_report as sepr
+from imae.viz.charts import training_chart_png
+from imae.viz.output import write_files
 
 HEADLINE_ALPHA = 0.3
 
@@ -28,11 +34,33 @@ HEADLINE_ALPHA = 0.3
 # reading a run
 
 
+def is_run(folder: Path) -> bool:
+    """A run directory: it holds a configuration, a log, or evaluation results."""
+    return folder.is_dir() and any((folder / n).exists() for n in ("config.yaml", "log.jsonl", "epochs.jsonl")) \
+        or (folder / "eval").is_dir() and bool(read_results(folder / "eval"))
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """The runs named: each path that is a run, else the runs among its subfolders (sorted). ConfigError
+    when a path does not exist or no run is found at all."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise ConfigError(f"run directory {p} does not exist")
+        found = [p] if is_run(p) else [c for c in sorted(p.iterdir()) if c.is_dir() and is_run(c)]
+        runs += [r for r in found if r not in runs]
+    if not runs:
+        raise ConfigError(f"no runs found in {', '.join(map(str, paths))} (a run directory holds config.yaml, "
+                          f"log.jsonl or eval/ results); nothing written")
+    return runs
+
+
 def epoch_records(run: Path) -> list[dict[str, Any]]:
-    """The ``kind: epoch`` records of a run's log.jsonl (fine-tune runs log ``epoch`` records too), one per
-    epoch in epoch order: an epoch redone after a resume counts once, with its last record."""
+    """The ``kind: epoch`` records of a run's log.jsonl (or of the ``epochs.jsonl`` a study folder keeps;
+    fine-tune runs log ``epoch`` records too), one per epoch in epoch order: an epoch redone after a
+    resume counts once, with its last record."""
     by_epoch: dict[Any, dict[str, Any]] = {}
-    log = run / "log.jsonl"
+    log = run / "log.jsonl" if (run / "log.jsonl").is_file() else run / "epochs.jsonl"
     if not log.is_file():
         return []
     for line in log.read_text().splitlines():
@@ -40,7 +68,7 @@ def epoch_records(run: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("kind") == "epoch":
+        if isinstance(rec, dict) and rec.get("kind") == "epoch":
             by_epoch[rec.get("epoch")] = rec  # a later record of the same epoch replaces the earlier
     return sorted(by_epoch.values(), key=lambda r: r.get("epoch") if isinstance(r.get("epoch"), int) else -1)
 
@@ -56,15 +84,38 @@ def _alpha(values: dict[str, Any], alpha: float = HEADLINE_ALPHA) -> Any:
     return values[keys[len(keys) // 2]]
 
 
+def _config(run: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def dataset_of(run: Path, results: dict[str, Any] | None = None) -> str | None:
+    """The data set a run was evaluated on (its result files), else trained on (config.yaml)."""
+    for rec in (results or {}).values():
+        name = (rec.get("data") or {}).get("dataset")
+        if name:
+            return str(name)
+    cfg = _config(run)
+    name = (cfg.get("data") or {}).get("dataset") if isinstance(cfg.get("data"), dict) else None
+    return str(name) if name else None
+
+
 def summary(run: Path) -> dict[str, Any]:
     """One run's headline numbers (None where an evaluation has not been run)."""
     res = read_results(run / "eval") if (run / "eval").is_dir() else {}
     epochs = epoch_records(run)
-    row: dict[str, Any] = {"run": run.name, "kind": None, "epochs": len(epochs) or None,
-                           "final_loss": epochs[-1].get("loss") if epochs else None}
+    row: dict[str, Any] = {"run": run.name, "kind": None, "dataset": dataset_of(run, res),
+                           "epochs": len(epochs) or None, "final_loss": epochs[-1].get("loss") if epochs else None}
     any_result = next(iter(res.values()), None)
     if any_result:
         row["kind"] = any_result["checkpoint"]["kind"]
+    elif _config(run).get("method") in ("mae", "imae"):
+        row["kind"] = _config(run)["method"]
     row.update(sepr.summary(res.get("separability", {}).get("results", {})))
     ci = row.get("sep_r2_sub_ci")
     row["sep_r2_sub_ci_text"] = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else None
@@ -73,16 +124,18 @@ def summary(run: Path) -> dict[str, Any]:
     knn = res.get("knn", {}).get("results") or res.get("semantics", {}).get("results", {}).get("knn")
     row["knn"] = knn.get("top1") if knn else None
     row["nmi"] = res.get("semantics", {}).get("results", {}).get("nmi")
-    row["finetune"] = res.get("finetune", {}).get("results", {}).get("best_top1")
+    ft = res.get("finetune", {}).get("results", {})
+    row["finetune"] = ft.get("top1", ft.get("final_top1"))  # the last epoch's (older files: final_top1)
     return row
 
 
-COLUMNS = [("run", "run"), ("kind", "kind"), ("epochs", "epochs"), ("final_loss", "final loss"),
+COLUMNS = [("run", "run"), ("kind", "kind"), ("dataset", "data set"), ("epochs", "epochs"),
+           ("final_loss", "final loss"),
            ("sep_r2_sub", "token R²(sub) α=0.3"), ("sep_r2_sub_ci_text", "95% CI"), ("sep_r2_sub_sd", "sd over seeds"),
            ("sep_r2_sum", "R² sum α=0.3"), ("sep_branch_r2_sub", "own branch R²(sub)"),
            ("sep_pixels", "pixels R²(sub)"), ("sep_random_init", "random-init R²(sub)"),
            ("sep_sub_class_acc", "sub class acc. α=0.3"),
-           ("linprobe", "linear probe"), ("knn", "kNN"), ("nmi", "NMI"), ("finetune", "fine-tune")]
+           ("linprobe", "linear probe"), ("knn", "kNN"), ("nmi", "NMI"), ("finetune", "fine-tune (last epoch)")]
 GROUPED = ["sep_r2_sub", "sep_r2_sum", "sep_branch_r2_sub", "sep_sub_class_acc", "linprobe", "knn", "nmi", "finetune"]
 
 
@@ -94,9 +147,14 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def present_columns(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> list[tuple[str, str]]:
+    """The columns some row has a value for."""
+    return [(k, t) for k, t in columns if any(r.get(k) is not None for r in rows)]
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
     """A Markdown table of summary rows (only the columns some row has a value for)."""
-    cols = [(k, t) for k, t in columns if any(r.get(k) is not None for r in rows)]
+    cols = present_columns(rows, columns)
     lines = ["| " + " | ".join(t for _, t in cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -106,34 +164,12 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = 
 # HTML pieces
 
 
-def _png(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def loss_curve_png(records: list[dict[str, Any]]) -> bytes | None:
-    """PNG bytes of every loss term against the epoch (None without records)."""
-    if not records:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    skip = {"epoch", "time", "lr", "images_per_s", "time_s", "skipped_files"}
-    keys = sorted({k for r in records for k, v in r.items()
-                   if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-    for k in keys:
-        pts = [(r["epoch"] + 1, r[k]) for r in records if isinstance(r.get(k), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, linewidth=1.2)
-    ax.set_xlabel("epoch")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+def _figure(data: bytes, caption: str) -> str:
+    return f"<figure>{_img(data, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -151,53 +187,139 @@ def result_section(command: str, record: dict[str, Any]) -> str:
                 ["k-means NMI", r.get("nmi")]]
         return ("<h4>semantics</h4>" + _table(["metric", "value"], rows)
                 + sepr.tables_html(r.get("separability", {}), "separability, same- vs different-class pairs"))
-    flat = [[k, v] for k, v in r.items() if isinstance(v, (int, float, str)) or v is None]
-    return f"<h4>{html.escape(command)}</h4>" + _table(["", ""], flat)
+    raise ValueError(f"no section for {command!r} results")
 
 
-def run_column(run: Path) -> str:
-    parts = [f"<h2>{html.escape(run.name)}</h2><p class=path>{html.escape(str(run))}</p>"]
-    cfg = run / "config.yaml"
-    if cfg.is_file():
-        parts.append(f"<details><summary>configuration</summary><pre>{html.escape(cfg.read_text())}</pre></details>")
-    png = loss_curve_png(epoch_records(run))
+def _probe_rows(r: dict[str, Any]) -> list[list[Any]]:
+    rows = [["top-1", r.get("top1")], ["top-5", r.get("top5")]]
+    if r.get("l2") is not None:
+        sel = r.get("l2_selection")
+        how = (f"chosen on {sel.get('val_images')} validation images of the training split"
+               if isinstance(sel, dict) else "fixed (linprobe.l2)")
+        rows.append(["L2 penalty", f"{r['l2']:g}, {how}"])
+    return [row for row in rows if row[1] is not None]
+
+
+def metric_table(command: str, r: dict[str, Any]) -> str:
+    """A two-column table of a linprobe, kNN or fine-tune result, with named rows."""
+    if command == "linprobe":
+        rows = [["protocol", f"{r.get('mode')} ({r.get('pool')} pooling)"], *_probe_rows(r),
+                ["training / test images", f"{r.get('train_images')} / {r.get('test_images')}"]]
+        title = "linear probe"
+    elif command == "knn":
+        rows = [["top-1", r.get("top1")], ["top-5", r.get("top5")],
+                ["k, temperature", f"{r.get('k')}, {r.get('temperature')}"],
+                ["training / test images", f"{r.get('train_images')} / {r.get('test_images')}"]]
+        title = "kNN"
+    else:
+        rows = [["top-1 (last epoch)", r.get("top1", r.get("final_top1"))],
+                ["top-5 (last epoch)", r.get("top5", r.get("final_top5"))], ["epochs", r.get("epochs")],
+                ["pooling", r.get("pool")],
+                ["training / test images", f"{r.get('train_images')} / {r.get('test_images')}"]]
+        title = "fine-tuning"
+    rows = [row for row in rows if row[1] is not None]
+    return f"<h4>{title}</h4>" + _table([title, "value"], rows)
+
+
+CAPTIONS = {  # for figures without a figures.json entry (drawn by an older imae)
+    "mixtures": "Mixtures of evaluation pairs across alpha, masked, and the model's reconstructions.",
+    "mask-ratios": "Clean evaluation images masked at several ratios, and their reconstructions.",
+    "ablation-grid": "The same pairs and masks through every checkpoint, side by side.",
+    "weights": "Distribution of |w| over the encoders' weight matrices (log density).",
+    "attention": "Attention of the cls token to each patch, per head.",
+}
+ORDER = ("mixtures", "mask-ratios", "attention", "ablation-grid", "weights")
+
+
+def _kind(name: str) -> str:
+    return next((k for k in ORDER if name.startswith(k)), name)
+
+
+def collect_figures(runs: list[Path]) -> tuple[dict[str, list[tuple[bytes, str]]], list[tuple[bytes, str]]]:
+    """Every PNG under the runs' eval/ folders, as (bytes, caption): those of one run by its name, and the
+    figures that compare runs. ``figures.json`` says which run a figure shows; without it, the run whose
+    folder holds it."""
+    from imae.viz.figures import read_manifest
+
+    names = {r.name for r in runs}
+    own: dict[str, list[tuple[str, bytes, str]]] = {r.name: [] for r in runs}
+    shared: list[tuple[str, bytes, str]] = []
+    seen: set[bytes] = set()
+    for run in runs:
+        pngs = sorted((run / "eval").rglob("*.png")) if (run / "eval").is_dir() else []
+        manifests: dict[Path, dict[str, dict[str, Any]]] = {}
+        for png in pngs:
+            if png.parent not in manifests:
+                manifests[png.parent] = {e["file"]: e for e in read_manifest(png.parent)}
+            entry = manifests[png.parent].get(png.name)
+            data = png.read_bytes()
+            if data in seen:
+                continue
+            seen.add(data)
+            caption = entry["caption"] if entry and entry.get("caption") else CAPTIONS.get(_kind(png.name), "")
+            item = (png.name, data, caption)
+            if entry is not None and entry.get("run") is None:
+                shared.append(item)
+            elif entry is not None and entry.get("run") in names:
+                own[entry["run"]].append(item)
+            elif entry is None and _kind(png.name) in ("ablation-grid", "weights"):
+                shared.append(item)
+            else:
+                own[run.name].append(item)
+
+    def ordered(items):
+        return [(d, c) for _, d, c in sorted(items, key=lambda t: (ORDER.index(_kind(t[0])) if _kind(t[0]) in ORDER
+                                                                   else len(ORDER), t[0]))]
+
+    return {k: ordered(v) for k, v in own.items()}, ordered(shared)
+
+
+def run_card(run: Path, row: dict[str, Any], figures: list[tuple[bytes, str]]) -> str:
+    meta = [v for v in (row.get("kind") and {"mae": "MAE", "imae": "i-MAE"}.get(row["kind"], row["kind"]),
+                        row.get("dataset") and f"data set {row['dataset']}",
+                        row.get("epochs") and f"{row['epochs']} epochs") if v]
+    parts = [f"<section class=card id=\"run-{html.escape(run.name)}\"><h2>{html.escape(run.name)}</h2>"
+             f"<p class=meta>{html.escape(' · '.join(meta))}</p><p class=path>{html.escape(str(run))}</p>"]
+    records = epoch_records(run)
+    png = training_chart_png(records)
     if png is not None:
-        parts.append("<h3>loss</h3><img alt=loss src=\"data:image/png;base64,"
-                     f"{base64.b64encode(png).decode()}\">")
+        parts.append("<h3>training</h3>" + _figure(png, f"Per-epoch means of {len(records)} epochs: every loss "
+                                                        f"term on one axis (left); learning rate, mixing weight, "
+                                                        f"same-class rate, time waiting for data and test "
+                                                        f"accuracy where logged (right)."))
     eval_dir = run / "eval"
     res = read_results(eval_dir) if eval_dir.is_dir() else {}
     if res:
         parts.append("<h3>evaluation</h3>")
-        for command in ("separability", "semantics", "linprobe", "knn", "finetune"):
+        for command in ("separability", "semantics"):
             if command in res:
                 parts.append(result_section(command, res[command]))
-    figures = sorted(eval_dir.rglob("*.png")) if eval_dir.is_dir() else []
+        for command in ("linprobe", "knn", "finetune"):
+            if command in res:
+                parts.append(metric_table(command, res[command]["results"]))
     if figures:
-        parts.append("<h3>figures</h3>" + "".join(f"<p>{html.escape(f.name)}</p>{_png(f)}" for f in figures))
-    return "".join(parts)
+        parts.append("<h3>figures</h3>" + "".join(_figure(d, c) for d, c in figures))
+    cfg = run / "config.yaml"
+    if cfg.is_file():
+        parts.append(f"<details><summary>configuration (config.yaml)</summary><pre>{html.escape(cfg.read_text())}"
+                     f"</pre></details>")
+    return "".join(parts) + "</section>"
 
 
-STYLE = """body{font-family:sans-serif;font-size:13px;margin:16px}
-.runs{display:grid;grid-auto-flow:column;grid-auto-columns:minmax(420px,1fr);gap:16px;overflow-x:auto}
-.run{border:1px solid #ccc;padding:8px;min-width:0}img{max-width:100%}
+STYLE = """body{font-family:sans-serif;font-size:13px;margin:16px auto;max-width:1240px;padding:0 12px;color:#222}
+h1{font-size:20px}h2{font-size:17px;margin:4px 0}h3{font-size:14px;margin:14px 0 4px}
+h4{font-size:13px;margin:10px 0 2px}
+.card{border:1px solid #ccc;border-radius:4px;padding:10px 14px;margin:16px 0}
+.meta{margin:2px 0;color:#444}.path{color:#777;font-size:11px;margin:2px 0}
+figure{margin:8px 0 14px}img{max-width:100%;height:auto}figcaption{font-size:12px;color:#444;max-width:900px}
 table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-pre{font-size:11px;max-height:300px;overflow:auto;background:#f6f6f6}.path{color:#777;font-size:11px}
-.warn{color:#a00;font-weight:bold}"""
-
-
-def _results(run: Path) -> dict[str, Any]:
-    return read_results(run / "eval") if (run / "eval").is_dir() else {}
+th{background:#f3f3f3}td:first-child{text-align:left}
+pre{font-size:11px;max-height:300px;overflow:auto;background:#f6f6f6}.warn{color:#a00;font-weight:bold}"""
 
 
 def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A mean-and-spread row for every set of runs that differ only in their seed."""
-    import yaml
-
-    configs = {}
-    for r in runs:
-        cfg = r / "config.yaml"
-        if cfg.is_file():
-            configs[r.name] = yaml.safe_load(cfg.read_text()) or {}
+    """A mean-and-spread row for every set of runs whose configurations differ only in their seed."""
+    configs = {r.name: _config(r) for r in runs if (r / "config.yaml").is_file()}
     by_name = {row["run"]: row for row in rows}
     out = []
     for members in sepr.groups(configs):
@@ -207,40 +329,51 @@ def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, 
     return out
 
 
+def separability_overview(runs: list[Path], rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The warnings (rows scored against another reference or on other pairs), every ``imae compare`` table
+    found in the runs, and the headline figure (R²(sub) and sub-class accuracy against alpha)."""
+    warnings = sepr.flags(rows)
+    parts = [f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings]
+    results = [(r, read_results(r / "eval") if (r / "eval").is_dir() else {}) for r in runs]
+    parts += [sepr.compare_html(res["compare"]["results"]) for _, res in results if "compare" in res]
+    figure = sepr.headline_figure([(r.name, res["separability"]["results"]) for r, res in results
+                                   if "separability" in res])
+    if figure is not None:
+        parts.append("<h3>separability against α</h3>" + _figure(
+            figure, "Token R² of the subordinate's reference tokens (left) and accuracy of its class (right) "
+                    "against the mixing weight, each run with its 95% pair-bootstrap band; thin lines: the first "
+                    "run's baselines (superposition, pixels, untrained encoder, reference on the mixture, "
+                    "partner image only, majority class)."))
+    return "".join(parts), warnings
+
+
 def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Path]:
     """Write ``report.html`` and ``report.md``; default folder: ``<run>/eval`` for one run, else
-    ``report/`` in the runs' common parent folder."""
-    for r in runs:
-        if not Path(r).is_dir():
-            raise ConfigError(f"run directory {r} does not exist")
-    runs = [Path(r) for r in runs]
+    ``report/`` in the runs' common parent folder. Nothing is written when no run is found."""
+    runs = find_runs([Path(r) for r in runs])
     if out_dir is None:
         out_dir = runs[0] / "eval" if len(runs) == 1 else \
             Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "report"
-    out_dir = make_output_dir(out_dir)
     rows = [summary(r) for r in runs]
     rows += seed_groups(runs, rows)
     table = markdown_table(rows)
-    cols = [(k, t) for k, t in COLUMNS if any(r.get(k) is not None for r in rows)]
+    cols = present_columns(rows)
     summary_html = _table([t for _, t in cols], [[row.get(k) for k, _ in cols] for row in rows])
-    warnings = sepr.flags(rows)
+    overview, warnings = separability_overview(runs, rows)
+    summary_html += overview
     if warnings:
-        summary_html = ("".join(f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings) + summary_html)
         table = "".join(f"> ⚠ {w}\n" for w in warnings) + "\n" + table
-    for r in runs:
-        if "compare" in (res := _results(r)):
-            summary_html += sepr.compare_html(res["compare"]["results"])
-    figure = sepr.headline_figure([(r.name, res["separability"]["results"]) for r in runs
-                                   if "separability" in (res := _results(r))])
-    if figure is not None:
-        summary_html += ("<h3>separability against α</h3><p>Token R² of the subordinate (left) and accuracy of its "
-                         "class (right), each run with its 95% pair-bootstrap band; grey lines: the first run's "
-                         "baselines.</p><img alt=\"separability against alpha\" src=\"data:image/png;base64,"
-                         f"{base64.b64encode(figure).decode()}\">")
-    columns = "".join(f"<div class=run>{run_column(r)}</div>" for r in runs)
+    own, shared = collect_figures(runs)
+    datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
+    intro = (f"<p>{len(runs)} run(s)" + (f" on {', '.join(datasets)}" if datasets else "")
+             + (". The runs use different data sets: compare their numbers with care." if len(datasets) > 1 else ".")
+             + "</p>")
+    comparison = ("<h2>comparing the runs</h2>" + "".join(_figure(d, c) for d, c in shared)) if shared else ""
+    cards = "".join(run_card(r, row, own[r.name]) for r, row in zip(runs, rows))  # group rows have no card
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>imae report</title><style>{STYLE}</style>"
-            f"</head><body><h1>imae report</h1>{summary_html}<div class=runs>{columns}</div></body></html>")
+            f"</head><body><h1>imae report</h1>{intro}<h2>summary</h2>{summary_html}{comparison}{cards}"
+            f"</body></html>")
+    out_dir = make_output_dir(out_dir)
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    html_path.write_text(page)
-    md_path.write_text(table)
+    write_files({html_path: page, md_path: table})
     return {"html": html_path, "md": md_path}
