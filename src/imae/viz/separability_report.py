@@ -180,7 +180,7 @@ def tables_html(results: dict[str, Any], title: str = "separability") -> str:
         return f"<h4>{html.escape(title)}</h4><p>a result of an older version (pooled scheme); rerun it</p>"
     keys = [f"{a:g}" for a in results["alphas"]]
     pairs, ref = results["pairs"], results["reference"]
-    head = ["", *[f"α={k}" for k in keys]]
+    head = ["predictor (source)", *[f"α={k}" for k in keys]]
     p = html.escape(str(pairs["same_class_p"]))
     parts = [f"<h4>{html.escape(title)}</h4><p>{pairs['test']} test pairs ({pairs['test_same']} same-class, "
              f"{pairs['test_diff']} different-class; partners same-class with p={p}"
