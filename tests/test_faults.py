@@ -384,3 +384,58 @@ def test_sigterm_to_the_process_group_with_loader_workers_still_checkpoints(tmp_
     fault_case(outcome=f"(a) pre-training stopped with status 0 after {stopped['global_step']} steps and resumed; "
                        f"(b) the fine-tune stopped with status 0 after {ft_ck['epoch'] + 1} epoch(s) and "
                        f"{ft_ck['step_in_epoch']} step(s); no traceback", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# data sets: class lists, links, image formats
+
+
+def _tree(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    """An ImageFolder tree of small random RGB PNGs: {split: {class: images}} (0 images: an empty folder)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, classes in layout.items():
+        for c, n in classes.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                px = torch.randint(0, 256, (16, 16, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(px).save(root / split / c / f"{c}{i}.png")
+    return root
+
+
+def test_a_class_folder_in_one_split_only_does_not_shift_labels(tmp_path, capsys, fault_case):
+    fault_case(injected="an empty class folder in train/ only (aaa/, sorted first), and a class with images in "
+                        "test/ only (zebra/)",
+               expected="one class list for both splits; empty classes reported; a test class without training "
+                        "images refused with a one-line error")
+    from imae.data.datasets import load_split
+    from imae.errors import DataError
+
+    root = _tree(tmp_path / "d", {"train": {"aaa": 0, "cat": 3, "dog": 3}, "test": {"cat": 2, "dog": 2}})
+    train = load_split("imagefolder", "train", str(root), 16, cache_dir="none")
+    test = load_split("imagefolder", "eval", str(root), 16, cache_dir="none")
+    assert train.classes == test.classes == ["aaa", "cat", "dog"]
+    assert test.labels.tolist() == [1, 1, 2, 2] and train.labels.tolist() == [1] * 3 + [2] * 3
+    assert "note: 1 class(es) have no images in" in capsys.readouterr().err
+    _tree(root, {"test": {"zebra": 1}})
+    with pytest.raises(DataError, match=r"has images of class\(es\) zebra that .*train has none of"):
+        load_split("imagefolder", "eval", str(root), 16, cache_dir="none")
+    fault_case(outcome="train and test share ['aaa', 'cat', 'dog'] (cat = 1 in both); 'note: 1 class(es) have no "
+                       "images'; test/zebra refused: 'has images of class(es) zebra that .../train has none of'",
+               lost="nothing")
+
+
+def test_a_symlink_loop_in_the_data_is_not_followed(tmp_path, capsys, fault_case):
+    fault_case(injected="a directory link back into the tree (train/frog/loop -> train/frog)",
+               expected="each folder read once; the skipped link reported")
+    from imae.data.datasets import load_split
+
+    root = _tree(tmp_path / "d", {"train": {"cat": 3, "frog": 4}})
+    (root / "train" / "frog" / "loop").symlink_to(root / "train" / "frog", target_is_directory=True)
+    train = load_split("imagefolder", "train", str(root), 16, cache_dir="none")
+    assert len(train) == 7 and train.labels.tolist() == [0] * 3 + [1] * 4
+    err = capsys.readouterr().err
+    assert "note: skipped 1 link(s) under" in err and "frog/loop" in err
+    fault_case(outcome="7 images read (not 7 + 4 per level of loop/loop/...); 'note: skipped 1 link(s) ... "
+                       "frog/loop'", lost="nothing")
