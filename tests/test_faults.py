@@ -439,3 +439,58 @@ def test_a_symlink_loop_in_the_data_is_not_followed(tmp_path, capsys, fault_case
     assert "note: skipped 1 link(s) under" in err and "frog/loop" in err
     fault_case(outcome="7 images read (not 7 + 4 per level of loop/loop/...); 'note: skipped 1 link(s) ... "
                        "frog/loop'", lost="nothing")
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward; infinite gradients backward (a finite loss whose gradients overflow)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+def test_nonfinite_gradients_of_a_finite_loss_are_never_applied(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="a finite loss with infinite gradients at step 9 (and a NaN written into a weight at step 9 "
+                        "of another run)",
+               expected="the update is skipped or the run stops naming a last good checkpoint that is good; no "
+                        "checkpoint ever holds a non-finite weight")
+    from imae.engine import objectives
+
+    real = objectives.MAEObjective.__call__
+    count = {"n": 0, "mode": "grad"}
+
+    def bad_at_nine(self, net, batch, mask_ratio):
+        out = real(self, net, batch, mask_ratio)
+        count["n"] += 1
+        if count["n"] == 9 and count["mode"] == "grad":
+            return {**out, "loss": _InfGrad.apply(out["loss"])}
+        if count["n"] == 9 and count["mode"] == "weight":
+            next(self.model.parameters()).data.view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(objectives.MAEObjective, "__call__", bad_at_nine)
+    run = pretrain(tiny_config(tmp_path / "skip", **{"train.skip_nonfinite": 1}))
+    ck = ckpt.load(run / "checkpoint-last.pth")
+    assert ck["nonfinite_skipped"] == 1 and ck["global_step"] == 12
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    count["n"] = 0
+    with pytest.raises(TrainingError) as e:
+        pretrain(tiny_config(tmp_path / "stop"))
+    assert "gradient norm became non-finite at epoch 2 step 3 (grad_norm=" in str(e.value)
+    assert f"last good checkpoint: {tmp_path / 'stop' / 'checkpoint-last.pth'}" in str(e.value)
+    good = ckpt.load(tmp_path / "stop" / "checkpoint-last.pth")
+    assert good["epoch"] == 0 and all(torch.isfinite(v).all() for v in good["model"].values())
+    count["n"], count["mode"] = 0, "weight"
+    with pytest.raises(TrainingError, match=r"the weights became non-finite \(.*\) after 9 steps; no checkpoint "
+                                            r"written; last good checkpoint: .*checkpoint-last.pth"):
+        pretrain(tiny_config(tmp_path / "w", **{"train.save_every_steps": 1}))
+    w = ckpt.load(tmp_path / "w" / "checkpoint-last.pth")
+    assert w["global_step"] == 8 and all(torch.isfinite(v).all() for v in w["model"].values())
+    fault_case(outcome="--skip-nonfinite 1: the update skipped, finite weights; otherwise 'gradient norm became "
+                       "non-finite at epoch 2 step 3 (grad_norm=inf; ...); last good checkpoint: ...' whose weights "
+                       "are finite; a NaN weight: 'no checkpoint written', checkpoint of step 8 kept",
+               lost="nothing (the bad update is never applied or saved)")

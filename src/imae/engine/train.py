@@ -26,7 +26,7 @@ from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
-from imae.engine.optim import absolute_lr, build_adamw, lr_at, set_lr
+from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
 from imae.engine.run_dir import find_resume, new_run_dir, resumed_config, write_config
 from imae.engine.signals import StopRequest
 from imae.errors import TrainingError
@@ -200,9 +200,13 @@ class _Loop:
                 tick = time.perf_counter()
                 continue
             if not group_bad:
-                if t.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
-                self.optimizer.step()
+                # a finite loss can still give inf / NaN gradients: check their norm (clipping computes it anyway)
+                norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad) if t.clip_grad
+                        else grad_norm(self.model.parameters()))
+                if D.all_true(bool(torch.isfinite(norm).item()), env.device):
+                    self.optimizer.step()
+                else:
+                    self._nonfinite(epoch, step, out, grad_norm=float(norm))
             self.optimizer.zero_grad(set_to_none=True)
             st.global_step += 1
             st.step_in_epoch = step + 1
@@ -249,19 +253,26 @@ class _Loop:
         self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch,
                                  "step_in_epoch": st.step_in_epoch})
 
-    def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor]) -> None:
+    def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor], grad_norm: float | None = None) -> None:
+        """A non-finite loss, or (``grad_norm``) non-finite gradients of a finite loss: skip or stop."""
         st, t = self.state, self.cfg.train
         st.nonfinite_skipped += 1
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.ndim == 0)
+        what = "loss"
+        if grad_norm is not None:
+            what, terms = "gradient norm", f"grad_norm={grad_norm:.4g}; {terms}"
         self.log.write("event", {"event": "nonfinite", "epoch": epoch, "step": step, "terms": terms})
         if st.nonfinite_skipped <= t.skip_nonfinite:
-            info(f"non-finite loss at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
+            info(f"non-finite {what} at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
                  f"({st.nonfinite_skipped}/{t.skip_nonfinite} allowed)", self.env.is_main)
             return
+        raise TrainingError(f"{what} became non-finite at epoch {epoch + 1} step {step + 1} ({terms}); "
+                            f"{self._last_good()}; lower the learning rate or set train.clip_grad, or tolerate it "
+                            f"with --skip-nonfinite N")
+
+    def _last_good(self) -> str:
         last = ckpt.latest_complete(self.run_dir) if self.env.is_main else None
-        where = f"last good checkpoint: {last[0]}" if last else "no checkpoint was written yet"
-        raise TrainingError(f"loss became non-finite at epoch {epoch + 1} step {step + 1} ({terms}); {where}; "
-                            f"lower the learning rate or set train.clip_grad, or tolerate it with --skip-nonfinite N")
+        return f"last good checkpoint: {last[0]}" if last else "no checkpoint was written yet"
 
     def _epoch_metrics(self, sums: dict[str, torch.Tensor], steps: int, seen: int, seconds: float,
                        skipped: int) -> dict[str, float]:
@@ -283,7 +294,13 @@ class _Loop:
         """Write checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
         self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch
         error: TrainingError | None = None
-        if self.env.is_main:
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad and self.env.is_main:  # never replace a good checkpoint by a broken one
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            error = TrainingError(f"the weights became non-finite ({bad[0]}{more}) after {self.state.global_step} "
+                                  f"steps; no checkpoint written; {self._last_good()}; lower the learning rate or set "
+                                  f"train.clip_grad")
+        elif self.env.is_main:
             obj = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
