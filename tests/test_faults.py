@@ -24,7 +24,7 @@ import torch
 from conftest import TINY_SETS, tiny_config
 from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
-from imae.errors import CheckpointError, TrainingError
+from imae.errors import CheckpointError, ConfigError, TrainingError
 
 pytestmark = pytest.mark.faults
 
@@ -494,3 +494,49 @@ def test_nonfinite_gradients_of_a_finite_loss_are_never_applied(tmp_path, monkey
                        "non-finite at epoch 2 step 3 (grad_norm=inf; ...); last good checkpoint: ...' whose weights "
                        "are finite; a NaN weight: 'no checkpoint written', checkpoint of step 8 kept",
                lost="nothing (the bad update is never applied or saved)")
+
+
+def test_a_second_writer_into_a_live_run_folder_is_refused(tmp_path, fault_case):
+    fault_case(injected="a second run into the --output-dir of a run that has not checkpointed yet; a --resume "
+                        "auto into a live run's folder; then SIGKILL of the live run and --resume auto again",
+               expected="both second writers refused in one line while the run lives; the dead run's lock is "
+                        "taken over")
+    from imae.engine.run_dir import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def refusal(pid: int) -> str:
+        return (f"imae: error: {run} is in use by another imae process (pid {pid}); wait for it to end, or choose "
+                f"another --output-dir")
+
+    with RunLock(run):  # a run that holds its folder but has written no checkpoint yet
+        res = subprocess.run(cli(run, "--seed", "1"), capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == refusal(os.getpid()), res.stderr[-1500:]
+    assert not list(run.glob("checkpoint*")) and not (run / "log.jsonl").exists()
+    live = subprocess.Popen(cli(run, sets={"train.epochs": 100000}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while last_step(run) < 2 and live.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    res = subprocess.run(cli(run, "--resume", "auto"), capture_output=True, text=True, env=ENV, timeout=120)
+    assert live.poll() is None, live.communicate()[1][-1500:]
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == refusal(live.pid), res.stderr[-1500:]
+    live.kill()
+    live.communicate()
+    done = ckpt.latest_complete(run)[1]["epoch"] + 1
+    res = subprocess.run(cli(run, "--resume", "auto", sets={"train.epochs": done + 1}), capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert ckpt.load(run / "checkpoint-last.pth")["epoch"] == done, res.stderr
+    # fine-tuning takes the same lock
+    from imae.eval.finetune import finetune
+
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    with RunLock(ft), pytest.raises(ConfigError, match=f"is in use by another imae process \\(pid {os.getpid()}\\)"):
+        finetune(run, overrides={"output_dir": str(ft), "device": "cpu", "finetune.epochs": 1})
+    assert not list(ft.glob("checkpoint*")) and not (ft / "log.jsonl").exists()
+    fault_case(outcome="both refused: '<run> is in use by another imae process (pid N); wait for it to end, or "
+                       "choose another --output-dir' (a fine-tune too); after the SIGKILL, --resume auto took the "
+                       "lock over and trained one more epoch", lost="nothing")

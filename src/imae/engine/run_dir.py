@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import fcntl
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,66 @@ def prepare_run_dir(run_dir: Path, fresh: bool) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot create output folder {run_dir} ({e.strerror})") from None
     return run_dir
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of the run (``with RunLock(run_dir):``), held by rank 0.
+
+    A second process that would write into the same folder (a second run, or a ``--resume`` while the
+    run is alive) gets a ``ConfigError`` naming the holder. ``flock`` locks belong to the open file, so
+    the kernel releases them when the holder dies (even by SIGKILL): a lock file left by a dead process
+    is simply taken over.
+    """
+
+    NAME = ".imae.lock"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot create the lock file {self.path} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent} is in use by another imae process (pid {holder}); wait for it "
+                              f"to end, or choose another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run_dir(run_dir: Path, env) -> RunLock | None:
+    """Rank 0 of ``env`` (a ``DistEnv``) locks the run folder; every rank stops when another process holds it.
+    Returns the lock (None on other ranks) to release when the run ends."""
+    from imae.engine import distributed as D
+
+    lock, error = None, None
+    if env.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except ConfigError as e:
+            error = e
+    if not D.all_true(error is None, env.device):
+        raise error or ConfigError(f"rank 0 could not lock {run_dir} (see its error)")
+    return lock
 
 
 def find_resume(resume: str, output_dir: str | None) -> tuple[Path, Path, dict[str, Any]] | None:

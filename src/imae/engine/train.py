@@ -27,7 +27,7 @@ from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
-from imae.engine.run_dir import find_resume, new_run_dir, resumed_config, write_config
+from imae.engine.run_dir import find_resume, lock_run_dir, new_run_dir, resumed_config, write_config
 from imae.engine.signals import StopRequest
 from imae.errors import TrainingError
 
@@ -61,15 +61,32 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     if found is not None:
         run_dir, path, resume_ck = found
         cfg = resumed_config(resume_ck, run_dir, overrides)
+    else:
+        run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
+        cfg.output_dir = str(run_dir)
+    lock = lock_run_dir(run_dir, env)
+    held = [found]  # _train takes it out, so that the resumed checkpoint is freed once restored
+    del found, resume_ck
+    try:
+        return _train(cfg, env, run_dir, held)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list) -> Path:
+    main = env.is_main
+    found = held.pop()
+    resume_ck = None
+    if found is not None:
+        _, path, resume_ck = found
+        del found
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
         if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
             note = RunLog(run_dir, tensorboard=False)
             note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0)})
             note.close()
-    else:
-        run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
-        cfg.output_dir = str(run_dir)
     D.check_same_config(cfg.to_dict())
     if main:
         ckpt.remove_partial_writes(run_dir)

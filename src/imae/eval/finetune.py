@@ -32,7 +32,7 @@ from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.optim import lr_at, set_lr
-from imae.engine.run_dir import find_resume, prepare_run_dir
+from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
 from imae.engine.signals import StopRequest
 from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from imae.eval.config import FinetuneConfig
@@ -59,7 +59,8 @@ def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dic
             s = _resumed_session(ckpt_spec, run_dir, resume_ck, overrides, sets)
     env = D.setup(s.cfg.device)
     try:
-        return _finetune(s, env, resume_ck)
+        with contextlib.ExitStack() as stack:
+            return _finetune(s, env, resume_ck, stack)
     except RuntimeError as e:
         if not D.is_peer_error(e):
             raise
@@ -85,13 +86,16 @@ def _resumed_session(ckpt_spec: str | Path, run_dir: Path, ck: dict[str, Any], o
     return open_session(ckpt_spec, base=base, overrides=flags, sets=sets, cls=FinetuneConfig, move=False)
 
 
-def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> Path:
+def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stack: contextlib.ExitStack) -> Path:
     cfg: FinetuneConfig = s.cfg
     t, main = cfg.finetune, env.is_main
     D.check_same_config(cfg.to_dict())
     run_dir = _run_dir(s)
     if main:
         prepare_run_dir(run_dir, fresh=resume_ck is None)
+    lock = lock_run_dir(run_dir, env)  # released when the fine-tune ends
+    if lock is not None:
+        stack.callback(lock.release)
         save_config(cfg, run_dir / "config.yaml")
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):
