@@ -540,3 +540,51 @@ def test_a_second_writer_into_a_live_run_folder_is_refused(tmp_path, fault_case)
     fault_case(outcome="both refused: '<run> is in use by another imae process (pid N); wait for it to end, or "
                        "choose another --output-dir' (a fine-tune too); after the SIGKILL, --resume auto took the "
                        "lock over and trained one more epoch", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# caches
+
+
+def _damage_middle(path: Path, fill: int) -> None:
+    """Overwrite bytes 20-40 % of the file: inside the first (largest) tensor's data, past the zip headers."""
+    data = bytearray(path.read_bytes())
+    lo, hi = len(data) // 5, 2 * len(data) // 5
+    data[lo:hi] = bytes([fill]) * (hi - lo)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fill", [0x00, 0x7F])
+def test_a_damaged_cache_entry_is_recomputed_not_trusted(tmp_path, capsys, fault_case, fill):
+    fault_case(injected=f"a fifth of a cached feature file and of a decoded-image cache file overwritten "
+                        f"with 0x{fill:02x} bytes (torch.load does not check the zip CRC)",
+               expected="the checksum of the entry's tensors mismatches: one warning line, recomputed, results "
+                        "identical to a fresh computation")
+    from conftest import tiny_mae
+    from imae.data.datasets import load_split
+    from imae.eval.config import EvalDataConfig
+    from imae.eval.data import load_eval_split
+    from imae.eval.features import FeatureCache, extract
+
+    torch.manual_seed(0)
+    model = tiny_mae(img_size=16)
+    split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=30), "eval", 16, progress=False)
+    cache = FeatureCache(tmp_path / "features")
+    fresh = extract(model, split, "tiny", cache=cache, show_progress=False)
+    (entry,) = (tmp_path / "features").glob("*.pt")
+    _damage_middle(entry, fill)
+    again = extract(model, split, "tiny", cache=cache, show_progress=False)
+    assert not again.cached and torch.equal(again.cls, fresh.cls) and torch.equal(again.mean, fresh.mean)
+    assert capsys.readouterr().err.count("is damaged (checksum mismatch); computing the features again") == 1
+    assert extract(model, split, "tiny", cache=cache, show_progress=False).cached  # the entry was rewritten
+    # the decoded-image cache of data/decode.py
+    root = _tree(tmp_path / "d", {"train": {"cat": 40, "dog": 40}})
+    first = load_split("imagefolder", "train", str(root), 16, cache_dir=str(tmp_path / "img"))
+    (img_entry,) = (tmp_path / "img").glob("images-*.pt")
+    _damage_middle(img_entry, fill)
+    second = load_split("imagefolder", "train", str(root), 16, cache_dir=str(tmp_path / "img"))
+    err = capsys.readouterr().err
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert "decoded-image cache" in err and "is damaged (checksum mismatch)" in err
+    fault_case(outcome="'warning: the feature cache entry ... is damaged (checksum mismatch); computing the features "
+                       "again' (and the same for the decoded images); recomputed values identical", lost="nothing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,9 +69,17 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
     if cache is not None and cache.is_file():
         try:
             hit = torch.load(cache, weights_only=True)
-            return hit["images"], hit["kept"], list(hit["skipped"])
-        except Exception:  # a stale or partial cache file: decode again
-            pass
+            images, kept, damage = hit["images"], hit["kept"], None
+        except Exception as e:  # a partial or damaged cache file: decode again
+            hit, damage = None, f"unreadable: {type(e).__name__}"
+        # torch.load does not check the zip CRCs: damaged bytes would load as wrong pixels
+        if hit is not None and hit.get("sha1") == tensor_checksum(images, kept):
+            return images, kept, list(hit["skipped"])
+        if hit is not None and "sha1" in hit:
+            damage = "checksum mismatch"
+        if damage is not None:  # (an entry of an older imae, without a checksum, is replaced silently)
+            tqdm.write(f"warning: the decoded-image cache {cache} is damaged ({damage}); decoding the images "
+                       f"again", file=sys.stderr)
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(files), dtype=bool)
     skipped: list[str] = []
@@ -95,8 +104,20 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
     images = torch.from_numpy(out[ok]).permute(0, 3, 1, 2).contiguous()
     skipped.sort()
     if cache is not None:
-        _save_atomic({"images": images, "kept": kept, "skipped": skipped}, cache)
+        _save_atomic({"images": images, "kept": kept, "skipped": skipped, "sha1": tensor_checksum(images, kept)},
+                     cache)
     return images, kept, skipped
+
+
+def tensor_checksum(*tensors: object) -> str | None:
+    """SHA-1 of the tensors' dtypes, shapes and bytes (None when one is not a tensor): cache entries carry it."""
+    h = hashlib.sha1()
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            return None
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def _cache_path(files: list[str], size: int, skip_corrupt: bool, cache_dir: str | Path | None) -> Path | None:

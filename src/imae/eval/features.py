@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from imae.data.augment import normalize
-from imae.data.decode import default_cache_dir
+from imae.data.decode import default_cache_dir, tensor_checksum
 from imae.data.mixing import mix
-from imae.engine.logs import progress
+from imae.engine.logs import info, progress
 from imae.eval.data import Split, digest
 from imae.models.mae import MaskedAutoencoder
 
@@ -68,9 +68,18 @@ class FeatureCache:
             return None
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged entry is recomputed
+            damage = "unreadable" if not isinstance(obj, dict) else None
+        except Exception as e:  # a damaged entry is recomputed
+            obj, damage = None, f"unreadable: {type(e).__name__}"
+        if damage is None and obj.get("key") != _jsonable(key):
             return None
-        if obj.get("key") != _jsonable(key):
+        if damage is None and "sha1" not in obj:  # written before entries carried a checksum: recompute it
+            return None
+        # torch.load does not check the zip CRCs: damaged bytes inside a tensor would load as wrong features
+        if damage is None and obj["sha1"] != tensor_checksum(obj.get("cls"), obj.get("mean")):
+            damage = "checksum mismatch"
+        if damage is not None:
+            info(f"warning: the feature cache entry {f} is damaged ({damage}); computing the features again")
             return None
         return Features(obj["cls"], obj["mean"], cached=True)
 
@@ -81,7 +90,8 @@ class FeatureCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             f = self._file(key)
             tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-            torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean}, tmp)
+            torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean,
+                        "sha1": tensor_checksum(feats.cls, feats.mean)}, tmp)
             os.replace(tmp, f)
         except OSError:  # a read-only or full cache folder only costs the next run time
             pass
