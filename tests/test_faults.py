@@ -588,3 +588,51 @@ def test_a_damaged_cache_entry_is_recomputed_not_trusted(tmp_path, capsys, fault
     assert "decoded-image cache" in err and "is damaged (checksum mismatch)" in err
     fault_case(outcome="'warning: the feature cache entry ... is damaged (checksum mismatch); computing the features "
                        "again' (and the same for the decoded images); recomputed values identical", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# resume
+
+
+def _epoch_records(run: Path) -> dict[int, dict]:
+    """The last epoch record of each epoch (a resumed run logs a redone epoch again)."""
+    out = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "epoch":
+            out[rec["epoch"]] = rec
+    return out
+
+
+def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="SIGTERM at step 3 of epoch 2 of an i-MAE run, then --resume",
+               expected="the resumed epoch's record equals the uninterrupted one's (every loss term, alpha and "
+                        "same-class statistics within float tolerance, the same image count); the stopped event "
+                        "names epoch 2")
+    import imae.engine.train as train
+
+    sets = {"imae.distill": False, "train.save_every_steps": 0}
+    ref = pretrain(tiny_config(tmp_path / "ref", preset="digits-imae", **sets))
+    real, calls = train.lr_at, {"n": 0}
+
+    def lr_at(*args):
+        calls["n"] += 1
+        if calls["n"] == 9:  # the 9th optimiser step: epoch 2, step 3 of 6
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(train, "lr_at", lr_at)
+    run = pretrain(tiny_config(tmp_path / "run", preset="digits-imae", **sets))
+    monkeypatch.setattr(train, "lr_at", real)
+    stopped = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"stopped"' in x]
+    assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(1, 3, 1)]
+    pretrain(tiny_config(tmp_path / "x", preset="digits-imae", **sets), resume=str(run))
+    a, b = _epoch_records(ref), _epoch_records(run)
+    assert a.keys() == b.keys() == {0, 1}
+    for key in ("loss", "rec_sub", "rec_dom", "alpha_mean", "alpha_std", "same_class_rate", "images"):
+        assert b[1][key] == pytest.approx(a[1][key], rel=1e-5, abs=1e-7), key
+    assert b[1]["images"] == a[1]["images"] > 0
+    assert same_weights(final_weights(run), final_weights(ref))
+    fault_case(outcome=f"epoch 2 loss {b[1]['loss']:.4f} resumed vs {a[1]['loss']:.4f} uninterrupted, "
+                       f"{b[1]['images']:.0f} images in both; stopped event epoch 1 (0-based), 3 steps done",
+               lost="nothing")

@@ -38,6 +38,9 @@ class TrainState:
     step_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained on
     global_step: int = 0  # optimiser steps taken
     nonfinite_skipped: int = 0
+    # stopped mid-epoch: the running sums of the epoch's finished steps (loss terms summed over ranks,
+    # per-rank step and image counts, seconds), so the resumed epoch's record equals an uninterrupted one's
+    partial: dict[str, Any] | None = None
 
 
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
@@ -123,7 +126,8 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list) -> Path:
     if resume_ck is not None:
         ckpt.restore(model, optimizer, resume_ck)
         state = TrainState(resume_ck.get("epoch", -1), resume_ck.get("step_in_epoch", 0),
-                           resume_ck.get("global_step", 0), resume_ck.get("nonfinite_skipped", 0))
+                           resume_ck.get("global_step", 0), resume_ck.get("nonfinite_skipped", 0),
+                           resume_ck.get("partial") if resume_ck.get("step_in_epoch", 0) else None)
         del resume_ck
 
     loader = build_train_loader(
@@ -183,6 +187,25 @@ class _Loop:
         sums: dict[str, torch.Tensor] = {}
         seen, skipped_files, finite_steps, t0 = 0, 0, 0, time.time()
         data_s, tick = 0.0, time.perf_counter()  # time spent waiting for batches (data on the critical path)
+        part, st.partial = (st.partial or {}) if start else {}, None
+        if part:  # resumed mid-epoch: continue the sums of the steps done before the stop (rank 0 holds them)
+            for k, v in part.get("sums", {}).items():
+                sums[k] = torch.tensor(float(v) if env.is_main else 0.0, device=env.device)
+            finite_steps, seen = int(part.get("finite_steps", 0)), int(part.get("seen", 0))
+            skipped_files, data_s = int(part.get("skipped_files", 0)), float(part.get("data_wait_s", 0.0))
+            t0 -= float(part.get("time_s", 0.0))
+            if part.get("objective") is not None and hasattr(self.objective, "resume_stats"):
+                self.objective.resume_stats(part["objective"], env.is_main)
+
+        def running() -> dict[str, Any]:
+            """What a mid-epoch checkpoint keeps of this epoch's sums (one collective, on every rank)."""
+            names = sorted(sums)
+            total = D.all_reduce_sum(torch.stack([sums[k] for k in names]).to(env.device)) if names else None
+            return {"sums": {k: float(v) for k, v in zip(names, total.tolist())} if names else {},
+                    "finite_steps": finite_steps, "seen": seen, "skipped_files": skipped_files,
+                    "data_wait_s": data_s, "time_s": time.time() - t0,
+                    **({"objective": self.objective.running_stats()} if hasattr(self.objective, "running_stats")
+                       else {})}
         bar = progress(steps, start, f"epoch {epoch + 1}/{t.epochs}", env.is_main)
         group_bad = False
         for step, batch in self.loader.batches(epoch, start):
@@ -235,18 +258,19 @@ class _Loop:
             if step + 1 < steps:
                 if self.stop_requested():
                     bar.close()
-                    self._save(epoch - 1, step + 1, numbered=False)
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
                     return False
                 if t.save_every_steps and st.global_step % t.save_every_steps == 0:
-                    self._save(epoch - 1, step + 1, numbered=False)
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
             tick = time.perf_counter()
         bar.close()
         metrics = self._epoch_metrics(sums, finite_steps, seen, time.time() - t0, skipped_files + self.load_skipped)
         metrics["data_wait_s"] = data_s
+        metrics["images"] = float(seen * D.world_size())
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.log.write("epoch", {"epoch": epoch, **metrics}, step=epoch, prefix="epoch")
         self.log.flush()
-        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s")
+        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images")
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
         info(f"epoch {epoch + 1}/{t.epochs}: {summary}; {metrics['images_per_s']:.0f} img/s"
              + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else ""),
@@ -267,8 +291,9 @@ class _Loop:
         name = self.stop.name if self.stop else "a signal"
         info(f"stopped by {name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
              f"written; continue with: imae pretrain --resume {self.run_dir}", self.env.is_main)
-        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch,
-                                 "step_in_epoch": st.step_in_epoch})
+        # "epoch": the epoch in progress (0-based, as in step and epoch records), of which step_in_epoch are done
+        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch + 1,
+                                 "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
 
     def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor], grad_norm: float | None = None) -> None:
         """A non-finite loss, or (``grad_norm``) non-finite gradients of a finite loss: skip or stop."""
@@ -307,7 +332,8 @@ class _Loop:
             metrics["skipped_files"] = float(skipped)
         return metrics
 
-    def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None) -> None:
+    def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None,
+              partial: dict | None = None) -> None:
         """Write checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
         self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch
         error: TrainingError | None = None
@@ -329,6 +355,7 @@ class _Loop:
                 "scaler": None,  # bf16 autocast needs no loss scaling
                 "rng": {"torch": torch.get_rng_state()},
                 "metrics": metrics or {},
+                "partial": partial,
                 "version": __version__,
                 **self.objective.checkpoint_meta(),
             }
