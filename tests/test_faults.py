@@ -636,3 +636,37 @@ def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, mo
     fault_case(outcome=f"epoch 2 loss {b[1]['loss']:.4f} resumed vs {a[1]['loss']:.4f} uninterrupted, "
                        f"{b[1]['images']:.0f} images in both; stopped event epoch 1 (0-based), 3 steps done",
                lost="nothing")
+
+
+def test_a_mid_epoch_resume_with_another_batch_layout_is_refused(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="a run stopped at step 3 of epoch 2, resumed with another train.batch_size, then with "
+                        "another train.accum_iter",
+               expected="refused in one line, as fine-tuning does (the rest of the epoch's batches would differ)")
+    import imae.engine.train as train
+
+    real, calls = train.lr_at, {"n": 0}
+
+    def lr_at(*args):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(train, "lr_at", lr_at)
+    run = pretrain(tiny_config(tmp_path / "run"))
+    monkeypatch.setattr(train, "lr_at", real)
+    assert ckpt.load(run / "checkpoint-last.pth")["step_in_epoch"] == 3
+    msgs, before = [], (run / "config.yaml").read_text()
+    for key, value in (("train.batch_size", 8), ("train.accum_iter", 2)):
+        with pytest.raises(ConfigError) as e:
+            pretrain(tiny_config(tmp_path / "x"), resume=str(run), overrides={key: value})
+        msgs.append(str(e.value))
+    assert msgs[0] == (f"{run} stopped in the middle of an epoch with train.batch_size=16, train.accum_iter=1 on 1 "
+                       f"process(es); resume it with the same (now train.batch_size=8, train.accum_iter=1 on 1 "
+                       f"process(es))")
+    assert "(now train.batch_size=16, train.accum_iter=2 on 1 process(es))" in msgs[1]
+    assert ckpt.load(run / "checkpoint-last.pth")["global_step"] == 9 and (run / "config.yaml").read_text() == before
+    pretrain(tiny_config(tmp_path / "x"), resume=str(run))  # the same layout resumes
+    fault_case(outcome="'<run> stopped in the middle of an epoch with train.batch_size=16, train.accum_iter=1 on 1 "
+                       "process(es); resume it with the same (now train.batch_size=8, ...)'; the same layout "
+                       "resumes", lost="nothing")

@@ -29,7 +29,7 @@ from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
 from imae.engine.run_dir import find_resume, lock_run_dir, new_run_dir, resumed_config, write_config
 from imae.engine.signals import StopRequest
-from imae.errors import TrainingError
+from imae.errors import ConfigError, TrainingError
 
 
 @dataclass
@@ -84,6 +84,11 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list) -> Path:
     if found is not None:
         _, path, resume_ck = found
         del found
+        layout = {"batch_size": cfg.train.batch_size, "accum_iter": cfg.train.accum_iter, "world_size": env.world_size}
+        if resume_ck.get("step_in_epoch") and resume_ck.get("layout") not in (None, layout):
+            # the rest of the epoch's batch plan would differ: some images would be seen twice, others not at all
+            raise ConfigError(f"{run_dir} stopped in the middle of an epoch with {_describe(resume_ck['layout'])}; "
+                              f"resume it with the same (now {_describe(layout)})")
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
         if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
@@ -162,6 +167,11 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list) -> Path:
         log.close()
     info(f"done: {run_dir}", main)
     return run_dir
+
+
+def _describe(layout: dict[str, int]) -> str:
+    return (f"train.batch_size={layout['batch_size']}, train.accum_iter={layout['accum_iter']} on "
+            f"{layout['world_size']} process(es)")
 
 
 class _Loop:
@@ -356,6 +366,8 @@ class _Loop:
                 "rng": {"torch": torch.get_rng_state()},
                 "metrics": metrics or {},
                 "partial": partial,
+                "layout": {"batch_size": self.cfg.train.batch_size, "accum_iter": self.cfg.train.accum_iter,
+                           "world_size": self.env.world_size},
                 "version": __version__,
                 **self.objective.checkpoint_meta(),
             }
