@@ -670,3 +670,22 @@ def test_a_mid_epoch_resume_with_another_batch_layout_is_refused(tmp_path, monke
     fault_case(outcome="'<run> stopped in the middle of an epoch with train.batch_size=16, train.accum_iter=1 on 1 "
                        "process(es); resume it with the same (now train.batch_size=8, ...)'; the same layout "
                        "resumes", lost="nothing")
+
+
+def test_text_empty_and_random_files_as_checkpoints_give_one_line(tmp_path, fault_case):
+    fault_case(injected="a text file, an empty file, random bytes and a JSON file given as the checkpoint",
+               expected="the same one-line error for each, exit 2, no traceback")
+    files = {"text.pth": b"hello\n", "empty.pth": b"", "random.pth": os.urandom(4096), "json.pth": b'{"model": 1}'}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint {tmp_path / name} "):
+            ckpt.load(tmp_path / name)
+    res = subprocess.run([sys.executable, "-m", "imae", "linprobe", str(tmp_path / "text.pth")], capture_output=True,
+                         text=True, env=ENV, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-1500:]
+    assert res.stderr.strip().splitlines() == [f"imae: error: cannot read checkpoint {tmp_path / 'text.pth'} "
+                                               f"(KeyError: 101); it may be truncated or not a PyTorch file"]
+    with pytest.raises(CheckpointError, match=r"\(empty file\)"):
+        ckpt.load(tmp_path / "empty.pth")
+    fault_case(outcome="'cannot read checkpoint ... (KeyError: 101) / (empty file) / ...; it may be truncated or not "
+                       "a PyTorch file', exit 2", lost="nothing")
