@@ -689,3 +689,34 @@ def test_text_empty_and_random_files_as_checkpoints_give_one_line(tmp_path, faul
         ckpt.load(tmp_path / "empty.pth")
     fault_case(outcome="'cannot read checkpoint ... (KeyError: 101) / (empty file) / ...; it may be truncated or not "
                        "a PyTorch file', exit 2", lost="nothing")
+
+
+def test_a_failed_start_leaves_no_run_folder_and_never_touches_an_existing_one(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="starts that fail before training: a missing data path, an empty data folder, a corrupt "
+                        "image, model.patch_size=5; into the default runs/<preset>-<timestamp> and into an existing "
+                        "--output-dir",
+               expected="each fails with its one-line error; no runs/ folder is left; an existing folder keeps "
+                        "exactly its entries")
+    from imae.config import build_config
+    from imae.errors import ImaeError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    broken = _tree(tmp_path / "broken", {"train": {"cat": 3}})
+    (broken / "train" / "cat" / "zero.png").write_bytes(b"")
+    cases = {"missing data path": {"data.dataset": "imagefolder", "data.path": str(tmp_path / "nope")},
+             "empty data folder": {"data.dataset": "imagefolder", "data.path": str(tmp_path / "empty")},
+             "corrupt image": {"data.dataset": "imagefolder", "data.path": str(broken), "data.cache_dir": "none",
+                               "data.img_size": 16},
+             "patch size 5": {"model.patch_size": 5}}
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    for name, sets in cases.items():
+        for out in (None, str(existing)):
+            with pytest.raises(ImaeError):
+                pretrain(build_config("digits-mae", {**TINY_SETS, **sets, "output_dir": out}))
+            assert not (tmp_path / "runs").exists(), name
+            assert sorted(os.listdir(existing)) == ["notes.txt"] and (existing / "notes.txt").read_text() == "mine"
+    fault_case(outcome="4 failed starts x 2 folders: no runs/ left behind; the existing folder kept only its "
+                       "notes.txt", lost="nothing")

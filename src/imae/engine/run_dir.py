@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,39 @@ def prepare_run_dir(run_dir: Path, fresh: bool) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot create output folder {run_dir} ({e.strerror})") from None
     return run_dir
+
+
+class StartUndo:
+    """Removes what a failed start created in its run folder: the folder itself (and the parents made for it)
+    when it did not exist, else only the entries that were not there before; an existing entry is never
+    touched. ``keep()`` once the run has started training (its logs are worth keeping from then on)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.top: Path | None = None  # the outermost folder this start will create
+        self.before: set[str] | None = None
+        if self.run_dir.is_dir():
+            self.before = set(os.listdir(self.run_dir))
+        elif not self.run_dir.exists():
+            top = self.run_dir.absolute()
+            while not top.parent.exists():
+                top = top.parent
+            self.top = top
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+    def undo(self) -> None:
+        if self.kept:
+            return
+        if self.top is not None:
+            shutil.rmtree(self.top, ignore_errors=True)
+        elif self.before is not None and self.run_dir.is_dir():
+            for name in set(os.listdir(self.run_dir)) - self.before:
+                p = self.run_dir / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        self.kept = True
 
 
 class RunLock:

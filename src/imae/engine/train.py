@@ -27,7 +27,15 @@ from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
-from imae.engine.run_dir import find_resume, lock_run_dir, new_run_dir, resumed_config, write_config
+from imae.engine.run_dir import (
+    StartUndo,
+    default_run_dir,
+    find_resume,
+    lock_run_dir,
+    new_run_dir,
+    resumed_config,
+    write_config,
+)
 from imae.engine.signals import StopRequest
 from imae.errors import ConfigError, TrainingError
 
@@ -60,24 +68,32 @@ def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] |
 def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[str, Any]) -> Path:
     main = env.is_main
     found = find_resume(resume, cfg.output_dir) if resume else None
-    resume_ck = None
+    resume_ck, undo = None, None
     if found is not None:
         run_dir, path, resume_ck = found
         cfg = resumed_config(resume_ck, run_dir, overrides)
+        undo = StartUndo(run_dir) if main else None
     else:
+        if main:
+            cfg.output_dir = str(Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg))
+            undo = StartUndo(Path(cfg.output_dir))
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
     lock = lock_run_dir(run_dir, env)
     held = [found]  # _train takes it out, so that the resumed checkpoint is freed once restored
     del found, resume_ck
     try:
-        return _train(cfg, env, run_dir, held)
+        return _train(cfg, env, run_dir, held, undo)
+    except BaseException:
+        if undo is not None:  # a failed start leaves nothing behind (a run that trained keeps its logs)
+            undo.undo()
+        raise
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list) -> Path:
+def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None) -> Path:
     main = env.is_main
     found = held.pop()
     resume_ck = None
@@ -154,6 +170,8 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list) -> Path:
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
                             "skipped_files": data.skipped})
 
+    if undo is not None:
+        undo.keep()
     loop = _Loop(cfg, env, objective, net, optimizer, loader, log, run_dir, base_lr, state)
     loop.load_skipped = len(data.skipped)
     try:
