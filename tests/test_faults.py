@@ -720,3 +720,23 @@ def test_a_failed_start_leaves_no_run_folder_and_never_touches_an_existing_one(t
             assert sorted(os.listdir(existing)) == ["notes.txt"] and (existing / "notes.txt").read_text() == "mine"
     fault_case(outcome="4 failed starts x 2 folders: no runs/ left behind; the existing folder kept only its "
                        "notes.txt", lost="nothing")
+
+
+def test_sixteen_bit_greyscale_pngs_are_scaled_not_white(tmp_path, fault_case):
+    fault_case(injected="a 16-bit greyscale (I;16) PNG with values 0..65535 in the training folder",
+               expected="decoded with its grey levels scaled to 8 bits (v / 257), not clipped to white")
+    import numpy as np
+    from PIL import Image
+
+    from imae.data.decode import open_rgb
+
+    values = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)  # uint16: mode I;16
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(open_rgb(str(path)))
+    assert rgb.shape == (16, 16, 3) and (rgb[..., 0] == np.arange(256).reshape(16, 16)).all()
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    fault_case(outcome=f"min {rgb.min()}, max {rgb.max()}: every level v decoded as v / 257 (before: all 255)",
+               lost="nothing")
+

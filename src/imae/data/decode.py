@@ -28,6 +28,8 @@ def open_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I"):  # 16-bit greyscale (I;16*, or I from a PNG): convert() would clip to white
+                im = _sixteen_bit_to_rgb(im, path)
             if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -38,6 +40,16 @@ def open_rgb(path: str) -> Image.Image:
         why = "empty file" if size == 0 else f"{type(e).__name__}: {e}"
         raise DataError(f"cannot decode image {path} ({why}); remove or replace it, "
                         f"or pass --skip-corrupt to skip unreadable files") from None
+
+
+def _sixteen_bit_to_rgb(im: Image.Image, path: str) -> Image.Image:
+    """A 16-bit greyscale image scaled to 8 bits (65535 -> 255), as RGB; other integer ranges are refused."""
+    a = np.asarray(im).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DataError(f"cannot decode image {path} (integer pixels outside 0..65535, mode {im.mode}); convert it "
+                        f"to 8-bit RGB, or pass --skip-corrupt to skip it")
+    u8 = ((a * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+    return Image.fromarray(u8).convert("RGB")  # uint8 [H, W]: mode L
 
 
 def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
