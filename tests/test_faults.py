@@ -740,3 +740,14 @@ def test_sixteen_bit_greyscale_pngs_are_scaled_not_white(tmp_path, fault_case):
     fault_case(outcome=f"min {rgb.min()}, max {rgb.max()}: every level v decoded as v / 257 (before: all 255)",
                lost="nothing")
 
+
+def test_an_empty_cifar_folder_speaks_of_download_not_torchvision_arguments(tmp_path, fault_case):
+    fault_case(injected="--data-path at an empty folder for cifar10", expected="one line naming --download, "
+                                                                               "not torchvision's download=True")
+    from imae.data.datasets import load_split
+    from imae.errors import DataError
+
+    with pytest.raises(DataError) as e:
+        load_split("cifar10", "train", str(tmp_path))
+    assert "download=True" not in str(e.value) and "pass --download to fetch it" in str(e.value)
+    fault_case(outcome=f"'{str(e.value).replace(str(tmp_path), '<dir>')}'", lost="nothing")

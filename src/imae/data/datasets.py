@@ -135,10 +135,11 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Ten
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
         ds = cls(str(root), train=split == "train", download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         hint = "pass --download to fetch it" if not download else "check the folder and your connection"
-        raise DataError(f"{name} not found in {root} ({e}); {hint}, or point --data-path at an "
-                        f"ImageFolder tree with train/<class>/ folders") from None
+        raise DataError(f"{name} not found in {root} (neither torchvision's release of it nor an ImageFolder "
+                        f"tree); {hint}, or point --data-path at an ImageFolder tree with train/<class>/ "
+                        f"folders") from None
     except OSError as e:
         raise DataError(f"cannot read {name} under {root}: {e}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
