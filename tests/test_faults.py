@@ -751,3 +751,53 @@ def test_an_empty_cifar_folder_speaks_of_download_not_torchvision_arguments(tmp_
         load_split("cifar10", "train", str(tmp_path))
     assert "download=True" not in str(e.value) and "pass --download to fetch it" in str(e.value)
     fault_case(outcome=f"'{str(e.value).replace(str(tmp_path), '<dir>')}'", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# full disks
+
+
+def _full_disk_save(real):
+    """torch.save that writes a little, then fails as it does on a full disk (a RuntimeError, not an OSError)."""
+
+    def save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4021")
+
+    return save
+
+
+def test_a_full_cache_disk_warns_once_and_goes_on(tmp_path, monkeypatch, capsys, fault_case):
+    fault_case(injected="torch.save of the decoded-image cache and of the feature cache fails as on a full disk "
+                        "(RuntimeError 'unexpected pos'), twice each",
+               expected="one warning line per cache, the partial file removed, the work goes on with the same "
+                        "results")
+    from conftest import tiny_mae
+    from imae.data import decode
+    from imae.data.datasets import load_split
+    from imae.eval import features as F
+    from imae.eval.config import EvalDataConfig
+    from imae.eval.data import load_eval_split
+
+    monkeypatch.setattr(decode.torch, "save", _full_disk_save(torch.save))
+    monkeypatch.setattr(decode, "_WARNED", set())
+    for name in ("a", "b"):
+        root = _tree(tmp_path / name, {"train": {"cat": 2, "dog": 2}})
+        assert len(load_split("imagefolder", "train", str(root), 16, cache_dir=str(tmp_path / "img"))) == 4
+    torch.manual_seed(0)
+    model = tiny_mae(img_size=16)
+    cache = F.FeatureCache(tmp_path / "feat")
+    feats = []
+    for n in (3, 4):
+        split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=n), "eval", 16, progress=False)
+        feats.append(F.extract(model, split, "tiny", cache=cache, show_progress=False))
+        assert torch.equal(feats[-1].cls, F.extract(model, split, "tiny", cache=None, show_progress=False).cls)
+    err = capsys.readouterr().err
+    assert err.count("warning: cannot write the decoded-image cache in") == 1
+    assert err.count("warning: cannot write the feature cache in") == 1 and "unexpected pos" in err
+    assert not [p.name for p in tmp_path.rglob("*tmp*")]
+    fault_case(outcome="'warning: cannot write the decoded-image cache in ... ([enforce fail at "
+                       "inline_container.cc:664] ...); going on without it' once, the same for the feature cache; "
+                       "no partial files left; results equal uncached ones", lost="nothing (the cache is skipped)")
+

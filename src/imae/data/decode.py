@@ -146,11 +146,32 @@ def _cache_path(files: list[str], size: int, skip_corrupt: bool, cache_dir: str 
     return root / f"images-{size}px-{len(files)}-{h.hexdigest()[:16]}.pt"
 
 
+_WARNED: set[str] = set()
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write the cache file through a temporary file. The cache is an optimisation: when it cannot be written
+    (a read-only or full disk; torch.save reports the latter as a RuntimeError), warn once, remove the
+    partial file and go on."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except OSError:  # a read-only or full cache folder only costs a re-decode next time
-        pass
+    except (OSError, RuntimeError) as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if "images" not in _WARNED:
+            _WARNED.add("images")
+            tqdm.write(f"warning: cannot write the decoded-image cache in {path.parent} ({error_reason(e)}); going "
+                       f"on without it (set data.cache_dir to another folder, or none)", file=sys.stderr)
+
+
+def error_reason(e: BaseException) -> str:
+    """The reason an OSError or RuntimeError gives, in a few words."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    lines = str(e).strip().splitlines()
+    return lines[0][:160] if lines else type(e).__name__

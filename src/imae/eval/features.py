@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from imae.data.augment import normalize
-from imae.data.decode import default_cache_dir, tensor_checksum
+from imae.data.decode import default_cache_dir, error_reason, tensor_checksum
 from imae.data.mixing import mix
 from imae.engine.logs import info, progress
 from imae.eval.data import Split, digest
@@ -52,6 +52,7 @@ class FeatureCache:
 
     folder: Path = field(default_factory=lambda: default_cache_dir() / "features")
     enabled: bool = True
+    _warned: bool = field(default=False, init=False, repr=False, compare=False)  # a failed write warns once
 
     @classmethod
     def from_config(cls, enabled: bool, folder: str | None) -> FeatureCache:
@@ -86,6 +87,7 @@ class FeatureCache:
     def put(self, key: dict[str, Any], feats: Features) -> None:
         if not self.enabled:
             return
+        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             f = self._file(key)
@@ -93,8 +95,16 @@ class FeatureCache:
             torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean,
                         "sha1": tensor_checksum(feats.cls, feats.mean)}, tmp)
             os.replace(tmp, f)
-        except OSError:  # a read-only or full cache folder only costs the next run time
-            pass
+        except (OSError, RuntimeError) as e:  # read-only or full (torch.save: RuntimeError): costs the next run time
+            if tmp is not None:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            if not self._warned:
+                self._warned = True
+                info(f"warning: cannot write the feature cache in {self.folder} ({error_reason(e)}); going on "
+                     f"without it (set features.cache_dir to another folder, or features.cache=false)")
 
 
 def _jsonable(key: dict[str, Any]) -> dict[str, Any]:
