@@ -801,3 +801,36 @@ def test_a_full_cache_disk_warns_once_and_goes_on(tmp_path, monkeypatch, capsys,
                        "inline_container.cc:664] ...); going on without it' once, the same for the feature cache; "
                        "no partial files left; results equal uncached ones", lost="nothing (the cache is skipped)")
 
+
+def test_a_full_disk_while_writing_a_result_keeps_the_previous_one(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="disk full (ENOSPC) half-way through writing an evaluation's JSON result over an earlier one",
+               expected="one-line error; the earlier JSON intact; no partial file left")
+    import builtins
+
+    from imae.errors import ImaeError
+    from imae.eval import results
+
+    first = results.write_result(tmp_path, "knn", {"results": {"top1": 0.5}})
+    before = first.read_text()
+
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        if "w" in mode:
+            real_write = f.write
+
+            def write(text):
+                real_write(text[: len(text) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            f.write = write
+        return f
+
+    monkeypatch.setattr(results, "open", full_open, raising=False)
+    with pytest.raises(ImaeError) as e:
+        results.write_result(tmp_path, "knn", {"results": {"top1": 0.9}})
+    assert str(e.value) == (f"cannot write {first} (No space left on device); the previous one is intact; free space "
+                            f"or choose another --output-dir")
+    assert first.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["knn.json"]
+    fault_case(outcome="'cannot write .../knn.json (No space left on device); the previous one is intact; ...'; "
+                       "knn.json unchanged, no partial file", lost="nothing")
+
