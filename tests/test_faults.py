@@ -834,3 +834,17 @@ def test_a_full_disk_while_writing_a_result_keeps_the_previous_one(tmp_path, mon
     fault_case(outcome="'cannot write .../knn.json (No space left on device); the previous one is intact; ...'; "
                        "knn.json unchanged, no partial file", lost="nothing")
 
+
+def test_a_record_after_a_partial_log_line_starts_its_own_line(tmp_path, fault_case):
+    fault_case(injected="log.jsonl ending in half a record (a kill during a write), then a resumed run logs",
+               expected="the next record starts on its own line; every other line parses")
+    from imae.engine.logs import RunLog
+
+    (tmp_path / "log.jsonl").write_text('{"kind": "step", "step": 1}\n{"kind": "step", "st')
+    log = RunLog(tmp_path, tensorboard=False)
+    log.write("event", {"event": "resume"})
+    log.close()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert lines[1] == '{"kind": "step", "st' and json.loads(lines[2])["event"] == "resume" and len(lines) == 3
+    fault_case(outcome="the partial line stays alone (the report skips it); the resume record parses",
+               lost="the half record")

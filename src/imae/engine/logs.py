@@ -26,7 +26,10 @@ class RunLog:
         self._tb = None
         if not self.enabled:
             return
-        self._jsonl = open(Path(run_dir) / "log.jsonl", "a", buffering=1)
+        path = Path(run_dir) / "log.jsonl"
+        self._jsonl = open(path, "a", buffering=1)
+        if _ends_mid_line(path):  # a kill during a write left half a record: the next one starts its own line
+            self._jsonl.write("\n")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -68,6 +71,15 @@ def info(msg: str, enabled: bool = True) -> None:
     """One line for the user (rank 0 only), printed above any progress bar."""
     if enabled:
         tqdm.write(msg, file=sys.stderr)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def _plain(v: Any) -> Any:
