@@ -848,3 +848,27 @@ def test_a_record_after_a_partial_log_line_starts_its_own_line(tmp_path, fault_c
     assert lines[1] == '{"kind": "step", "st' and json.loads(lines[2])["event"] == "resume" and len(lines) == 3
     fault_case(outcome="the partial line stays alone (the report skips it); the resume record parses",
                lost="the half record")
+
+
+def test_config_changes_on_resume_are_printed_recorded_and_the_original_kept(tmp_path, capsys, fault_case):
+    fault_case(injected="a finished run resumed with --set train.blr=0.1 and more epochs",
+               expected="one line per changed key (old -> new), the changes in the resume event, the original "
+                        "config.yaml kept as config.orig.yaml")
+    run = pretrain(tiny_config(tmp_path / "run"))
+    original = (run / "config.yaml").read_text()
+    blr = ckpt.load(run / "checkpoint-last.pth")["config"]["train"]["blr"]
+    from imae.errors import DataError
+
+    with pytest.raises(DataError):  # a resume that fails to start leaves the configuration as it was
+        pretrain(tiny_config(tmp_path / "x"), resume=str(run), overrides={"data.dataset": "imagefolder",
+                                                                          "data.path": str(tmp_path / "nope")})
+    assert (run / "config.yaml").read_text() == original and not (run / "config.orig.yaml").exists()
+    capsys.readouterr()
+    pretrain(tiny_config(tmp_path / "x"), resume=str(run), overrides={"train.blr": 0.1, "train.epochs": 3})
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("resume: ")]
+    assert lines == ["resume: train.epochs changed: 2 -> 3", f"resume: train.blr changed: {blr!r} -> 0.1"]
+    event = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"resume"' in x][-1]
+    assert event["changes"] == {"train.epochs": [2, 3], "train.blr": [blr, 0.1]}
+    assert (run / "config.orig.yaml").read_text() == original and "blr: 0.1" in (run / "config.yaml").read_text()
+    fault_case(outcome=f"'resume: train.blr changed: {blr!r} -> 0.1' (and train.epochs); the resume event records "
+                       f"both; config.orig.yaml equals the first config.yaml", lost="nothing")

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from imae.config import Config, assign, from_dict, save_config
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
@@ -53,6 +55,8 @@ class StartUndo:
             while not top.parent.exists():
                 top = top.parent
             self.top = top
+        config = self.run_dir / "config.yaml"
+        self.config = config.read_bytes() if self.before is not None and config.is_file() else None
         self.kept = False
 
     def keep(self) -> None:
@@ -67,6 +71,8 @@ class StartUndo:
             for name in set(os.listdir(self.run_dir)) - self.before:
                 p = self.run_dir / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if self.config is not None:  # a resume that failed to start leaves the configuration it found
+                (self.run_dir / "config.yaml").write_bytes(self.config)
         self.kept = True
 
 
@@ -168,5 +174,23 @@ def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any])
     return from_dict(Config, tree).validate()
 
 
-def write_config(cfg: Config, run_dir: Path) -> None:
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """``{"train.blr": [old, new], ...}``: the keys a resume changes (keys the old configuration lacks, from an
+    older imae, and ``output_dir`` are not changes)."""
+    out: dict[str, list[Any]] = {}
+    for key, value in new.items():
+        if key not in old or (not prefix and key == "output_dir"):
+            continue
+        if isinstance(value, dict) and isinstance(old[key], dict):
+            out.update(config_changes(old[key], value, f"{prefix}{key}."))
+        elif old[key] != value:
+            out[f"{prefix}{key}"] = [old[key], value]
+    return out
+
+
+def write_config(cfg: Config, run_dir: Path, original: dict[str, Any] | None = None) -> None:
+    """``config.yaml``. ``original``: the configuration a resume changed (its checkpoint's), kept as
+    ``config.orig.yaml`` from the first change on; later changes are in the resume events of log.jsonl."""
+    if original is not None and not (run_dir / "config.orig.yaml").exists():
+        (run_dir / "config.orig.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
     save_config(cfg, run_dir / "config.yaml")

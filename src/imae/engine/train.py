@@ -29,6 +29,7 @@ from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
 from imae.engine.run_dir import (
     StartUndo,
+    config_changes,
     default_run_dir,
     find_resume,
     lock_run_dir,
@@ -96,7 +97,7 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
 def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None) -> Path:
     main = env.is_main
     found = held.pop()
-    resume_ck = None
+    resume_ck, changes, original = None, {}, None
     if found is not None:
         _, path, resume_ck = found
         del found
@@ -107,14 +108,19 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
                               f"resume it with the same (now {_describe(layout)})")
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
+        original = resume_ck.get("config") or {}
+        changes = config_changes(original, cfg.to_dict())
+        for key, (old, new) in changes.items():
+            info(f"resume: {key} changed: {old!r} -> {new!r}", main)
         if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
             note = RunLog(run_dir, tensorboard=False)
-            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0)})
+            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
+                                 "changes": changes})
             note.close()
     D.check_same_config(cfg.to_dict())
     if main:
         ckpt.remove_partial_writes(run_dir)
-        write_config(cfg, run_dir)
+        write_config(cfg, run_dir, original=original if changes else None)
     t = cfg.train
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
