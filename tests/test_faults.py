@@ -872,3 +872,12 @@ def test_config_changes_on_resume_are_printed_recorded_and_the_original_kept(tmp
     assert (run / "config.orig.yaml").read_text() == original and "blr: 0.1" in (run / "config.yaml").read_text()
     fault_case(outcome=f"'resume: train.blr changed: {blr!r} -> 0.1' (and train.epochs); the resume event records "
                        f"both; config.orig.yaml equals the first config.yaml", lost="nothing")
+
+
+def test_a_run_too_short_for_its_warmup_warns_once(tmp_path, capsys):
+    pretrain(tiny_config(tmp_path / "a", **{"train.epochs": 1, "train.warmup_epochs": 100}))
+    err = capsys.readouterr().err
+    assert err.count("warning: train.epochs 1 <= train.warmup_epochs 100: the learning rate never leaves its "
+                     "warm-up (it peaks at") == 1
+    pretrain(tiny_config(tmp_path / "b"))  # 2 epochs, 1 of warm-up
+    assert "warm-up" not in capsys.readouterr().err

@@ -169,9 +169,11 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         info(f"training {cfg.method} {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters) on {len(data)} {cfg.data.dataset} images, {steps} steps/epoch x {t.epochs} epochs, "
              f"{env.world_size} process(es) on {env.device.type}; lr {base_lr:.3g}; writing {run_dir}", main)
-        if t.warmup_epochs > t.epochs:
-            info(f"note: warmup_epochs {t.warmup_epochs:g} > epochs {t.epochs}: the learning rate warms up "
-                 f"for the whole run", main)
+        if t.warmup_epochs and t.epochs <= t.warmup_epochs:  # e.g. a one-epoch try of a preset warming up 100
+            peak = lr_at(t.epochs, base_lr, t.min_lr, t.warmup_epochs, t.epochs)
+            info(f"warning: train.epochs {t.epochs} <= train.warmup_epochs {t.warmup_epochs:g}: the learning rate "
+                 f"never leaves its warm-up (it peaks at {peak:.3g} of {base_lr:.3g}); lower train.warmup_epochs "
+                 f"for a short run", main)
         log.write("event", {"event": "start", "version": __version__, "world_size": env.world_size,
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
                             "skipped_files": data.skipped})
