@@ -881,3 +881,11 @@ def test_a_run_too_short_for_its_warmup_warns_once(tmp_path, capsys):
                      "warm-up (it peaks at") == 1
     pretrain(tiny_config(tmp_path / "b"))  # 2 epochs, 1 of warm-up
     assert "warm-up" not in capsys.readouterr().err
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(tmp_path):
+    res = subprocess.run(cli(tmp_path / "run", sets={"train.lr": 1e30, "train.epochs": 2}), capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert res.returncode == 1 and "epoch 1/2:" in res.stderr  # the bar was drawn
+    before = res.stderr.split("imae: error: loss became non-finite")[0]
+    assert before.endswith(("\n", "\r")), repr(before[-120:])

@@ -134,8 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except ImaeError as e:
+        _close_bars()  # else the message lands on the line of an unfinished progress bar
         print(f"imae: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
+        _close_bars()
         print("imae: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _close_bars() -> None:
+    from imae.engine.logs import close_bars
+
+    close_bars()

@@ -67,6 +67,12 @@ def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True)
                 file=sys.stderr, leave=False, mininterval=0.5)
 
 
+def close_bars() -> None:
+    """Close every open progress bar (a bar clears its line), so that what is printed next starts a line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def info(msg: str, enabled: bool = True) -> None:
     """One line for the user (rank 0 only), printed above any progress bar."""
     if enabled:
