@@ -889,3 +889,31 @@ def test_an_error_during_a_progress_bar_starts_its_own_line(tmp_path):
     assert res.returncode == 1 and "epoch 1/2:" in res.stderr  # the bar was drawn
     before = res.stderr.split("imae: error: loss became non-finite")[0]
     assert before.endswith(("\n", "\r")), repr(before[-120:])
+
+
+def test_progress_shows_under_a_pty_that_reports_no_window_size(tmp_path):
+    import pty
+    import select
+
+    master, slave = pty.openpty()  # a new pty reports 0 columns and 0 rows, as under `script`
+    assert os.get_terminal_size(slave).columns == 0
+    p = subprocess.Popen(cli(tmp_path / "run", sets={"train.epochs": 1}), stdin=slave, stdout=slave, stderr=slave,
+                         env=ENV, close_fds=True)
+    os.close(slave)
+    out, deadline = b"", time.time() + 300
+    while time.time() < deadline:
+        ready, _, _ = select.select([master], [], [], 5)
+        if not ready:
+            if p.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the pty
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(timeout=60) == 0, out[-1500:]
+    assert b"epoch 1/1:" in out and b"6/6 [" in out, out[-1500:]
