@@ -917,3 +917,26 @@ def test_progress_shows_under_a_pty_that_reports_no_window_size(tmp_path):
     os.close(master)
     assert p.wait(timeout=60) == 0, out[-1500:]
     assert b"epoch 1/1:" in out and b"6/6 [" in out, out[-1500:]
+
+
+def test_each_evaluation_help_lists_only_what_it_uses_with_a_working_example():
+    import contextlib
+    import io
+    import re
+
+    from imae.cli import build_parser
+    from imae.config import resolve
+    from imae.eval.config import EvalConfig, FinetuneConfig
+
+    parser = build_parser()
+    for name, has_epochs in {"separability": False, "semantics": False, "linprobe": True, "knn": False,
+                             "finetune": True, "figures": False}.items():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        text = " ".join(buf.getvalue().split())
+        assert ("--epochs" in text) == has_epochs, name
+        assert "train.blr" not in text and "number of epochs" not in text, name
+        example = re.search(r"e\.g\. --set (\S+) \(repeatable\)", text).group(1)
+        assert f"example: imae {name} runs/c10-imae " in text and f"--set {example}" in text.split("example:")[1]
+        resolve({}, {}, [example], FinetuneConfig if name == "finetune" else EvalConfig)  # the example is valid
