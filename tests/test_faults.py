@@ -940,3 +940,14 @@ def test_each_evaluation_help_lists_only_what_it_uses_with_a_working_example():
         example = re.search(r"e\.g\. --set (\S+) \(repeatable\)", text).group(1)
         assert f"example: imae {name} runs/c10-imae " in text and f"--set {example}" in text.split("example:")[1]
         resolve({}, {}, [example], FinetuneConfig if name == "finetune" else EvalConfig)  # the example is valid
+
+
+def test_the_readme_python_blocks_run_as_written():
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[1] / "README.md").read_text(), re.S)
+    assert blocks
+    for code in blocks:
+        namespace: dict = {}
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
+    assert set(namespace["out"]) >= {"loss", "rec_sub", "rec_dom", "mixture"} and namespace["feats"].ndim == 3
