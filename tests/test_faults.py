@@ -951,3 +951,38 @@ def test_the_readme_python_blocks_run_as_written():
         namespace: dict = {}
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
     assert set(namespace["out"]) >= {"loss", "rec_sub", "rec_dom", "mixture"} and namespace["feats"].ndim == 3
+
+
+def _two_ranks(cmd: list[str]) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_rank_env(r, port))
+            for r in (0, 1)]
+
+
+def test_resubmitting_a_two_process_run_after_a_worker_is_killed_ends_bit_identical(tmp_path, fault_case):
+    fault_case(injected="SIGKILL of rank 1 of a 2-process gloo run (no agent, no torch restart), then the same "
+                        "command submitted again",
+               expected="rank 0 stops with one line; the resubmitted job resumes from the last checkpoint and ends "
+                        "with the weights of an uninterrupted 2-process run")
+    ref, run, sets = tmp_path / "ref", tmp_path / "run", {"train.epochs": 3}  # 3 steps an epoch on 2 ranks
+    for p in _two_ranks(cli(ref, "--resume", "auto", sets=sets)):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-1500:]
+    procs = _two_ranks(cli(run, "--resume", "auto", sets=sets))
+    deadline = time.time() + 120
+    while last_step(run) < 4 and procs[0].poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert procs[0].poll() is None, procs[0].communicate()[1][-1500:]
+    procs[1].kill()
+    killed_at = last_step(run)
+    _, err = procs[0].communicate(timeout=120)
+    procs[1].communicate()
+    assert procs[0].returncode == 1 and "lost contact with another training process" in err, err[-1500:]
+    resumed_from = ckpt.latest_complete(run)[1]["global_step"]
+    for p in _two_ranks(cli(run, "--resume", "auto", sets=sets)):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-1500:]
+    assert same_weights(final_weights(run), final_weights(ref))
+    fault_case(outcome=f"rank 1 killed after step {killed_at}; rank 0 stopped with 'lost contact ...'; the same "
+                       f"command resumed from step {resumed_from} and ended with identical weights",
+               lost="the steps since the last checkpoint, redone identically")
