@@ -986,3 +986,36 @@ def test_resubmitting_a_two_process_run_after_a_worker_is_killed_ends_bit_identi
     fault_case(outcome=f"rank 1 killed after step {killed_at}; rank 0 stopped with 'lost contact ...'; the same "
                        f"command resumed from step {resumed_from} and ended with identical weights",
                lost="the steps since the last checkpoint, redone identically")
+
+
+def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(tmp_path, monkeypatch):
+    import imae.engine.train as train
+    from imae.engine.optim import lr_at
+
+    sets = {"train.max_steps": 8, "train.save_every_steps": 0}  # of 2 epochs x 6 steps
+    a = pretrain(tiny_config(tmp_path / "a", **sets))
+    ck = ckpt.load(a / "checkpoint-last.pth")
+    assert (ck["global_step"], ck["epoch"], ck["step_in_epoch"]) == (8, 0, 2)
+    records = [json.loads(x) for x in (a / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["kind"] == "step"]
+    base = records[0]["lr"]
+    span = 8 / 6  # the schedule (1 epoch of warm-up in 2) compressed into 8 steps
+    assert lrs == pytest.approx([lr_at(s / 6, base, 0.0, span / 2, span) for s in range(8)], rel=1e-6)
+    assert any(r.get("event") == "max_steps" for r in records)
+    real, calls = train.lr_at, {"n": 0}
+
+    def stop_at_five(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(train, "lr_at", stop_at_five)
+    b = pretrain(tiny_config(tmp_path / "b", **sets))
+    monkeypatch.setattr(train, "lr_at", real)
+    assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 5
+    pretrain(tiny_config(tmp_path / "x"), resume=str(b))
+    assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 8
+    assert same_weights(final_weights(b), final_weights(a))
+    pretrain(tiny_config(tmp_path / "x"), resume=str(a))  # already at max_steps: nothing more
+    assert ckpt.load(a / "checkpoint-last.pth")["global_step"] == 8

@@ -78,6 +78,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     compile: bool = False  # torch.compile the model
     skip_nonfinite: int = 0  # tolerate up to N non-finite losses by skipping their updates
+    max_steps: int | None = None  # a smoke run: stop after N optimiser steps; the lr schedule is compressed to them
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Config:
         for name in ("epochs", "batch_size", "accum_iter"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+        if t.max_steps is not None and t.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be at least 1 (or null: no limit), got {t.max_steps}")
         if t.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {t.warmup_epochs}")
         lo, hi = self.data.crop_scale

@@ -9,6 +9,7 @@ point (SIGTERM, SIGKILL, a lost node) and resumed from its last checkpoint ends 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,15 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         with StopRequest() as stop:
             loop.stop = stop
             for epoch in range(state.epoch + 1, t.epochs):
-                if not loop.run_epoch(epoch) or (epoch + 1 < t.epochs and loop.stop_requested()):
+                if t.max_steps and state.global_step >= t.max_steps:
+                    break  # resumed after its last step
+                ended = loop.run_epoch(epoch)
+                if loop.max_reached:
+                    info(f"reached train.max_steps={t.max_steps} ({state.epoch + 1} epoch(s) and "
+                         f"{state.step_in_epoch} step(s)); checkpoint written", main)
+                    log.write("event", {"event": "max_steps", "global_step": state.global_step})
+                    break
+                if not ended or (epoch + 1 < t.epochs and loop.stop_requested()):
                     loop.report_stop()
                     return run_dir  # stopped by a signal; checkpoint written
     finally:
@@ -211,6 +220,14 @@ class _Loop:
         self.base_lr, self.state = base_lr, state
         self.stop: StopRequest | None = None
         self.load_skipped = 0
+        self.max_reached = False
+        # the lr schedule's length (and warm-up) in epochs: a smoke run (train.max_steps) gets it compressed
+        t = cfg.train
+        self.sched_epochs: float = t.epochs
+        self.sched_warmup: float = t.warmup_epochs
+        if t.max_steps:
+            span = min(float(t.epochs), t.max_steps / math.ceil(len(loader) / t.accum_iter))
+            self.sched_epochs, self.sched_warmup = span, t.warmup_epochs * span / t.epochs
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.amp and env.device.type == "cuda"
                          else contextlib.nullcontext())
 
@@ -250,7 +267,8 @@ class _Loop:
             group_size = min(t.accum_iter, steps - group_start)
             last_micro = step == group_start + group_size - 1
             if step == group_start:
-                set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, t.warmup_epochs, t.epochs))
+                set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, self.sched_warmup,
+                                             self.sched_epochs))
                 group_bad = False
             sync = contextlib.nullcontext() if last_micro or not isinstance(self.net, DDP) else self.net.no_sync()
             with sync:
@@ -291,6 +309,12 @@ class _Loop:
                 rec.update(epoch=epoch, step=st.global_step, lr=self.optimizer.param_groups[0]["lr"])
                 self.log.write("step", rec, step=st.global_step, prefix="train")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+            if t.max_steps and st.global_step >= t.max_steps:
+                self.max_reached = True
+                if step + 1 < steps:
+                    bar.close()
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
+                    return False
             if step + 1 < steps:
                 if self.stop_requested():
                     bar.close()
