@@ -1019,3 +1019,35 @@ def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(
     assert same_weights(final_weights(b), final_weights(a))
     pretrain(tiny_config(tmp_path / "x"), resume=str(a))  # already at max_steps: nothing more
     assert ckpt.load(a / "checkpoint-last.pth")["global_step"] == 8
+
+
+def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="a fine-tune whose loss is finite but whose gradients are infinite at step 3",
+               expected="stops naming the step before the update; the checkpoints keep finite weights")
+    import imae.eval.finetune as ft
+    from imae.eval.finetune import finetune
+
+    src = pretrain(tiny_config(tmp_path / "src", **{"train.epochs": 1}))
+    real, calls = ft._mixing, {"n": 0}
+
+    def mixing(t, num_classes):
+        mix, criterion = real(t, num_classes)
+
+        def crit(logits, y):
+            calls["n"] += 1
+            loss = criterion(logits, y)
+            return _InfGrad.apply(loss) if calls["n"] == 11 else loss
+
+        return mix, crit
+
+    monkeypatch.setattr(ft, "_mixing", mixing)
+    out = tmp_path / "ft"
+    with pytest.raises(TrainingError, match=r"fine-tuning gradients became non-finite \(grad_norm=(inf|nan)\) at "
+                                            r"epoch 2 step 5; the update was not applied"):
+        finetune(src, overrides={"output_dir": str(out), "device": "cpu", "finetune.epochs": 2},
+                 sets=["finetune.batch_size=16", "data.num_workers=0", "data.train_per_class=10",
+                       "data.eval_per_class=2", "finetune.save_every=1"])
+    ck = ckpt.load(out / "checkpoint-last.pth")
+    assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    fault_case(outcome="'fine-tuning gradients became non-finite (grad_norm=inf) at epoch 2 step 5; the update was "
+                       "not applied; ...'; checkpoint of epoch 1 finite", lost="the steps of epoch 2")

@@ -31,7 +31,7 @@ from imae.data.loader import derive_seed, ignore_stop_signals
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
-from imae.engine.optim import lr_at, set_lr
+from imae.engine.optim import grad_norm, lr_at, set_lr
 from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
 from imae.engine.signals import StopRequest
 from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -190,8 +190,12 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                 seen += x.shape[0]
                 bar.update(1)
                 if last:
-                    if t.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad)
+                    norm = (torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad) if t.clip_grad
+                            else grad_norm(vit.parameters()))
+                    if not D.all_true(bool(torch.isfinite(norm).item()), device):  # a finite loss, inf gradients
+                        raise TrainingError(f"fine-tuning gradients became non-finite (grad_norm={float(norm):.4g}) "
+                                            f"at epoch {epoch + 1} step {step + 1}; the update was not applied; lower "
+                                            f"the learning rate (finetune.blr) or set finetune.clip_grad")
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     st.global_step += 1
