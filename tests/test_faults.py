@@ -1051,3 +1051,39 @@ def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeyp
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values())
     fault_case(outcome="'fine-tuning gradients became non-finite (grad_norm=inf) at epoch 2 step 5; the update was "
                        "not applied; ...'; checkpoint of epoch 1 finite", lost="the steps of epoch 2")
+
+
+def test_finetune_max_steps_smoke_run_is_evaluated_and_resumes_exactly(tmp_path, monkeypatch):
+    import imae.eval.finetune as ft
+    from imae.eval.finetune import finetune
+
+    src = pretrain(tiny_config(tmp_path / "src", **{"train.epochs": 1}))
+    sets = ["finetune.batch_size=16", "data.num_workers=0", "data.train_per_class=10", "data.eval_per_class=2",
+            "finetune.max_steps=8", "finetune.log_every=1", "finetune.warmup_epochs=1"]
+
+    def run(out, resume=None):
+        return finetune(src, overrides={"output_dir": str(out), "device": "cpu", "finetune.epochs": 2}, sets=sets,
+                        resume=resume)
+
+    a = run(tmp_path / "a")  # 2 epochs x 6 steps, stopped after 8
+    ck = ckpt.load(a / "checkpoint-last.pth")
+    assert (ck["global_step"], ck["epoch"], ck["step_in_epoch"]) == (8, 0, 2)
+    last = json.loads((a / "finetune.json").read_text())["results"]["history"][-1]
+    assert last["partial"] and last["steps"] == 2 and "test_top1" in last
+    real, calls = ft.lr_at, {"n": 0}
+
+    def stop_at_five(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(ft, "lr_at", stop_at_five)
+    b = run(tmp_path / "b")
+    monkeypatch.setattr(ft, "lr_at", real)
+    assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 5
+    run(tmp_path / "b", resume=str(b))
+    assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 8
+    assert same_weights(final_weights(b), final_weights(a))
+    steps = [json.loads(x) for x in (a / "log.jsonl").read_text().splitlines() if '"kind": "step"' in x]
+    assert len(steps) == 8 and steps[-1]["lr"] < steps[5]["lr"]  # the compressed cosine is decaying at the end

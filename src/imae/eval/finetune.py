@@ -156,8 +156,17 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
         asked = stop.signal is not None
         return not D.all_true(not asked, device) if env.distributed else asked
 
+    # the lr schedule's length (and warm-up) in epochs: a smoke run (finetune.max_steps) gets it compressed
+    sched_epochs, sched_warmup = t.epochs, t.warmup_epochs
+    if t.max_steps:
+        sched_epochs = min(float(t.epochs), t.max_steps / math.ceil(steps / t.accum_iter))
+        sched_warmup = t.warmup_epochs * sched_epochs / t.epochs
+    reached = bool(t.max_steps) and st.global_step >= t.max_steps
+
     with StopRequest() as stop:
         for epoch in range(st.epoch + 1, t.epochs):
+            if reached:
+                break
             start, st.step_in_epoch = st.step_in_epoch, 0
             batches.epoch, batches.start = epoch, start
             net.train()
@@ -172,7 +181,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                 torch.manual_seed(step_seed)
                 np.random.seed(step_seed % 2**32)
                 if step % t.accum_iter == 0:
-                    set_lr(optimizer, lr_at(epoch + step / steps, base_lr, t.min_lr, t.warmup_epochs, t.epochs))
+                    set_lr(optimizer, lr_at(epoch + step / steps, base_lr, t.min_lr, sched_warmup, sched_epochs))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if mixup is not None:
                     x, y = mixup(x, y)
@@ -203,13 +212,18 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                         rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
                                "step": st.global_step}
                         log.write("step", rec, step=st.global_step, prefix="finetune")
-                    if step + 1 < steps and stop_requested():
+                    reached = bool(t.max_steps) and st.global_step >= t.max_steps
+                    if step + 1 < steps and (reached or stop_requested()):
                         bar.close()
                         sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
                         st.step_in_epoch, st.loss_sum, st.seen = step + 1, float(sums[0]), int(sums[1])
                         st.time_s = time.time() - t0
                         save(numbered=False)
-                        return _stopped(stop, st, run_dir, s, log, main)
+                        if not reached:
+                            return _stopped(stop, st, run_dir, s, log, main)
+                        break
+            if reached and st.step_in_epoch:  # train.max_steps reached in the middle of the epoch
+                break
             bar.close()
             sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
             train_loss = float(sums[0] / sums[1].clamp_min(1))
@@ -224,11 +238,18 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
             info(f"fine-tune epoch {epoch + 1}/{t.epochs}: loss {train_loss:.4f}"
                  + (f", test top-1 {rec['test_top1']:.4f}" if "test_top1" in rec else ""), main)
             save(numbered=(epoch + 1) % max(t.save_every, 1) == 0 or epoch + 1 == t.epochs)
-            if epoch + 1 < t.epochs and stop_requested():
+            if not reached and epoch + 1 < t.epochs and stop_requested():
                 return _stopped(stop, st, run_dir, s, log, main)
+    history = st.history
+    if reached and st.step_in_epoch:  # a smoke run ends inside an epoch: evaluate there (not an epoch record)
+        rec = {"epoch": st.epoch + 1, "steps": st.step_in_epoch, "partial": True,
+               "loss": st.loss_sum / max(st.seen, 1), "lr": optimizer.param_groups[-1]["lr"], "time_s": st.time_s,
+               **evaluate_classifier(vit, test, tf_test, t.batch_size, device, env, cfg.data.num_workers)}
+        history = history + [rec]
+        info(f"reached finetune.max_steps={t.max_steps}: loss {rec['loss']:.4f}, test top-1 "
+             f"{rec['test_top1']:.4f}", main)
     log.close()
     if main:
-        history = st.history
         evaluated = [h for h in history if "test_top1" in h]
         if not evaluated:  # only a checkpoint of an older imae, resumed after its last epoch, lacks them
             raise CheckpointError(f"{run_dir} holds no epoch records to report; fine-tune again into another "
