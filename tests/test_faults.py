@@ -1082,6 +1082,8 @@ def test_finetune_max_steps_smoke_run_is_evaluated_and_resumes_exactly(tmp_path,
     b = run(tmp_path / "b")
     monkeypatch.setattr(ft, "lr_at", real)
     assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 5
+    stopped = [json.loads(x) for x in (b / "log.jsonl").read_text().splitlines() if '"stopped"' in x]
+    assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(0, 5, 0)]
     run(tmp_path / "b", resume=str(b))
     assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 8
     assert same_weights(final_weights(b), final_weights(a))

@@ -300,8 +300,9 @@ def _describe(layout: dict[str, int]) -> str:
 def _stopped(stop: StopRequest, st: _State, run_dir: Path, s: Session, log: RunLog, main: bool) -> Path:
     info(f"stopped by {stop.name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
          f"written; continue with: imae finetune {s.subject.path} --resume {run_dir}", main)
-    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch,
-                        "step_in_epoch": st.step_in_epoch})
+    # "epoch": the epoch in progress (0-based, as in step and epoch records), of which step_in_epoch are done
+    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch + 1,
+                        "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
     log.close()
     return run_dir
 
