@@ -1022,7 +1022,7 @@ def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(
 
 
 def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeypatch, fault_case):
-    fault_case(injected="a fine-tune whose loss is finite but whose gradients are infinite at step 3",
+    fault_case(injected="a fine-tune whose loss is finite but whose gradients are infinite at epoch 2 step 5",
                expected="stops naming the step before the update; the checkpoints keep finite weights")
     import imae.eval.finetune as ft
     from imae.eval.finetune import finetune
