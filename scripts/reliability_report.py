@@ -75,8 +75,12 @@ def render(results, seconds: float) -> str:
     if others:
         lines += ["", "Other checks in the same file: " + ", ".join(f"`{n}` ({s})" for n, s in others) + "."]
     lines += ["", "How the guarantees are made: see `src/imae/engine/checkpoint.py` (temporary file, fsync, "
-              "rename; weights-only loading), `src/imae/engine/train.py` (signals, non-finite losses, failed "
-              "writes, lost peers) and `src/imae/data/loader.py` (every random draw seeded by "
+              "rename; weights-only loading), `src/imae/engine/train.py` (signals, non-finite losses and "
+              "gradients, failed writes, lost peers, the running sums of a stopped epoch), "
+              "`src/imae/engine/run_dir.py` (the run-folder lock, undoing a failed start, configuration changes "
+              "on resume), `src/imae/data/datasets.py` (one class list for every split, links followed once), "
+              "`src/imae/data/decode.py` and `src/imae/eval/features.py` (checksummed caches that are skipped "
+              "when they cannot be written) and `src/imae/data/loader.py` (every random draw seeded by "
               "(seed, epoch, step, rank), so resumed runs repeat the same steps).", ""]
     return "\n".join(lines)
 

@@ -33,23 +33,30 @@ def command(name: str, help: str):
 
 
 def add_common(p: argparse.ArgumentParser, preset_default: str | None = None,
-               output_default: str = "runs/<preset>-<timestamp>") -> None:
+               output_default: str = "runs/<preset>-<timestamp>", epochs: str | None = "number of epochs",
+               example: str = "train.blr=1e-4", usage: str | None = None) -> None:
+    """The common flags. ``epochs``: the help of ``--epochs``, or None where the command has no epochs (unlisted);
+    ``example``: a ``--set`` item that this command understands; ``usage``: an example command line (the
+    help's last line)."""
     g = p.add_argument_group("common options")
     g.add_argument("--preset", default=preset_default, help="configuration preset (configs/<name>.yaml) or a YAML path")
     g.add_argument("--data-path", help="folder holding the data set")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR through torchvision")
     g.add_argument("--output-dir", help=f"where to write (default: {output_default})")
-    g.add_argument("--epochs", type=int, help="number of epochs")
+    # a command without epochs still takes --epochs, unlisted, to say in one line that it means nothing there
+    g.add_argument("--epochs", type=int, help=epochs or argparse.SUPPRESS)
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any configuration field, e.g. --set train.blr=1e-4 (repeatable)")
+                   help=f"override any configuration field, e.g. --set {example} (repeatable)")
+    if usage:
+        p.epilog = f"example: {p.prog} {usage}"
 
 
 def common_overrides(args: argparse.Namespace, epochs_key: str = "train.epochs") -> dict[str, Any]:
     """The common flags that were given, as dotted configuration keys."""
     pairs = {"data.path": args.data_path, "data.download": args.download, "output_dir": args.output_dir,
-             epochs_key: args.epochs, "seed": args.seed, "device": args.device}
+             epochs_key: getattr(args, "epochs", None), "seed": args.seed, "device": args.device}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -58,7 +65,8 @@ def common_overrides(args: argparse.Namespace, epochs_key: str = "train.epochs")
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    add_common(p, preset_default="digits-mae")
+    add_common(p, preset_default="digits-mae",
+               usage="--preset cifar10-mae-tiny --data-path ~/data/cifar10 --epochs 200 --set train.blr=1e-4")
     p.add_argument("--resume", metavar="RUN_DIR|CKPT|auto",
                    help="continue a run: its directory, a checkpoint, or 'auto' (the newest complete "
                         "checkpoint in --output-dir, else start fresh)")
@@ -166,8 +174,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except ImaeError as e:
+        _close_bars()  # else the message lands on the line of an unfinished progress bar
         print(f"imae: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
+        _close_bars()
         print("imae: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _close_bars() -> None:
+    from imae.engine.logs import close_bars
+
+    close_bars()

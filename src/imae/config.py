@@ -80,6 +80,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     skip_nonfinite: int = 0  # tolerate up to N non-finite losses by skipping their updates
     checkpoint_format: str = "pth"  # pth | safetensors (weights as .safetensors beside a .pth of the resume state)
+    max_steps: int | None = None  # a smoke run: stop after N optimiser steps; the lr schedule is compressed to them
 
 
 @dataclass
@@ -129,6 +130,8 @@ class Config:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
         if t.checkpoint_format not in ("pth", "safetensors"):
             raise ConfigError(f"train.checkpoint_format must be 'pth' or 'safetensors', got {t.checkpoint_format!r}")
+        if t.max_steps is not None and t.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be at least 1 (or null: no limit), got {t.max_steps}")
         if t.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {t.warmup_epochs}")
         lo, hi = self.data.crop_scale

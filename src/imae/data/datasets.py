@@ -135,10 +135,11 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Ten
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
         ds = cls(str(root), train=split == "train", download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         hint = "pass --download to fetch it" if not download else "check the folder and your connection"
-        raise DataError(f"{name} not found in {root} ({e}); {hint}, or point --data-path at an "
-                        f"ImageFolder tree with train/<class>/ folders") from None
+        raise DataError(f"{name} not found in {root} (neither torchvision's release of it nor an ImageFolder "
+                        f"tree); {hint}, or point --data-path at an ImageFolder tree with train/<class>/ "
+                        f"folders") from None
     except OSError as e:
         raise DataError(f"cannot read {name} under {root}: {e}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
@@ -146,32 +147,88 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Ten
 
 
 def _imagefolder_files(root: Path, split: str) -> tuple[list[str], list[int], list[str]]:
-    if split == "train":
-        folder = root / "train"
-    else:
-        folder = next((root / s for s in ("val", "test") if (root / s).is_dir()), root / "val")
+    folder = _split_folder(root, split)
     if not folder.is_dir():
         want = "train/" if split == "train" else "val/ or test/"
         raise DataError(f"{root} has no {want} folder; an ImageFolder tree needs {want}<class>/<image> "
                         f"(got: {', '.join(sorted(p.name for p in root.iterdir())[:8]) or 'an empty folder'})")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if not classes:  # a flat folder of images: no labels
+    own = _class_dirs(folder)
+    if not own:  # a flat folder of images: no labels
         files = sorted(str(p) for p in folder.iterdir() if p.name.lower().endswith(IMG_EXTENSIONS))
         if not files:
             raise DataError(f"no images found in {folder} (expected {folder}/<class>/<image>.jpg or "
                             f"{folder}/<image>.jpg, extensions {', '.join(IMG_EXTENSIONS)})")
         return files, [-1] * len(files), []
-    files, labels = [], []
+    # one class list for every split (the union of their class folders, sorted), so that a class folder
+    # present in one split only cannot shift the labels of the other
+    classes = sorted(set(own).union(*(_class_dirs(_split_folder(root, s)) for s in ("train", "eval"))))
+    files, labels, per_class = [], [], {}
+    loops: list[str] = []
     for label, c in enumerate(classes):
-        for dirpath, _, names in sorted(os.walk(folder / c, followlinks=True)):
-            for n in sorted(names):
-                if n.lower().endswith(IMG_EXTENSIONS):
-                    files.append(os.path.join(dirpath, n))
-                    labels.append(label)
+        if c not in own:
+            per_class[c] = 0
+            continue
+        found = _walk_images(folder / c, loops)
+        files += found
+        labels += [label] * len(found)
+        per_class[c] = len(found)
     if not files:
         raise DataError(f"no images found in {folder} (expected {folder}/<class>/<image>.jpg, "
                         f"extensions {', '.join(IMG_EXTENSIONS)})")
+    if split == "eval":
+        train = _split_folder(root, "train")
+        extra = [c for c in classes if per_class[c] and not _has_images(train / c)]
+        if extra:
+            raise DataError(f"{folder} has images of class(es) {', '.join(extra[:5])}"
+                            f"{' ...' if len(extra) > 5 else ''} that {train} has none of; the evaluation classes "
+                            f"must be training classes: add their training images or remove those folders")
+    empty = [c for c in classes if not per_class[c]]
+    if empty:
+        _note(f"note: {len(empty)} class(es) have no images in {folder}: {', '.join(empty[:5])}"
+              f"{' ...' if len(empty) > 5 else ''} (they keep their place in the class list of {len(classes)})")
+    if loops:
+        _note(f"note: skipped {len(loops)} link(s) under {folder} leading to a folder already read (a loop or a "
+              f"duplicate), e.g. {loops[0]}")
     return files, labels, classes
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    if split == "train":
+        return root / "train"
+    return next((root / s for s in ("val", "test") if (root / s).is_dir()), root / "val")
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+
+
+def _walk_images(top: Path, loops: list[str]) -> list[str]:
+    """Image files under ``top``, sorted; directory links are followed once: a link to a folder that was
+    already read (a loop back into the tree, or a second way to the same folder) is skipped and listed."""
+    seen = {os.path.realpath(top)}
+    found = []
+    for dirpath, dirnames, names in os.walk(top, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                loops.append(os.path.join(dirpath, d))
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        found.append((dirpath, sorted(n for n in names if n.lower().endswith(IMG_EXTENSIONS))))
+    return [os.path.join(d, n) for d, names in sorted(found) for n in names]
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and bool(_walk_images(folder, []))
+
+
+def _note(msg: str) -> None:
+    from imae.engine.logs import info
+
+    info(msg, int(os.environ.get("RANK", "0")) == 0)
 
 
 def _tiny_imagenet_files(root: Path, split: str) -> tuple[list[str], list[int], list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def open_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I"):  # 16-bit greyscale (I;16*, or I from a PNG): convert() would clip to white
+                im = _sixteen_bit_to_rgb(im, path)
             if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -37,6 +40,16 @@ def open_rgb(path: str) -> Image.Image:
         why = "empty file" if size == 0 else f"{type(e).__name__}: {e}"
         raise DataError(f"cannot decode image {path} ({why}); remove or replace it, "
                         f"or pass --skip-corrupt to skip unreadable files") from None
+
+
+def _sixteen_bit_to_rgb(im: Image.Image, path: str) -> Image.Image:
+    """A 16-bit greyscale image scaled to 8 bits (65535 -> 255), as RGB; other integer ranges are refused."""
+    a = np.asarray(im).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DataError(f"cannot decode image {path} (integer pixels outside 0..65535, mode {im.mode}); convert it "
+                        f"to 8-bit RGB, or pass --skip-corrupt to skip it")
+    u8 = ((a * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+    return Image.fromarray(u8).convert("RGB")  # uint8 [H, W]: mode L
 
 
 def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
@@ -68,9 +81,17 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
     if cache is not None and cache.is_file():
         try:
             hit = torch.load(cache, weights_only=True)
-            return hit["images"], hit["kept"], list(hit["skipped"])
-        except Exception:  # a stale or partial cache file: decode again
-            pass
+            images, kept, damage = hit["images"], hit["kept"], None
+        except Exception as e:  # a partial or damaged cache file: decode again
+            hit, damage = None, f"unreadable: {type(e).__name__}"
+        # torch.load does not check the zip CRCs: damaged bytes would load as wrong pixels
+        if hit is not None and hit.get("sha1") == tensor_checksum(images, kept):
+            return images, kept, list(hit["skipped"])
+        if hit is not None and "sha1" in hit:
+            damage = "checksum mismatch"
+        if damage is not None:  # (an entry of an older imae, without a checksum, is replaced silently)
+            tqdm.write(f"warning: the decoded-image cache {cache} is damaged ({damage}); decoding the images "
+                       f"again", file=sys.stderr)
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(files), dtype=bool)
     skipped: list[str] = []
@@ -95,8 +116,20 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
     images = torch.from_numpy(out[ok]).permute(0, 3, 1, 2).contiguous()
     skipped.sort()
     if cache is not None:
-        _save_atomic({"images": images, "kept": kept, "skipped": skipped}, cache)
+        _save_atomic({"images": images, "kept": kept, "skipped": skipped, "sha1": tensor_checksum(images, kept)},
+                     cache)
     return images, kept, skipped
+
+
+def tensor_checksum(*tensors: object) -> str | None:
+    """SHA-1 of the tensors' dtypes, shapes and bytes (None when one is not a tensor): cache entries carry it."""
+    h = hashlib.sha1()
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            return None
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def _cache_path(files: list[str], size: int, skip_corrupt: bool, cache_dir: str | Path | None) -> Path | None:
@@ -113,11 +146,32 @@ def _cache_path(files: list[str], size: int, skip_corrupt: bool, cache_dir: str 
     return root / f"images-{size}px-{len(files)}-{h.hexdigest()[:16]}.pt"
 
 
+_WARNED: set[str] = set()
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write the cache file through a temporary file. The cache is an optimisation: when it cannot be written
+    (a read-only or full disk; torch.save reports the latter as a RuntimeError), warn once, remove the
+    partial file and go on."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except OSError:  # a read-only or full cache folder only costs a re-decode next time
-        pass
+    except (OSError, RuntimeError) as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if "images" not in _WARNED:
+            _WARNED.add("images")
+            tqdm.write(f"warning: cannot write the decoded-image cache in {path.parent} ({error_reason(e)}); going "
+                       f"on without it (set data.cache_dir to another folder, or none)", file=sys.stderr)
+
+
+def error_reason(e: BaseException) -> str:
+    """The reason an OSError or RuntimeError gives, in a few words."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    lines = str(e).strip().splitlines()
+    return lines[0][:160] if lines else type(e).__name__

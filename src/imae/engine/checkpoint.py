@@ -114,9 +114,13 @@ def load(path: str | Path) -> dict[str, Any]:
                                   f"allow-list ({code[0][:160]}); only weights-only checkpoints are accepted; "
                                   f"re-save it as a plain state dict from a trusted environment") from None
         raise CheckpointError(f"cannot read checkpoint {path} (not a PyTorch checkpoint, or damaged)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path} ({str(e).splitlines()[0][:200]}); "
-                              f"it may be truncated or not a PyTorch file") from None
+    except Exception as e:  # anything else torch.load raises (a text file: KeyError; an empty one: EOFError)
+        lines = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+        if os.path.getsize(path) == 0:
+            why = "empty file"
+        raise CheckpointError(f"cannot read checkpoint {path} ({why}); it may be truncated or not a PyTorch "
+                              f"file") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a dict of weights (got {type(obj).__name__})")
     if "model" not in obj and "model_file" in obj:  # train.checkpoint_format=safetensors

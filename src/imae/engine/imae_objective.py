@@ -110,6 +110,14 @@ class IMAEObjective:
             out["same_class_rate"] = float(s[0]) / n
         return out
 
+    def running_stats(self) -> list[float]:
+        """The statistics since the last ``epoch_stats`` summed over ranks (a mid-epoch checkpoint keeps them)."""
+        return [float(v) for v in D.all_reduce_sum(self._stats.clone()).tolist()]
+
+    def resume_stats(self, values: list[float], main: bool) -> None:
+        """Continue from ``running_stats`` of a stopped epoch (held by rank 0 alone, as the loss sums)."""
+        self._stats = torch.tensor(values if main else [0.0] * len(values), device=self._stats.device)
+
     def checkpoint_meta(self) -> dict[str, Any]:
         from dataclasses import asdict
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,10 @@ class RunLog:
         self._tb = None
         if not self.enabled:
             return
-        self._jsonl = open(Path(run_dir) / "log.jsonl", "a", buffering=1)
+        path = Path(run_dir) / "log.jsonl"
+        self._jsonl = open(path, "a", buffering=1)
+        if _ends_mid_line(path):  # a kill during a write left half a record: the next one starts its own line
+            self._jsonl.write("\n")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -60,14 +64,41 @@ class RunLog:
 
 def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> tqdm:
     """A tqdm bar (rate, ETA) on stderr; silent on ranks other than 0."""
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr, leave=False, mininterval=0.5)
+    # a terminal that reports no size (a bare pty, as under `script`) would give tqdm 0 columns and 0 rows,
+    # and it would draw nothing: give it a fixed size there
+    fixed = _terminal_columns(sys.stderr) == 0
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=not fixed,
+                ncols=80 if fixed else None, nrows=24 if fixed else None, file=sys.stderr, leave=False,
+                mininterval=0.5)
+
+
+def _terminal_columns(stream) -> int | None:
+    """The width of the terminal ``stream`` writes to (0 when it reports none), or None when not a terminal."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def close_bars() -> None:
+    """Close every open progress bar (a bar clears its line), so that what is printed next starts a line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def info(msg: str, enabled: bool = True) -> None:
     """One line for the user (rank 0 only), printed above any progress bar."""
     if enabled:
         tqdm.write(msg, file=sys.stderr)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def _plain(v: Any) -> Any:

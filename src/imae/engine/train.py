@@ -9,6 +9,7 @@ point (SIGTERM, SIGKILL, a lost node) and resumed from its last checkpoint ends 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,19 @@ from imae.engine import distributed as D
 from imae.engine import safetensors_io
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
-from imae.engine.optim import absolute_lr, build_adamw, lr_at, set_lr
-from imae.engine.run_dir import find_resume, new_run_dir, resumed_config, write_config
+from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
+from imae.engine.run_dir import (
+    StartUndo,
+    config_changes,
+    default_run_dir,
+    find_resume,
+    lock_run_dir,
+    new_run_dir,
+    resumed_config,
+    write_config,
+)
 from imae.engine.signals import StopRequest
-from imae.errors import TrainingError
+from imae.errors import ConfigError, TrainingError
 
 
 @dataclass
@@ -39,6 +49,9 @@ class TrainState:
     step_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained on
     global_step: int = 0  # optimiser steps taken
     nonfinite_skipped: int = 0
+    # stopped mid-epoch: the running sums of the epoch's finished steps (loss terms summed over ranks,
+    # per-rank step and image counts, seconds), so the resumed epoch's record equals an uninterrupted one's
+    partial: dict[str, Any] | None = None
 
 
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
@@ -58,25 +71,60 @@ def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] |
 def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[str, Any]) -> Path:
     main = env.is_main
     found = find_resume(resume, cfg.output_dir) if resume else None
-    resume_ck = None
+    resume_ck, undo = None, None
     if found is not None:
         run_dir, path, resume_ck = found
         cfg = resumed_config(resume_ck, run_dir, overrides)
-        info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
-             f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
-        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
-            note = RunLog(run_dir, tensorboard=False)
-            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0)})
-            note.close()
+        undo = StartUndo(run_dir) if main else None
     else:
+        if main:
+            cfg.output_dir = str(Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg))
+            undo = StartUndo(Path(cfg.output_dir))
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
+    lock = lock_run_dir(run_dir, env)
+    held = [found]  # _train takes it out, so that the resumed checkpoint is freed once restored
+    del found, resume_ck
+    try:
+        return _train(cfg, env, run_dir, held, undo)
+    except BaseException:
+        if undo is not None:  # a failed start leaves nothing behind (a run that trained keeps its logs)
+            undo.undo()
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None) -> Path:
+    main = env.is_main
+    found = held.pop()
+    resume_ck, changes, original = None, {}, None
+    if found is not None:
+        _, path, resume_ck = found
+        del found
+        layout = {"batch_size": cfg.train.batch_size, "accum_iter": cfg.train.accum_iter, "world_size": env.world_size}
+        if resume_ck.get("step_in_epoch") and resume_ck.get("layout") not in (None, layout):
+            # the rest of the epoch's batch plan would differ: some images would be seen twice, others not at all
+            raise ConfigError(f"{run_dir} stopped in the middle of an epoch with {_describe(resume_ck['layout'])}; "
+                              f"resume it with the same (now {_describe(layout)})")
+        info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
+             f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
+        original = resume_ck.get("config") or {}
+        changes = config_changes(original, cfg.to_dict())
+        for key, (old, new) in changes.items():
+            info(f"resume: {key} changed: {old!r} -> {new!r}", main)
+        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
+            note = RunLog(run_dir, tensorboard=False)
+            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
+                                 "changes": changes})
+            note.close()
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
         safetensors_io.require("train.checkpoint_format=safetensors")
     if main:
         ckpt.remove_partial_writes(run_dir)
-        write_config(cfg, run_dir)
+        write_config(cfg, run_dir, original=original if changes else None)
     t = cfg.train
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -109,7 +157,8 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     if resume_ck is not None:
         ckpt.restore(model, optimizer, resume_ck)
         state = TrainState(resume_ck.get("epoch", -1), resume_ck.get("step_in_epoch", 0),
-                           resume_ck.get("global_step", 0), resume_ck.get("nonfinite_skipped", 0))
+                           resume_ck.get("global_step", 0), resume_ck.get("nonfinite_skipped", 0),
+                           resume_ck.get("partial") if resume_ck.get("step_in_epoch", 0) else None)
         del resume_ck
 
     loader = build_train_loader(
@@ -124,26 +173,43 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
         info(f"training {cfg.method} {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters) on {len(data)} {cfg.data.dataset} images, {steps} steps/epoch x {t.epochs} epochs, "
              f"{env.world_size} process(es) on {env.device.type}; lr {base_lr:.3g}; writing {run_dir}", main)
-        if t.warmup_epochs > t.epochs:
-            info(f"note: warmup_epochs {t.warmup_epochs:g} > epochs {t.epochs}: the learning rate warms up "
-                 f"for the whole run", main)
+        if t.warmup_epochs and t.epochs <= t.warmup_epochs:  # e.g. a one-epoch try of a preset warming up 100
+            peak = lr_at(t.epochs, base_lr, t.min_lr, t.warmup_epochs, t.epochs)
+            info(f"warning: train.epochs {t.epochs} <= train.warmup_epochs {t.warmup_epochs:g}: the learning rate "
+                 f"never leaves its warm-up (it peaks at {peak:.3g} of {base_lr:.3g}); lower train.warmup_epochs "
+                 f"for a short run", main)
         log.write("event", {"event": "start", "version": __version__, "world_size": env.world_size,
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
                             "skipped_files": data.skipped})
 
+    if undo is not None:
+        undo.keep()
     loop = _Loop(cfg, env, objective, net, optimizer, loader, log, run_dir, base_lr, state)
     loop.load_skipped = len(data.skipped)
     try:
         with StopRequest() as stop:
             loop.stop = stop
             for epoch in range(state.epoch + 1, t.epochs):
-                if not loop.run_epoch(epoch) or (epoch + 1 < t.epochs and loop.stop_requested()):
+                if t.max_steps and state.global_step >= t.max_steps:
+                    break  # resumed after its last step
+                ended = loop.run_epoch(epoch)
+                if loop.max_reached:
+                    info(f"reached train.max_steps={t.max_steps} ({state.epoch + 1} epoch(s) and "
+                         f"{state.step_in_epoch} step(s)); checkpoint written", main)
+                    log.write("event", {"event": "max_steps", "global_step": state.global_step})
+                    break
+                if not ended or (epoch + 1 < t.epochs and loop.stop_requested()):
                     loop.report_stop()
                     return run_dir  # stopped by a signal; checkpoint written
     finally:
         log.close()
     info(f"done: {run_dir}", main)
     return run_dir
+
+
+def _describe(layout: dict[str, int]) -> str:
+    return (f"train.batch_size={layout['batch_size']}, train.accum_iter={layout['accum_iter']} on "
+            f"{layout['world_size']} process(es)")
 
 
 class _Loop:
@@ -157,6 +223,14 @@ class _Loop:
         self.base_lr, self.state = base_lr, state
         self.stop: StopRequest | None = None
         self.load_skipped = 0
+        self.max_reached = False
+        # the lr schedule's length (and warm-up) in epochs: a smoke run (train.max_steps) gets it compressed
+        t = cfg.train
+        self.sched_epochs: float = t.epochs
+        self.sched_warmup: float = t.warmup_epochs
+        if t.max_steps:
+            span = min(float(t.epochs), t.max_steps / math.ceil(len(loader) / t.accum_iter))
+            self.sched_epochs, self.sched_warmup = span, t.warmup_epochs * span / t.epochs
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.amp and env.device.type == "cuda"
                          else contextlib.nullcontext())
 
@@ -169,6 +243,25 @@ class _Loop:
         sums: dict[str, torch.Tensor] = {}
         seen, skipped_files, finite_steps, t0 = 0, 0, 0, time.time()
         data_s, tick = 0.0, time.perf_counter()  # time spent waiting for batches (data on the critical path)
+        part, st.partial = (st.partial or {}) if start else {}, None
+        if part:  # resumed mid-epoch: continue the sums of the steps done before the stop (rank 0 holds them)
+            for k, v in part.get("sums", {}).items():
+                sums[k] = torch.tensor(float(v) if env.is_main else 0.0, device=env.device)
+            finite_steps, seen = int(part.get("finite_steps", 0)), int(part.get("seen", 0))
+            skipped_files, data_s = int(part.get("skipped_files", 0)), float(part.get("data_wait_s", 0.0))
+            t0 -= float(part.get("time_s", 0.0))
+            if part.get("objective") is not None and hasattr(self.objective, "resume_stats"):
+                self.objective.resume_stats(part["objective"], env.is_main)
+
+        def running() -> dict[str, Any]:
+            """What a mid-epoch checkpoint keeps of this epoch's sums (one collective, on every rank)."""
+            names = sorted(sums)
+            total = D.all_reduce_sum(torch.stack([sums[k] for k in names]).to(env.device)) if names else None
+            return {"sums": {k: float(v) for k, v in zip(names, total.tolist())} if names else {},
+                    "finite_steps": finite_steps, "seen": seen, "skipped_files": skipped_files,
+                    "data_wait_s": data_s, "time_s": time.time() - t0,
+                    **({"objective": self.objective.running_stats()} if hasattr(self.objective, "running_stats")
+                       else {})}
         bar = progress(steps, start, f"epoch {epoch + 1}/{t.epochs}", env.is_main)
         group_bad = False
         for step, batch in self.loader.batches(epoch, start):
@@ -177,7 +270,8 @@ class _Loop:
             group_size = min(t.accum_iter, steps - group_start)
             last_micro = step == group_start + group_size - 1
             if step == group_start:
-                set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, t.warmup_epochs, t.epochs))
+                set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, self.sched_warmup,
+                                             self.sched_epochs))
                 group_bad = False
             sync = contextlib.nullcontext() if last_micro or not isinstance(self.net, DDP) else self.net.no_sync()
             with sync:
@@ -203,9 +297,13 @@ class _Loop:
                 tick = time.perf_counter()
                 continue
             if not group_bad:
-                if t.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
-                self.optimizer.step()
+                # a finite loss can still give inf / NaN gradients: check their norm (clipping computes it anyway)
+                norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad) if t.clip_grad
+                        else grad_norm(self.model.parameters()))
+                if D.all_true(bool(torch.isfinite(norm).item()), env.device):
+                    self.optimizer.step()
+                else:
+                    self._nonfinite(epoch, step, out, grad_norm=float(norm))
             self.optimizer.zero_grad(set_to_none=True)
             st.global_step += 1
             st.step_in_epoch = step + 1
@@ -214,21 +312,28 @@ class _Loop:
                 rec.update(epoch=epoch, step=st.global_step, lr=self.optimizer.param_groups[0]["lr"])
                 self.log.write("step", rec, step=st.global_step, prefix="train")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+            if t.max_steps and st.global_step >= t.max_steps:
+                self.max_reached = True
+                if step + 1 < steps:
+                    bar.close()
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
+                    return False
             if step + 1 < steps:
                 if self.stop_requested():
                     bar.close()
-                    self._save(epoch - 1, step + 1, numbered=False)
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
                     return False
                 if t.save_every_steps and st.global_step % t.save_every_steps == 0:
-                    self._save(epoch - 1, step + 1, numbered=False)
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
             tick = time.perf_counter()
         bar.close()
         metrics = self._epoch_metrics(sums, finite_steps, seen, time.time() - t0, skipped_files + self.load_skipped)
         metrics["data_wait_s"] = data_s
+        metrics["images"] = float(seen * D.world_size())
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.log.write("epoch", {"epoch": epoch, **metrics}, step=epoch, prefix="epoch")
         self.log.flush()
-        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s")
+        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images")
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
         info(f"epoch {epoch + 1}/{t.epochs}: {summary}; {metrics['images_per_s']:.0f} img/s"
              + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else ""),
@@ -249,22 +354,30 @@ class _Loop:
         name = self.stop.name if self.stop else "a signal"
         info(f"stopped by {name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
              f"written; continue with: imae pretrain --resume {self.run_dir}", self.env.is_main)
-        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch,
-                                 "step_in_epoch": st.step_in_epoch})
+        # "epoch": the epoch in progress (0-based, as in step and epoch records), of which step_in_epoch are done
+        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch + 1,
+                                 "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
 
-    def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor]) -> None:
+    def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor], grad_norm: float | None = None) -> None:
+        """A non-finite loss, or (``grad_norm``) non-finite gradients of a finite loss: skip or stop."""
         st, t = self.state, self.cfg.train
         st.nonfinite_skipped += 1
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.ndim == 0)
+        what = "loss"
+        if grad_norm is not None:
+            what, terms = "gradient norm", f"grad_norm={grad_norm:.4g}; {terms}"
         self.log.write("event", {"event": "nonfinite", "epoch": epoch, "step": step, "terms": terms})
         if st.nonfinite_skipped <= t.skip_nonfinite:
-            info(f"non-finite loss at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
+            info(f"non-finite {what} at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
                  f"({st.nonfinite_skipped}/{t.skip_nonfinite} allowed)", self.env.is_main)
             return
+        raise TrainingError(f"{what} became non-finite at epoch {epoch + 1} step {step + 1} ({terms}); "
+                            f"{self._last_good()}; lower the learning rate or set train.clip_grad, or tolerate it "
+                            f"with --skip-nonfinite N")
+
+    def _last_good(self) -> str:
         last = ckpt.latest_complete(self.run_dir) if self.env.is_main else None
-        where = f"last good checkpoint: {last[0]}" if last else "no checkpoint was written yet"
-        raise TrainingError(f"loss became non-finite at epoch {epoch + 1} step {step + 1} ({terms}); {where}; "
-                            f"lower the learning rate or set train.clip_grad, or tolerate it with --skip-nonfinite N")
+        return f"last good checkpoint: {last[0]}" if last else "no checkpoint was written yet"
 
     def _epoch_metrics(self, sums: dict[str, torch.Tensor], steps: int, seen: int, seconds: float,
                        skipped: int) -> dict[str, float]:
@@ -282,11 +395,18 @@ class _Loop:
             metrics["skipped_files"] = float(skipped)
         return metrics
 
-    def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None) -> None:
+    def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None,
+              partial: dict | None = None) -> None:
         """Write checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
         self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch
         error: TrainingError | None = None
-        if self.env.is_main:
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad and self.env.is_main:  # never replace a good checkpoint by a broken one
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            error = TrainingError(f"the weights became non-finite ({bad[0]}{more}) after {self.state.global_step} "
+                                  f"steps; no checkpoint written; {self._last_good()}; lower the learning rate or set "
+                                  f"train.clip_grad")
+        elif self.env.is_main:
             obj = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -298,6 +418,9 @@ class _Loop:
                 "scaler": None,  # bf16 autocast needs no loss scaling
                 "rng": {"torch": torch.get_rng_state()},
                 "metrics": metrics or {},
+                "partial": partial,
+                "layout": {"batch_size": self.cfg.train.batch_size, "accum_iter": self.cfg.train.accum_iter,
+                           "world_size": self.env.world_size},
                 "version": __version__,
                 **self.objective.checkpoint_meta(),
             }

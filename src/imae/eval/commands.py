@@ -8,6 +8,7 @@ Each parses its flags and calls one function: :func:`imae.eval.run.evaluate`,
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from imae.cli import add_common, command
@@ -17,17 +18,38 @@ def _ckpt(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", metavar="CKPT", help="a checkpoint file (ours or an official MAE .pth) or a run directory")
 
 
-def _with_reference(p: argparse.ArgumentParser) -> None:
+# what each command's help offers: --epochs only where it trains for epochs, a --set example it understands,
+# and an example command line
+_HELP = {
+    "separability": dict(epochs=None, example="separability.alphas=[0.3]"),
+    "semantics": dict(epochs=None, example="semantics.kmeans_restarts=3"),
+    "linprobe": dict(epochs="epochs of the full protocol (with --set linprobe.mode=full)",
+                     example="linprobe.mode=full"),
+    "knn": dict(epochs=None, example="knn.k=10"),
+    "finetune": dict(epochs="fine-tuning epochs", example="finetune.blr=1e-3"),
+    "figures": dict(epochs=None, example="figures.images=8"),
+}
+
+
+def _common(p: argparse.ArgumentParser, command: str | None) -> None:
+    h = _HELP.get(command, dict(epochs=None, example="data.eval_per_class=100"))
+    usage = f"runs/c10-imae --set {h['example']}"
+    if command == "finetune":
+        usage = f"runs/c10-imae --preset finetune/cifar10-tiny --epochs 100 --set {h['example']}"
+    add_common(p, output_default="an eval/ folder inside the run directory", usage=usage, **h)
+
+
+def _with_reference(p: argparse.ArgumentParser, command: str | None = None) -> None:
     _ckpt(p)
     p.add_argument("--reference", metavar="CKPT",
                    help="reference encoder of the feature targets (default: an i-MAE run's teacher, else the "
                         "evaluated model itself)")
-    add_common(p, output_default="an eval/ folder inside the run directory")
+    _common(p, command)
 
 
-def _plain(p: argparse.ArgumentParser) -> None:
+def _plain(p: argparse.ArgumentParser, command: str | None = None) -> None:
     _ckpt(p)
-    add_common(p, output_default="an eval/ folder inside the run directory")
+    _common(p, command)
 
 
 def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Path:
@@ -40,29 +62,30 @@ def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Pa
 
 
 @command("separability", "linear separability of mixtures' latents: ridge R^2 and classification per alpha")(
-    _with_reference)
+    partial(_with_reference, command="separability"))
 def cmd_separability(args: argparse.Namespace) -> Path:
     return _evaluate(args, "separability", None)
 
 
 @command("semantics", "linear probe, kNN, k-means NMI, and separability of same- vs different-class pairs")(
-    _with_reference)
+    partial(_with_reference, command="semantics"))
 def cmd_semantics(args: argparse.Namespace) -> Path:
     return _evaluate(args, "semantics", None)
 
 
-@command("linprobe", "MAE's linear probe (cached fast path, or --set linprobe.mode=full)")(_plain)
+@command("linprobe", "MAE's linear probe (cached fast path, or --set linprobe.mode=full)")(
+    partial(_plain, command="linprobe"))
 def cmd_linprobe(args: argparse.Namespace) -> Path:
     return _evaluate(args, "linprobe", "linprobe.epochs")
 
 
-@command("knn", "weighted kNN accuracy (k=20, cosine, T=0.07) on frozen features")(_plain)
+@command("knn", "weighted kNN accuracy (k=20, cosine, T=0.07) on frozen features")(partial(_plain, command="knn"))
 def cmd_knn(args: argparse.Namespace) -> Path:
     return _evaluate(args, "knn", None)
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
-    _plain(p)
+    _plain(p, "finetune")
     p.add_argument("--resume", metavar="RUN_DIR|CKPT|auto",
                    help="continue a stopped fine-tune: its directory, one of its checkpoints, or 'auto' (the "
                         "output folder's fine-tune if there is one, else start fresh); its saved configuration "
@@ -86,7 +109,7 @@ def cmd_finetune(args: argparse.Namespace) -> Path:
 def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpts", metavar="CKPT", nargs="+", help="checkpoints or run directories (the first one's data "
                                                             "set is used; side by side in the ablation grid)")
-    add_common(p, output_default="an eval/ folder inside the run directory")
+    _common(p, "figures")
 
 
 @command("figures", "PNG figures: mixtures across alpha, ablation grid, mask ratios, weights and attention")(

@@ -213,6 +213,8 @@ class FinetuneParams:
     save_every: int = 10
     log_every: int = 20
     eval_every: int = 1  # epochs between evaluations on the evaluation split
+    max_steps: int | None = None  # a smoke run: stop after N optimiser steps (evaluated there); the lr schedule
+    # is compressed to them
 
 
 @dataclass
@@ -234,6 +236,8 @@ class FinetuneConfig:
         for name in ("epochs", "batch_size", "accum_iter"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"finetune.{name} must be at least 1, got {getattr(t, name)}")
+        if t.max_steps is not None and t.max_steps < 1:
+            raise ConfigError(f"finetune.max_steps must be at least 1 (or null: no limit), got {t.max_steps}")
         if not 0.0 < t.layer_decay <= 1.0:
             raise ConfigError(f"finetune.layer_decay must lie in (0, 1], got {t.layer_decay}")
         if t.pool not in POOLS:

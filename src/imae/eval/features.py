@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from imae.data.augment import normalize
-from imae.data.decode import default_cache_dir
+from imae.data.decode import default_cache_dir, error_reason, tensor_checksum
 from imae.data.mixing import mix
-from imae.engine.logs import progress
+from imae.engine.logs import info, progress
 from imae.eval.data import Split, digest
 from imae.models.mae import MaskedAutoencoder
 
@@ -52,6 +52,7 @@ class FeatureCache:
 
     folder: Path = field(default_factory=lambda: default_cache_dir() / "features")
     enabled: bool = True
+    _warned: bool = field(default=False, init=False, repr=False, compare=False)  # a failed write warns once
 
     @classmethod
     def from_config(cls, enabled: bool, folder: str | None) -> FeatureCache:
@@ -68,23 +69,42 @@ class FeatureCache:
             return None
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged entry is recomputed
+            damage = "unreadable" if not isinstance(obj, dict) else None
+        except Exception as e:  # a damaged entry is recomputed
+            obj, damage = None, f"unreadable: {type(e).__name__}"
+        if damage is None and obj.get("key") != _jsonable(key):
             return None
-        if obj.get("key") != _jsonable(key):
+        if damage is None and "sha1" not in obj:  # written before entries carried a checksum: recompute it
+            return None
+        # torch.load does not check the zip CRCs: damaged bytes inside a tensor would load as wrong features
+        if damage is None and obj["sha1"] != tensor_checksum(obj.get("cls"), obj.get("mean")):
+            damage = "checksum mismatch"
+        if damage is not None:
+            info(f"warning: the feature cache entry {f} is damaged ({damage}); computing the features again")
             return None
         return Features(obj["cls"], obj["mean"], cached=True)
 
     def put(self, key: dict[str, Any], feats: Features) -> None:
         if not self.enabled:
             return
+        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             f = self._file(key)
             tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-            torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean}, tmp)
+            torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean,
+                        "sha1": tensor_checksum(feats.cls, feats.mean)}, tmp)
             os.replace(tmp, f)
-        except OSError:  # a read-only or full cache folder only costs the next run time
-            pass
+        except (OSError, RuntimeError) as e:  # read-only or full (torch.save: RuntimeError): costs the next run time
+            if tmp is not None:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            if not self._warned:
+                self._warned = True
+                info(f"warning: cannot write the feature cache in {self.folder} ({error_reason(e)}); going on "
+                     f"without it (set features.cache_dir to another folder, or features.cache=false)")
 
 
 def _jsonable(key: dict[str, Any]) -> dict[str, Any]:

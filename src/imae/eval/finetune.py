@@ -31,8 +31,8 @@ from imae.data.loader import derive_seed, ignore_stop_signals
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
-from imae.engine.optim import lr_at, set_lr
-from imae.engine.run_dir import find_resume, prepare_run_dir
+from imae.engine.optim import grad_norm, lr_at, set_lr
+from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
 from imae.engine.signals import StopRequest
 from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from imae.eval.config import FinetuneConfig
@@ -59,7 +59,8 @@ def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dic
             s = _resumed_session(ckpt_spec, run_dir, resume_ck, overrides, sets)
     env = D.setup(s.cfg.device)
     try:
-        return _finetune(s, env, resume_ck)
+        with contextlib.ExitStack() as stack:
+            return _finetune(s, env, resume_ck, stack)
     except RuntimeError as e:
         if not D.is_peer_error(e):
             raise
@@ -85,13 +86,16 @@ def _resumed_session(ckpt_spec: str | Path, run_dir: Path, ck: dict[str, Any], o
     return open_session(ckpt_spec, base=base, overrides=flags, sets=sets, cls=FinetuneConfig, move=False)
 
 
-def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> Path:
+def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stack: contextlib.ExitStack) -> Path:
     cfg: FinetuneConfig = s.cfg
     t, main = cfg.finetune, env.is_main
     D.check_same_config(cfg.to_dict())
     run_dir = _run_dir(s)
     if main:
         prepare_run_dir(run_dir, fresh=resume_ck is None)
+    lock = lock_run_dir(run_dir, env)  # released when the fine-tune ends
+    if lock is not None:
+        stack.callback(lock.release)
         save_config(cfg, run_dir / "config.yaml")
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):
@@ -152,8 +156,17 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
         asked = stop.signal is not None
         return not D.all_true(not asked, device) if env.distributed else asked
 
+    # the lr schedule's length (and warm-up) in epochs: a smoke run (finetune.max_steps) gets it compressed
+    sched_epochs, sched_warmup = t.epochs, t.warmup_epochs
+    if t.max_steps:
+        sched_epochs = min(float(t.epochs), t.max_steps / math.ceil(steps / t.accum_iter))
+        sched_warmup = t.warmup_epochs * sched_epochs / t.epochs
+    reached = bool(t.max_steps) and st.global_step >= t.max_steps
+
     with StopRequest() as stop:
         for epoch in range(st.epoch + 1, t.epochs):
+            if reached:
+                break
             start, st.step_in_epoch = st.step_in_epoch, 0
             batches.epoch, batches.start = epoch, start
             net.train()
@@ -168,7 +181,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
                 torch.manual_seed(step_seed)
                 np.random.seed(step_seed % 2**32)
                 if step % t.accum_iter == 0:
-                    set_lr(optimizer, lr_at(epoch + step / steps, base_lr, t.min_lr, t.warmup_epochs, t.epochs))
+                    set_lr(optimizer, lr_at(epoch + step / steps, base_lr, t.min_lr, sched_warmup, sched_epochs))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if mixup is not None:
                     x, y = mixup(x, y)
@@ -186,8 +199,12 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
                 seen += x.shape[0]
                 bar.update(1)
                 if last:
-                    if t.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad)
+                    norm = (torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad) if t.clip_grad
+                            else grad_norm(vit.parameters()))
+                    if not D.all_true(bool(torch.isfinite(norm).item()), device):  # a finite loss, inf gradients
+                        raise TrainingError(f"fine-tuning gradients became non-finite (grad_norm={float(norm):.4g}) "
+                                            f"at epoch {epoch + 1} step {step + 1}; the update was not applied; lower "
+                                            f"the learning rate (finetune.blr) or set finetune.clip_grad")
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     st.global_step += 1
@@ -195,13 +212,18 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
                         rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
                                "step": st.global_step}
                         log.write("step", rec, step=st.global_step, prefix="finetune")
-                    if step + 1 < steps and stop_requested():
+                    reached = bool(t.max_steps) and st.global_step >= t.max_steps
+                    if step + 1 < steps and (reached or stop_requested()):
                         bar.close()
                         sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
                         st.step_in_epoch, st.loss_sum, st.seen = step + 1, float(sums[0]), int(sums[1])
                         st.time_s = time.time() - t0
                         save(numbered=False)
-                        return _stopped(stop, st, run_dir, s, log, main)
+                        if not reached:
+                            return _stopped(stop, st, run_dir, s, log, main)
+                        break
+            if reached and st.step_in_epoch:  # train.max_steps reached in the middle of the epoch
+                break
             bar.close()
             sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
             train_loss = float(sums[0] / sums[1].clamp_min(1))
@@ -216,11 +238,18 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None) -> P
             info(f"fine-tune epoch {epoch + 1}/{t.epochs}: loss {train_loss:.4f}"
                  + (f", test top-1 {rec['test_top1']:.4f}" if "test_top1" in rec else ""), main)
             save(numbered=(epoch + 1) % max(t.save_every, 1) == 0 or epoch + 1 == t.epochs)
-            if epoch + 1 < t.epochs and stop_requested():
+            if not reached and epoch + 1 < t.epochs and stop_requested():
                 return _stopped(stop, st, run_dir, s, log, main)
+    history = st.history
+    if reached and st.step_in_epoch:  # a smoke run ends inside an epoch: evaluate there (not an epoch record)
+        rec = {"epoch": st.epoch + 1, "steps": st.step_in_epoch, "partial": True,
+               "loss": st.loss_sum / max(st.seen, 1), "lr": optimizer.param_groups[-1]["lr"], "time_s": st.time_s,
+               **evaluate_classifier(vit, test, tf_test, t.batch_size, device, env, cfg.data.num_workers)}
+        history = history + [rec]
+        info(f"reached finetune.max_steps={t.max_steps}: loss {rec['loss']:.4f}, test top-1 "
+             f"{rec['test_top1']:.4f}", main)
     log.close()
     if main:
-        history = st.history
         evaluated = [h for h in history if "test_top1" in h]
         if not evaluated:  # only a checkpoint of an older imae, resumed after its last epoch, lacks them
             raise CheckpointError(f"{run_dir} holds no epoch records to report; fine-tune again into another "
@@ -274,8 +303,9 @@ def _describe(layout: dict[str, int]) -> str:
 def _stopped(stop: StopRequest, st: _State, run_dir: Path, s: Session, log: RunLog, main: bool) -> Path:
     info(f"stopped by {stop.name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
          f"written; continue with: imae finetune {s.subject.path} --resume {run_dir}", main)
-    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch,
-                        "step_in_epoch": st.step_in_epoch})
+    # "epoch": the epoch in progress (0-based, as in step and epoch records), of which step_in_epoch are done
+    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch + 1,
+                        "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
     log.close()
     return run_dir
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imae import __version__
-from imae.errors import ConfigError
+from imae.errors import ConfigError, ImaeError
 
 COMMANDS = ("separability", "semantics", "linprobe", "knn", "finetune", "compare")
 
@@ -43,8 +43,21 @@ def write_result(out_dir: Path, command: str, record: dict[str, Any]) -> Path:
     out_dir = make_output_dir(out_dir)
     path = out_dir / f"{command}.json"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_clean({"command": command, "version": __version__, **record}), indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(_clean({"command": command, "version": __version__, **record}), indent=2) + "\n"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk or a read-only folder: the previous result file stays as it was
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise ImaeError(f"cannot write {path} ({e.strerror or e}); "
+                        f"{'the previous one is intact; ' if path.exists() else ''}free space or choose another "
+                        f"--output-dir") from None
     return path
 
 
