@@ -140,3 +140,18 @@ def test_a_pretraining_preset_names_the_data_set_of_an_official_checkpoint(offic
     assert json.loads((tmp_path / "knn.json").read_text())["config"]["data"]["dataset"] == "digits"
     code, _, err = run_cli(["knn", str(official), "--preset", "finetune/cifar10-tiny"], capsys)
     assert_one_line_error(code, err, "has key 'finetune', which is neither an evaluation nor a pre-training setting")
+
+
+def test_compare_prints_the_difference_table_and_writes_compare_json(runs, tmp_path, capsys):
+    code, out, err = run_cli(["compare", str(runs["mae"]), str(runs["imae"]), "--output-dir", str(tmp_path),
+                              *fast_sets(), "--set", "separability.alphas=[0.3]", "--set", "separability.bootstrap=50"],
+                             capsys)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "compare.json").read_text())
+    d = rec["results"]["metrics"]["token_r2_sub"]["0.3"]
+    line = next(x for x in out.splitlines() if x.startswith("token_r2_sub"))
+    assert line.split()[1:] == ["0.3", f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['diff']:+.3f}",
+                                f"[{d['ci'][0]:+.3f},", f"{d['ci'][1]:+.3f}]"]
+    assert out.strip().splitlines()[-1] == str(tmp_path / "compare.json")
+    code, _, err = run_cli(["compare", str(runs["mae"]), str(runs["imae"]), "--epochs", "3"], capsys)
+    assert_one_line_error(code, err, "--epochs has no meaning for `imae compare`")

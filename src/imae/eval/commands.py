@@ -146,7 +146,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="CKPT",
                    help="the one reference encoder both are scored against (default: the teacher of the first "
                         "i-MAE among A and B, else A)")
-    add_common(p, output_default="B's eval/ folder")
+    add_common(p, output_default="B's eval/ folder", epochs=None, example="separability.alphas=[0.3]",
+               usage="runs/c10-mae-continued runs/c10-imae --set separability.alphas=[0.3]")
 
 
 @command("compare", "B minus A on identical pairs, masks and test images, with paired-bootstrap 95% intervals")(
