@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 
 import pytest
 import torch
@@ -13,22 +12,9 @@ from imae.engine import checkpoint as ckpt
 from imae.engine import safetensors_io
 from imae.errors import CheckpointError
 from imae.models.loading import model_from_checkpoint
+from test_engine import _stop_after_first_epoch
 
 pytest.importorskip("safetensors")
-
-
-def _stop_after_first_epoch(monkeypatch):
-    from imae.engine import train as train_mod
-
-    original = train_mod._Loop.run_epoch
-
-    def run_epoch(self, epoch):
-        ok = original(self, epoch)
-        if epoch == 0:
-            self.stop.signal = signal.SIGTERM
-        return ok
-
-    monkeypatch.setattr(train_mod._Loop, "run_epoch", run_epoch)
 
 
 def test_safetensors_run_has_no_pickled_weights_and_resumes_bit_identically(tmp_path, monkeypatch):

@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 
 from conftest import TINY, tiny_cli_sets, tiny_config, tiny_mae
-from imae.cli import main
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError
 from imae.eval.subject import load_subject
 from imae.models.loading import model_from_checkpoint
+from test_cli import run_cli
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -44,16 +44,6 @@ def hf_folder(tmp_path, cls: str = "ViTMAEForPreTraining", name: str = "hf", **o
     model = perturb(getattr(transformers, cls)(config))
     model.save_pretrained(tmp_path / name)
     return model, tmp_path / name
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str) -> str:
