@@ -124,7 +124,7 @@ def test_semantics_reports_probe_knn_nmi_and_same_vs_different_class_separabilit
         assert 0.0 <= value <= 1.0
     assert r["linprobe"]["top1"] > 0.3  # digits are easy even for a one-epoch encoder (chance 0.1)
     sep = r["separability"]
-    assert sep["same_class_p"] == 0.5 and 0.3 < sep["pairs"]["same_class_rate"] < 0.7
+    assert sep["same_class_p"] == sep["pairs"]["same_class_p"] == 0.5 and 0.3 < sep["pairs"]["same_class_rate"] < 0.7
     scores = sep["tokens"]["0.75"]["encoder"]["distill"]["sub"]["0.3"]
     assert scores["same"]["n"] > 0 and scores["diff"]["n"] > 0
     assert scores["same"]["n"] + scores["diff"]["n"] == sep["pairs"]["test"]

@@ -121,7 +121,7 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
         separability_defaults(cfg, s.subject)
         pairs = make_pairs(test.labels, cfg.separability.fractions, cfg.separability.same_class_p, cfg.seed,
                            cfg.separability.max_images)
-        out = run_separability(s.subject, ref, test, pairs, cfg, **kw)
+        out = run_separability(s.subject, ref, test, pairs, cfg, device=s.device, show_progress=s.show_progress)
     elif command == "semantics":
         from imae.eval.semantics import run_semantics
 

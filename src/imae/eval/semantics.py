@@ -9,6 +9,7 @@ different-class test pairs.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -58,10 +59,11 @@ def run_semantics(subject: Subject, reference: Subject, train: Split, test: Spli
         "nmi": kmeans_nmi(fte.pooled(pool), test.labels, test.num_classes, cfg.semantics.kmeans_restarts, cfg.seed),
     }
     fit_s = time.perf_counter() - t0
-    s = cfg.separability
-    pairs = make_pairs(test.labels, s.fractions, cfg.semantics.same_class_p, cfg.seed, s.max_images)
-    sep = run_separability(subject, reference, test, pairs, cfg, device=device, cache=cache,
-                           show_progress=show_progress)
+    sep_cfg = copy.deepcopy(cfg)  # the pairs of this scheme are drawn with semantics.same_class_p
+    s = sep_cfg.separability
+    s.same_class_p = cfg.semantics.same_class_p
+    pairs = make_pairs(test.labels, s.fractions, s.same_class_p, cfg.seed, s.max_images)
+    sep = run_separability(subject, reference, test, pairs, sep_cfg, device=device, show_progress=show_progress)
     results["separability"] = {"same_class_p": cfg.semantics.same_class_p, **sep["results"]}
     timing = {"extract_s": ftr.seconds + fte.seconds + sep["timing"]["extract_s"],
               "fit_s": fit_s + sep["timing"]["fit_s"]}

@@ -45,7 +45,6 @@ from imae.eval.bootstrap import Resampler
 from imae.eval.config import SEPARABILITY_BASELINES as BASELINES
 from imae.eval.config import EvalConfig
 from imae.eval.data import Split
-from imae.eval.features import FeatureCache
 from imae.eval.linear import fit_cached_many, predict
 from imae.eval.pairs import PairSet
 from imae.eval.subject import Subject
@@ -275,8 +274,7 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
 
 
 def run_separability(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
-                     device: torch.device, cache: FeatureCache | None = None,
-                     show_progress: bool = True) -> dict[str, Any]:
+                     device: torch.device, show_progress: bool = True) -> dict[str, Any]:
     """The ``results`` and ``timing`` of :func:`measure` (what ``imae separability`` writes)."""
     m = measure(subject, reference, split, pairs, cfg, device=device, show_progress=show_progress)
     return {"results": m.results, "timing": m.timing}
