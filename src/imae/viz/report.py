@@ -27,9 +27,6 @@ from imae.viz import separability_report as sepr
 from imae.viz.charts import training_chart_png
 from imae.viz.output import write_files
 
-HEADLINE_ALPHA = 0.3
-
-
 # ----------------------------------------------------------------------------------------------
 # reading a run
 
@@ -71,17 +68,6 @@ def epoch_records(run: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict) and rec.get("kind") == "epoch":
             by_epoch[rec.get("epoch")] = rec  # a later record of the same epoch replaces the earlier
     return sorted(by_epoch.values(), key=lambda r: r.get("epoch") if isinstance(r.get("epoch"), int) else -1)
-
-
-def _alpha(values: dict[str, Any], alpha: float = HEADLINE_ALPHA) -> Any:
-    """The entry for ``alpha`` of a dict keyed by alpha strings (else the middle one)."""
-    if not values:
-        return None
-    key = f"{alpha:g}"
-    if key in values:
-        return values[key]
-    keys = sorted(values, key=float)
-    return values[keys[len(keys) // 2]]
 
 
 def _config(run: Path) -> dict[str, Any]:
