@@ -30,7 +30,7 @@ def main() -> None:
     if path.is_file():
         print(f"{path} exists")
         return
-    cfg = build_config(args.preset, {"output_dir": str(args.out), "seed": args.seed, "train.epochs": 0})
+    cfg = build_config(args.preset, {"output_dir": str(args.out), "seed": args.seed})
     torch.manual_seed(args.seed)
     model = create_model(cfg.model.name, **cfg.model.overrides())
     args.out.mkdir(parents=True, exist_ok=True)
