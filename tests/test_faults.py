@@ -942,6 +942,23 @@ def test_each_evaluation_help_lists_only_what_it_uses_with_a_working_example():
         resolve({}, {}, [example], FinetuneConfig if name == "finetune" else EvalConfig)  # the example is valid
 
 
+def test_top_level_and_every_command_help_print_without_error():
+    import contextlib
+    import io
+
+    from imae.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for argv in [["--help"], *([name, "--help"] for name in COMMANDS)]:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 0, argv
+        assert "usage: imae" in buf.getvalue(), argv
+        if argv == ["--help"]:  # a help text with a literal % is shown as written
+            assert "95% intervals" in " ".join(buf.getvalue().split())
+
+
 def test_the_readme_python_blocks_run_as_written():
     import re
 

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_args, fn) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # argparse %-formats help strings (not descriptions): a literal "95%" would break `imae --help`
+        p = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         add_args(p)
         p.set_defaults(func=fn)
     return parser
