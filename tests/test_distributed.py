@@ -89,7 +89,7 @@ def test_torchrun_two_processes_completes_and_only_rank0_writes(tmp_path):
     assert sum(r["kind"] == "event" and r.get("event") == "start" for r in records) == 1
     start = next(r for r in records if r["kind"] == "event")
     assert start["world_size"] == 2 and start["steps_per_epoch"] == 6  # 100 images / (8 x 2)
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
     assert (out / "checkpoint-last.pth").is_file() and not list(out.glob(".*tmp*"))
     # the run directory is printed once (by rank 0), never once per rank or interleaved
     assert res.stdout.strip().splitlines()[-1] == str(out) and res.stdout.count(str(out)) == 1

@@ -41,11 +41,11 @@ def test_no_weight_decay_on_norms_biases_tokens_and_position_embeddings():
 def test_run_directory_holds_config_logs_tensorboard_and_checkpoints(tmp_path):
     run = pretrain(tiny_config(tmp_path / "run", **{"train.save_every": 1}))
     names = {p.name for p in run.iterdir()}
-    assert {"config.yaml", "log.jsonl", "tb", "checkpoint-last.pth", "checkpoint-0.pth", "checkpoint-1.pth"} <= names
+    assert {"config.yaml", "log.jsonl", "tb", "checkpoint-last.pth", "checkpoint-1.pth", "checkpoint-2.pth"} <= names
     assert list((run / "tb").iterdir())
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["loss"] > 0 for r in epochs)
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["loss"] > 0 for r in epochs)
     steps = [r for r in records if r["kind"] == "step"]
     assert len(steps) == 2 * 6 and steps[-1]["step"] == 12
     ck = ckpt.load(run / "checkpoint-last.pth")
@@ -113,19 +113,43 @@ def test_steps_redone_after_a_kill_are_drawn_once_in_tensorboard_and_epochs_coun
     run = pretrain(tiny_config(tmp_path / "r", **{"train.save_every": 1}))  # 2 epochs x 6 steps
     first = {e.step: e.value for e in _scalars(EventAccumulator, run, "train/loss")}
     assert sorted(first) == list(range(1, 13))
-    # a SIGKILL late in epoch 2 (its epoch record already written) leaves checkpoint-0 as the newest
+    # a SIGKILL late in epoch 2 (its epoch record already written) leaves checkpoint-1 as the newest
     (run / "checkpoint-last.pth").unlink()
-    (run / "checkpoint-1.pth").unlink()
+    (run / "checkpoint-2.pth").unlink()
     pretrain(tiny_config(run), resume="auto")
     redone = _scalars(EventAccumulator, run, "train/loss")
     assert [e.step for e in redone] == list(range(1, 13))  # steps 7-12 once, from the resumed session
     assert [e.value for e in redone] == pytest.approx([first[s] for s in range(1, 13)], rel=1e-5)
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert sum(r["kind"] == "step" for r in lines) == 18  # log.jsonl keeps both tries, a resume event between
-    assert [r["epoch"] for r in epoch_records(run)] == [0, 1]
+    assert [r["epoch"] for r in epoch_records(run)] == [1, 2]
 
 
 def _scalars(accumulator, run, tag):
     acc = accumulator(str(run / "tb"))
     acc.Reload()
     return acc.Scalars(tag)
+
+
+def test_zero_based_checkpoint_names_and_logs_of_older_runs_are_still_read(tmp_path):
+    from imae.viz.report import epoch_records
+
+    run = pretrain(tiny_config(tmp_path / "r", **{"train.save_every": 1}))  # 2 epochs
+    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-1.pth", "checkpoint-2.pth",
+                                                                     "checkpoint-last.pth"]
+    # lay the folder out as an older imae wrote it: files and epoch records numbered from 0
+    (run / "checkpoint-last.pth").unlink()
+    (run / "checkpoint-1.pth").rename(run / "checkpoint-0.pth")
+    (run / "checkpoint-2.pth").rename(run / "checkpoint-1.pth")
+    def older(r: dict) -> dict:
+        return {**r, "epoch": r["epoch"] - 1} if r["kind"] == "epoch" else \
+            {k: v for k, v in r.items() if k != "epochs_from"}
+
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    (run / "log.jsonl").write_text("".join(json.dumps(older(r)) + "\n" for r in lines))
+    assert [r["epoch"] for r in epoch_records(run)] == [1, 2]
+    path, ck = ckpt.latest_complete(run)
+    assert path.name == "checkpoint-1.pth" and ck["epoch"] == 1  # the old name of epoch 2's checkpoint
+    pretrain(tiny_config(run, **{"train.epochs": 3}), resume="auto", overrides={"train.epochs": 3})
+    assert ckpt.load(run / "checkpoint-3.pth")["epoch"] == 2
+    assert [r["epoch"] for r in epoch_records(run)] == [1, 2, 3]

@@ -96,7 +96,7 @@ def test_resume_from_an_epoch_checkpoint_after_a_kill_matches_uninterrupted(sour
     # what a SIGKILL during epoch 2 leaves: the checkpoint written at the end of epoch 1
     killed = tmp_path / "killed"
     killed.mkdir()
-    shutil.copy(uninterrupted / "checkpoint-0.pth", killed / "checkpoint-last.pth")
+    shutil.copy(uninterrupted / "checkpoint-1.pth", killed / "checkpoint-last.pth")
     _run(source, cifar10_dir, tmp_path / "ignored", resume=str(killed))
     _equal(_weights(killed), _weights(uninterrupted))
     assert not (tmp_path / "ignored").exists()  # --resume RUN_DIR writes into that run

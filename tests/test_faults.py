@@ -139,7 +139,7 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
     def failing_save(obj, f, *a, **k):
         calls["n"] += 1
-        if calls["n"] <= 2:  # epoch 1 writes checkpoint-last and checkpoint-0
+        if calls["n"] <= 2:  # epoch 1 writes checkpoint-last and checkpoint-1
             return real_save(obj, f, *a, **k)
         if fault == "permission_denied":
             raise PermissionError(errno.EACCES, "Permission denied")
@@ -320,16 +320,16 @@ def test_resume_auto_skips_a_damaged_checkpoint_and_partial_writes(tmp_path, fau
     (run / "checkpoint-last.pth").write_bytes(data[:1000])
     (run / ".checkpoint-last.pth.tmp999").write_bytes(data[:500])
     path, ck = ckpt.latest_complete(run)
-    assert path.name == "checkpoint-1.pth" and ck["epoch"] == 1
+    assert path.name == "checkpoint-2.pth" and ck["epoch"] == 1  # 1-based names; the key counts from 0
     again = pretrain(tiny_config(run, **{"train.epochs": 3}), resume="auto", overrides={"train.epochs": 3})
     assert ckpt.load(again / "checkpoint-last.pth")["epoch"] == 2
     assert not list(run.glob(".*tmp*"))
-    fault_case(outcome="picked checkpoint-1.pth, trained epoch 3, removed the partial file", lost="nothing")
+    fault_case(outcome="picked checkpoint-2.pth, trained epoch 3, removed the partial file", lost="nothing")
 
 
 def test_keep_last_keeps_only_the_newest_numbered_checkpoints(tmp_path):
     run = pretrain(tiny_config(tmp_path / "run", **{"train.epochs": 4, "train.save_every": 1, "train.keep_last": 2}))
-    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-2.pth", "checkpoint-3.pth",
+    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-3.pth", "checkpoint-4.pth",
                                                                      "checkpoint-last.pth"]
 
 
@@ -625,7 +625,7 @@ def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, mo
     run = pretrain(tiny_config(tmp_path / "run", preset="digits-imae", **sets))
     monkeypatch.setattr(train, "lr_at", real)
     stopped = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"stopped"' in x]
-    assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(1, 3, 1)]
+    assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(2, 3, 1)]
     pretrain(tiny_config(tmp_path / "x", preset="digits-imae", **sets), resume=str(run))
     a, b = _epoch_records(ref), _epoch_records(run)
     assert a.keys() == b.keys() == {0, 1}
@@ -1100,7 +1100,7 @@ def test_finetune_max_steps_smoke_run_is_evaluated_and_resumes_exactly(tmp_path,
     monkeypatch.setattr(ft, "lr_at", real)
     assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 5
     stopped = [json.loads(x) for x in (b / "log.jsonl").read_text().splitlines() if '"stopped"' in x]
-    assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(0, 5, 0)]
+    assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(1, 5, 0)]
     run(tmp_path / "b", resume=str(b))
     assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 8
     assert same_weights(final_weights(b), final_weights(a))

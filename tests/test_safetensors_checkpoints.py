@@ -32,7 +32,7 @@ def test_safetensors_run_has_no_pickled_weights_and_resumes_bit_identically(tmp_
     b = ckpt.load(ckpt.latest_in(stopped))["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     weights = {p.name for p in stopped.glob("*.safetensors")}
-    assert weights == {"checkpoint-last.safetensors", "checkpoint-1.safetensors"}
+    assert weights == {"checkpoint-last.safetensors", "checkpoint-2.safetensors"}
     # the weights file alone is a checkpoint too: its header holds the architecture
     alone = model_from_checkpoint(ckpt.load(stopped / "checkpoint-last.safetensors"))
     assert all(torch.equal(alone.state_dict()[k], b[k]) for k in b)

@@ -2,7 +2,8 @@
 
 A training checkpoint is a dict in the official MAE layout plus the resume state::
 
-    {"model": state_dict, "optimizer": ..., "epoch": completed epochs, "step_in_epoch": batches of the
+    {"model": state_dict, "optimizer": ..., "epoch": 0-based index of the last completed epoch (-1: none;
+     file names and logs count from 1: "epoch": 4 is in checkpoint-5.pth), "step_in_epoch": batches of the
      next epoch already done (0 at epoch ends), "global_step": optimiser steps, "config": resolved
      configuration, "kind": "mae" | "imae", "arch": architecture, "scaler": None, "rng": {...},
      "metrics": last epoch's averages, "version": imae version}

@@ -117,7 +117,7 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
             note = RunLog(run_dir, tensorboard=False)
             note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
-                                 "changes": changes})
+                                 "changes": changes, "epochs_from": 1})
             note.close()
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
@@ -178,7 +178,7 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
             info(f"warning: train.epochs {t.epochs} <= train.warmup_epochs {t.warmup_epochs:g}: the learning rate "
                  f"never leaves its warm-up (it peaks at {peak:.3g} of {base_lr:.3g}); lower train.warmup_epochs "
                  f"for a short run", main)
-        log.write("event", {"event": "start", "version": __version__, "world_size": env.world_size,
+        log.write("event", {"event": "start", "version": __version__, "epochs_from": 1, "world_size": env.world_size,
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
                             "skipped_files": data.skipped})
 
@@ -309,7 +309,7 @@ class _Loop:
             st.step_in_epoch = step + 1
             if st.global_step % t.log_every == 0 and finite:
                 rec = {k: float(v.detach()) for k, v in out.items() if v.ndim == 0}
-                rec.update(epoch=epoch, step=st.global_step, lr=self.optimizer.param_groups[0]["lr"])
+                rec.update(epoch=epoch + 1, step=st.global_step, lr=self.optimizer.param_groups[0]["lr"])
                 self.log.write("step", rec, step=st.global_step, prefix="train")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             if t.max_steps and st.global_step >= t.max_steps:
@@ -331,7 +331,7 @@ class _Loop:
         metrics["data_wait_s"] = data_s
         metrics["images"] = float(seen * D.world_size())
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.log.write("epoch", {"epoch": epoch, **metrics}, step=epoch, prefix="epoch")
+        self.log.write("epoch", {"epoch": epoch + 1, **metrics}, step=epoch + 1, prefix="epoch")  # 1-based
         self.log.flush()
         shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images")
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
@@ -354,8 +354,8 @@ class _Loop:
         name = self.stop.name if self.stop else "a signal"
         info(f"stopped by {name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
              f"written; continue with: imae pretrain --resume {self.run_dir}", self.env.is_main)
-        # "epoch": the epoch in progress (0-based, as in step and epoch records), of which step_in_epoch are done
-        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch + 1,
+        # "epoch": the epoch in progress (1-based, as in step and epoch records), of which step_in_epoch are done
+        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch + 2,
                                  "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
 
     def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor], grad_norm: float | None = None) -> None:
@@ -366,7 +366,7 @@ class _Loop:
         what = "loss"
         if grad_norm is not None:
             what, terms = "gradient norm", f"grad_norm={grad_norm:.4g}; {terms}"
-        self.log.write("event", {"event": "nonfinite", "epoch": epoch, "step": step, "terms": terms})
+        self.log.write("event", {"event": "nonfinite", "epoch": epoch + 1, "step": step + 1, "terms": terms})
         if st.nonfinite_skipped <= t.skip_nonfinite:
             info(f"non-finite {what} at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
                  f"({st.nonfinite_skipped}/{t.skip_nonfinite} allowed)", self.env.is_main)
@@ -428,7 +428,7 @@ class _Loop:
                 fmt = self.cfg.train.checkpoint_format
                 ckpt.save_checkpoint(obj, self.run_dir / "checkpoint-last.pth", fmt)
                 if numbered:
-                    ckpt.save_checkpoint(obj, self.run_dir / f"checkpoint-{epoch}.pth", fmt)
+                    ckpt.save_checkpoint(obj, self.run_dir / f"checkpoint-{epoch + 1}.pth", fmt)  # 1-based, as the logs
                     ckpt.prune(self.run_dir, self.cfg.train.keep_last)
             except TrainingError as e:
                 error = e

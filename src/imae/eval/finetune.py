@@ -132,7 +132,8 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
     log = RunLog(run_dir, enabled=main, purge_step=st.global_step + 1 if resumed else None)
     if resumed:
         info(f"resuming {run_dir} ({st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s) done)", main)
-        log.write("event", {"event": "resume", "epoch": st.epoch, "step_in_epoch": st.step_in_epoch})
+        log.write("event", {"event": "resume", "epochs_done": st.epoch + 1, "step_in_epoch": st.step_in_epoch,
+                            "epochs_from": 1})
     info(f"fine-tuning {s.subject.path} ({sum(p.numel() for p in vit.parameters()) / 1e6:.2f}M parameters) on "
          f"{len(train)} {train.data.name} images, {steps} steps/epoch x {t.epochs} epochs, {env.world_size} "
          f"process(es); lr {base_lr:.3g}; writing {run_dir}", main)
@@ -146,7 +147,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
             try:
                 ckpt.save_atomic(state, run_dir / "checkpoint-last.pth")
                 if numbered:
-                    ckpt.save_atomic(state, run_dir / f"checkpoint-{st.epoch}.pth")
+                    ckpt.save_atomic(state, run_dir / f"checkpoint-{st.epoch + 1}.pth")
             except TrainingError as e:
                 error = e
         if not D.all_true(error is None, device):
@@ -209,7 +210,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                     optimizer.zero_grad(set_to_none=True)
                     st.global_step += 1
                     if st.global_step % t.log_every == 0:
-                        rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch,
+                        rec = {"loss": float(loss.detach()), "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch + 1,
                                "step": st.global_step}
                         log.write("step", rec, step=st.global_step, prefix="finetune")
                     reached = bool(t.max_steps) and st.global_step >= t.max_steps
@@ -227,13 +228,13 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
             bar.close()
             sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
             train_loss = float(sums[0] / sums[1].clamp_min(1))
-            rec = {"epoch": epoch, "loss": train_loss, "lr": optimizer.param_groups[-1]["lr"],
+            rec = {"epoch": epoch + 1, "loss": train_loss, "lr": optimizer.param_groups[-1]["lr"],
                    "time_s": time.time() - t0}
             if (epoch + 1) % max(t.eval_every, 1) == 0 or epoch + 1 == t.epochs:
                 rec.update(evaluate_classifier(vit, test, tf_test, t.batch_size, device, env, cfg.data.num_workers))
             st.history.append(rec)
             st.epoch, st.step_in_epoch, st.loss_sum, st.seen, st.time_s = epoch, 0, 0.0, 0, 0.0
-            log.write("epoch", rec, step=epoch, prefix="epoch")
+            log.write("epoch", rec, step=epoch + 1, prefix="epoch")
             log.flush()
             info(f"fine-tune epoch {epoch + 1}/{t.epochs}: loss {train_loss:.4f}"
                  + (f", test top-1 {rec['test_top1']:.4f}" if "test_top1" in rec else ""), main)
@@ -242,7 +243,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                 return _stopped(stop, st, run_dir, s, log, main)
     history = st.history
     if reached and st.step_in_epoch:  # a smoke run ends inside an epoch: evaluate there (not an epoch record)
-        rec = {"epoch": st.epoch + 1, "steps": st.step_in_epoch, "partial": True,
+        rec = {"epoch": st.epoch + 2, "steps": st.step_in_epoch, "partial": True,
                "loss": st.loss_sum / max(st.seen, 1), "lr": optimizer.param_groups[-1]["lr"], "time_s": st.time_s,
                **evaluate_classifier(vit, test, tf_test, t.batch_size, device, env, cfg.data.num_workers)}
         history = history + [rec]
@@ -257,7 +258,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
         # the headline is the last epoch's; a maximum over epochs scored on the test split would select on
         # it, and no validation split is held out of training here, so no "best" is reported
         last = evaluated[-1]
-        results = {"top1": last["test_top1"], "top5": last.get("test_top5"), "epoch": last["epoch"] + 1,
+        results = {"top1": last["test_top1"], "top5": last.get("test_top5"), "epoch": last["epoch"],
                    "final_top1": last["test_top1"], "final_top5": last.get("test_top5"),
                    "epochs": t.epochs, "pool": t.pool, "train_images": len(train), "test_images": len(test),
                    "history": history}
@@ -303,8 +304,8 @@ def _describe(layout: dict[str, int]) -> str:
 def _stopped(stop: StopRequest, st: _State, run_dir: Path, s: Session, log: RunLog, main: bool) -> Path:
     info(f"stopped by {stop.name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
          f"written; continue with: imae finetune {s.subject.path} --resume {run_dir}", main)
-    # "epoch": the epoch in progress (0-based, as in step and epoch records), of which step_in_epoch are done
-    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch + 1,
+    # "epoch": the epoch in progress (1-based, as in step and epoch records), of which step_in_epoch are done
+    log.write("event", {"event": "stopped", "signal": stop.name, "epoch": st.epoch + 2,
                         "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
     log.close()
     return run_dir

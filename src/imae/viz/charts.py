@@ -22,7 +22,7 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    pts = [(r["epoch"] + 1, float(r[key])) for r in records if number(r.get(key)) and isinstance(r.get("epoch"), int)]
+    pts = [(r["epoch"], float(r[key])) for r in records if number(r.get(key)) and isinstance(r.get("epoch"), int)]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
