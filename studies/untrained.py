@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Write an untrained model of a preset as a run directory, the "untrained encoder" row of a study.
 
-    python studies/untrained.py digits-mae $HOME/studies/digits/untrained [--seed 0]
+    python studies/untrained.py digits-mae $HOME/studies/digits/untrained [--seed 0] [--data-path DIR]
+        [--device cuda] [--set model.depth=6 ...]      # the flags the study's trained arms get
 
 The folder gets ``config.yaml`` and ``checkpoint-last.pth`` (our layout: weights, architecture, the
 configuration, ``epoch: -1``), so every evaluation command reads its data set from it like a trained run.
@@ -25,12 +26,17 @@ def main() -> None:
     ap.add_argument("preset")
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-path")
+    ap.add_argument("--device")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="the study's overrides (the architecture and data of its trained arms)")
     args = ap.parse_args()
     path = args.out / "checkpoint-last.pth"
     if path.is_file():
         print(f"{path} exists")
         return
-    cfg = build_config(args.preset, {"output_dir": str(args.out), "seed": args.seed})
+    given = {"output_dir": str(args.out), "seed": args.seed, "data.path": args.data_path, "device": args.device}
+    cfg = build_config(args.preset, {k: v for k, v in given.items() if v is not None}, args.sets)
     torch.manual_seed(args.seed)
     model = create_model(cfg.model.name, **cfg.model.overrides())
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""A study's expected training time, from train steps timed on this machine before it starts.
+
+    python studies/estimate.py --mae digits-mae --imae digits-imae --images 1437 --teacher-epochs 30 \\
+        --arms "3 mae 8 imae" --epochs 30 [--set model.depth=6 ...] [--device auto]
+
+Times MAE and i-MAE training steps (forward, backward, AdamW; the objective code of ``imae pretrain``, on
+random images of the presets' size and batch; warm-up first, then the median of interleaved steps) and
+prints images/s and the expected minutes: the teacher (``--teacher-epochs`` of the MAE preset), then each
+arm (``--arms``: counts of MAE and i-MAE arms, ``--epochs`` each). Data loading, evaluation and start-up
+come on top; the study scripts add their own measured allowance for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from throughput import make_step, sync, time_arms  # noqa: E402  (the benchmark's step, not a copy)
+
+from imae.config import build_config  # noqa: E402
+from imae.engine.objectives import build_objective  # noqa: E402
+
+
+def step_seconds(mae_preset: str, imae_preset: str, sets: list[str], device: torch.device,
+                 repeats: int) -> dict[str, tuple[float, int]]:
+    """{"mae" | "imae": (median seconds per step, batch size)} of the two presets."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mae_cfg = build_config(mae_preset, {"device": str(device)}, sets)
+        torch.manual_seed(0)
+        mae = build_objective(mae_cfg)
+        teacher = Path(tmp) / "teacher.pth"
+        torch.save({"model": mae.model.state_dict(), "kind": "mae", "arch": mae.model.arch.to_dict()}, teacher)
+        imae_cfg = build_config(imae_preset, {"device": str(device), "imae.teacher": str(teacher)}, sets)
+        imae = build_objective(imae_cfg)
+        batches = {"mae": mae_cfg.train.batch_size, "imae": imae_cfg.train.batch_size}
+        steps = {k: make_step(o, device, batches[k], amp=True) for k, o in (("mae", mae), ("imae", imae))}
+        sync(device)
+        times = time_arms(steps, device, warmup=2, repeats=repeats)
+    return {k: (statistics.median(v), batches[k]) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mae", required=True, help="the teacher / MAE arms' preset")
+    ap.add_argument("--imae", required=True, help="the i-MAE arms' preset")
+    ap.add_argument("--images", type=int, required=True, help="training images per epoch")
+    ap.add_argument("--teacher-epochs", type=int, default=0)
+    ap.add_argument("--epochs", type=int, required=True, help="epochs of each arm")
+    ap.add_argument("--arms", default="1 mae 1 imae", help='"<n> mae <m> imae"')
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=8)
+    args = ap.parse_args()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    words = args.arms.split()
+    counts = {words[i + 1]: int(words[i]) for i in range(0, len(words), 2)}
+    secs = step_seconds(args.mae, args.imae, args.sets, device, args.repeats)
+    per_epoch = {k: s / b * args.images for k, (s, b) in secs.items()}
+    for k, (s, b) in secs.items():
+        print(f"{k}: {b / s:.0f} training images/s on {device} ({s * 1e3:.0f} ms per step of {b}); "
+              f"{per_epoch[k] / 60:.2f} min per epoch of {args.images} images")
+    teacher = args.teacher_epochs * per_epoch["mae"] / 60
+    arm = {k: args.epochs * per_epoch[k] / 60 for k in per_epoch}
+    total = teacher + sum(counts.get(k, 0) * arm[k] for k in arm)
+    print(f"expected training time: teacher {teacher:.1f} min; per arm: MAE {arm['mae']:.1f} min, i-MAE "
+          f"{arm['imae']:.1f} min; all {total:.0f} min (data loading, evaluation and start-up on top)")
+
+
+if __name__ == "__main__":
+    main()
