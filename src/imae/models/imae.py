@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imae.data.mixing import check_alpha, mix
+from imae.data.mixing import check_alpha as _check_alpha
+from imae.data.mixing import mix
 from imae.models.mae import MAEArch, MaskedAutoencoder, masked_mse
 
 BRANCHES = ("two", "sub")
@@ -132,13 +133,18 @@ class IMAE(MaskedAutoencoder):
         return target.clone()  # a normal tensor again, usable as a loss target
 
     def forward(self, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float | torch.Tensor,
-                mask_ratio: float = 0.75, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+                check_alpha: bool = True) -> dict[str, torch.Tensor]:
         """x_sub, x_dom: [N, C, H, W]; alpha: float or [N], the weight of x_sub (in (0, 0.5]).
+
+        ``check_alpha=False`` skips the range check (two host syncs for a tensor) for alphas that come
+        from an :class:`~imae.data.mixing.AlphaSampler`, which validated its range once.
 
         Returns ``loss``, each present term (``rec_sub``, ``rec_dom``, ``distill_sub``, ``distill_dom``),
         ``pred_sub`` / ``pred_dom`` [N, L, p*p*C], ``mask`` [N, L] (1 = removed) and ``mixture``.
         """
-        check_alpha(alpha)
+        if check_alpha:
+            _check_alpha(alpha)
         o = self.options
         n = x_sub.shape[0]
         if noise is None:  # drawn here so that the teacher sees exactly the student's mask
