@@ -145,10 +145,10 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         objective.prepare(data, env.device)  # i-MAE: check labels for pairing
     model.to(env.device)
     net: nn.Module = model
+    if env.distributed:  # DDP first, then compile (PyTorch's order): gradient buckets overlap the backward
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if t.compile:
         net = torch.compile(net)
-    if env.distributed:
-        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
     eff_batch = t.batch_size * t.accum_iter * env.world_size
     base_lr = absolute_lr(t.blr, t.lr, eff_batch)
@@ -277,7 +277,8 @@ class _Loop:
             if step == group_start:
                 set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, self.sched_warmup,
                                              self.sched_epochs))
-            sync = contextlib.nullcontext() if last_micro or not isinstance(self.net, DDP) else self.net.no_sync()
+            ddp = getattr(self.net, "_orig_mod", self.net)  # under torch.compile, DDP is the compiled module
+            sync = contextlib.nullcontext() if last_micro or not isinstance(ddp, DDP) else ddp.no_sync()
             with sync:
                 with self.autocast:
                     out = self.objective(self.net, batch, t.mask_ratio)
