@@ -219,3 +219,23 @@ def test_training_steps_on_cuda_make_no_host_sync_outside_a_logging_step(tmp_pat
     # micro-steps 0-2: nothing; micro-step 3 ends optimiser step 2, the logging step: one read
     assert per_step[:3] == [[], [], []]
     assert len(per_step[3]) <= 1, per_step[3]
+
+
+def test_feature_extraction_on_cuda_reads_the_device_once_at_the_end(monkeypatch):
+    from conftest import tiny_mae
+    from imae.eval.config import EvalDataConfig
+    from imae.eval.data import load_eval_split
+    from imae.eval.features import extract
+
+    split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=5), "eval", 16, progress=False)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.device("cuda"):
+            model = tiny_mae(img_size=16, patch_size=2)
+        rec = Recorder(monkeypatch)
+        feats = extract(model, split, "fake", batch_size=8, device=CUDA, show_progress=False)
+        monkeypatch.undo()
+    assert len(split) >= 40 and feats.cls.shape == (len(split), model.arch.embed_dim)  # >= 5 batches
+    assert feats.cls.device.type == "cpu"
+    # the normalisation statistics once per call (mean, std), one .cpu() per pooling after the last batch
+    stats = ("copy", "torch.tensor(..., device=cuda)")
+    assert rec.events == [stats, stats, ("sync", "cpu"), ("sync", "cpu")]
