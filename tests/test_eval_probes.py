@@ -65,6 +65,17 @@ def test_knn_votes_are_temperature_weighted_cosine():
     assert knn_predict(bank, labels, q, 2, k=1)[0].argmax() == 0  # nearest alone: class 0
 
 
+def test_knn_over_a_chunked_bank_equals_the_whole_bank():
+    # an ImageNet-sized bank is scored in chunks (the k best of each merged): the same votes as one chunk
+    g = torch.Generator().manual_seed(0)
+    bank, q = torch.randn(1000, 16, generator=g), torch.randn(50, 16, generator=g)
+    labels = torch.randint(0, 7, (1000,), generator=g)
+    whole = knn_predict(bank, labels, q, 7, k=20, chunk=16)
+    chunked = knn_predict(bank, labels, q, 7, k=20, chunk=16, bank_chunk=64)
+    assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6) and chunked.device.type == "cpu"
+    assert knn_predict(bank, labels, q, 7, k=20, bank_chunk=7).shape == (50, 7)  # chunks smaller than k
+
+
 def test_lars_recipe_lowers_the_training_loss():
     x, y = planted_features(n=512, classes=4, spread=1.0)
     # LARS moves a matrix by ~lr * 0.001 * |w| per step: a small problem needs a large lr (MAE: 6.4)
