@@ -28,7 +28,7 @@ from imae.engine import distributed as D
 from imae.engine import safetensors_io
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
-from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
+from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr, step_unless
 from imae.engine.run_dir import (
     StartUndo,
     config_changes,
@@ -311,7 +311,7 @@ class _Loop:
             if read_every_step:
                 rows = self._read_pending(epoch, pending, names)
             found = (group_bad | grad_bad).float()
-            self._optimizer_step(D.all_reduce_sum(found) if env.distributed else found)
+            step_unless(self.optimizer, D.all_reduce_sum(found) if env.distributed else found)
             self.optimizer.zero_grad(set_to_none=True)
             st.global_step += 1
             st.step_in_epoch = step + 1
@@ -397,18 +397,6 @@ class _Loop:
                 self._nonfinite(epoch, step, terms, grad_norm=norm)
             rows.append((loss_bad or grads_bad, row[3:]))
         return rows
-
-    def _optimizer_step(self, found_inf: torch.Tensor) -> None:
-        """Step unless ``found_inf`` (a float flag on the device) is non-zero. The fused AdamW reads the flag
-        on the device, as under GradScaler (no host sync); another optimiser has the host check it."""
-        if self.optimizer.defaults.get("fused"):
-            self.optimizer.found_inf = found_inf
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.found_inf
-        elif not bool(found_inf):
-            self.optimizer.step()
 
     def _nonfinite(self, epoch: int, step: int, out: dict[str, float], grad_norm: float | None = None) -> None:
         """A non-finite loss, or (``grad_norm``) non-finite gradients of a finite loss: skip or stop."""
