@@ -239,3 +239,42 @@ def test_feature_extraction_on_cuda_reads_the_device_once_at_the_end(monkeypatch
     # the normalisation statistics once per call (mean, std), one .cpu() per pooling after the last batch
     stats = ("copy", "torch.tensor(..., device=cuda)")
     assert rec.events == [stats, stats, ("sync", "cpu"), ("sync", "cpu")]
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_bf16_target_is_the_fp32_target_and_a_training_step_does_not_sync():
+    from conftest import tiny_mae
+    from imae.data.mixing import AlphaSampler
+
+    m = tiny_mae(norm_pix_loss=True).to(CUDA)
+    x = torch.randn(8, 3, 32, 32, device=CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        t = m.target(x)
+    assert t.dtype == torch.float32 and torch.equal(t, m.target(x))
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync below raises
+    try:
+        alpha = AlphaSampler("beta", beta=(2.0, 2.0)).sample(8, g, CUDA)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m(x, noise=torch.rand(8, 64, generator=g, device=CUDA))["loss"]
+        loss.backward()
+        bad = ~torch.isfinite(loss.detach())
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert alpha.device.type == "cuda" and not bool(bad)
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_bf16_features_are_close_to_the_cpu_fp32_features():
+    from conftest import tiny_mae
+    from imae.eval.config import EvalDataConfig
+    from imae.eval.data import load_eval_split
+    from imae.eval.features import extract
+
+    split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=5), "eval", 16, progress=False)
+    model = tiny_mae(img_size=16, patch_size=2)
+    cpu = extract(model, split, "cpu", batch_size=16, show_progress=False)
+    gpu = extract(model.to(CUDA), split, "gpu", batch_size=16, device=CUDA, show_progress=False)
+    assert gpu.cls.device.type == "cpu"
+    assert torch.nn.functional.cosine_similarity(gpu.cls, cpu.cls).min() > 0.99
