@@ -6,7 +6,8 @@
 #   steps-eager.{json,md,log}             MAE / i-MAE steps, tiny/4 B1024 and base/16 B128, bf16, + HF / lightly
 #   steps-compile.{json,md,log}           the same with torch.compile
 #   throughput-h200.{json,md}             all of it in one file (commit as benchmarks/results/)
-# Usage: OUT=/some/dir benchmarks/gpu.sh [--dry-run]    (--dry-run: CPU, tiny sizes, checks the script)
+# Usage: OUT=/some/dir [PYTHON=venv/bin/python] [IMAE_CIFAR10_DIR=...] benchmarks/gpu.sh [--dry-run]
+#        (--dry-run: CPU, tiny sizes, checks the script; the default CIFAR-10 is shared/data/cifar10)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the results}
