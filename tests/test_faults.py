@@ -628,13 +628,13 @@ def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, mo
     assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(2, 3, 1)]
     pretrain(tiny_config(tmp_path / "x", preset="digits-imae", **sets), resume=str(run))
     a, b = _epoch_records(ref), _epoch_records(run)
-    assert a.keys() == b.keys() == {0, 1}
+    assert a.keys() == b.keys() == {1, 2}
     for key in ("loss", "rec_sub", "rec_dom", "alpha_mean", "alpha_std", "same_class_rate", "images"):
-        assert b[1][key] == pytest.approx(a[1][key], rel=1e-5, abs=1e-7), key
-    assert b[1]["images"] == a[1]["images"] > 0
+        assert b[2][key] == pytest.approx(a[2][key], rel=1e-5, abs=1e-7), key
+    assert b[2]["images"] == a[2]["images"] > 0
     assert same_weights(final_weights(run), final_weights(ref))
-    fault_case(outcome=f"epoch 2 loss {b[1]['loss']:.4f} resumed vs {a[1]['loss']:.4f} uninterrupted, "
-                       f"{b[1]['images']:.0f} images in both; stopped event epoch 1 (0-based), 3 steps done",
+    fault_case(outcome=f"epoch 2 loss {b[2]['loss']:.4f} resumed vs {a[2]['loss']:.4f} uninterrupted, "
+                       f"{b[2]['images']:.0f} images in both; stopped event epoch 2, 3 steps done",
                lost="nothing")
 
 

@@ -39,6 +39,9 @@ def test_html_is_self_contained_and_holds_every_runs_numbers_and_figures(evaluat
         assert fmt(s["sep_r2_sub"]) in page and fmt(s["linprobe"]) in page
     assert "own branch map, no refit (sub)" in page and "train:" in page  # the i-MAE's branch row, the configuration
     assert "separability against α" in page and "⚠" not in page  # headline figure; one reference, no flag
+    # the same figure as a file beside the page, for a README
+    assert paths["headline"] == tmp_path / "headline.png"
+    assert base64.b64encode(paths["headline"].read_bytes()).decode() in images
 
 
 def test_markdown_table_has_one_row_per_run_with_its_numbers(evaluated, tmp_path):

@@ -127,8 +127,8 @@ def cmd_figures(args: argparse.Namespace) -> list[Path]:
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories (their eval/ results and figures)")
-    p.add_argument("--output-dir", help="where to write report.html and report.md (default: the run's eval/ "
-                                        "folder; for several runs, report/ in their common parent folder)")
+    p.add_argument("--output-dir", help="where to write report.html, report.md and headline.png (default: the "
+                                        "run's eval/ folder; for several runs, report/ in their common parent folder)")
 
 
 @command("report", "one self-contained HTML page (and a Markdown table) comparing runs")(_report_args)

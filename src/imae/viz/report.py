@@ -326,9 +326,10 @@ def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, 
     return out
 
 
-def separability_overview(runs: list[Path], rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+def separability_overview(runs: list[Path], rows: list[dict[str, Any]]) -> tuple[str, list[str], bytes | None]:
     """The warnings (rows scored against another reference or on other pairs), every ``imae compare`` table
-    found in the runs, and the headline figure (R²(sub) and sub-class accuracy against alpha)."""
+    found in the runs, and the headline figure (R²(sub) and sub-class accuracy against alpha; also returned
+    as PNG bytes, None without separability results)."""
     warnings = sepr.flags(rows)
     parts = [f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings]
     results = [(r, read_results(r / "eval") if (r / "eval").is_dir() else {}) for r in runs]
@@ -341,12 +342,13 @@ def separability_overview(runs: list[Path], rows: list[dict[str, Any]]) -> tuple
                     "against the mixing weight, each run with its 95% pair-bootstrap band; thin lines: the first "
                     "run's baselines (superposition, pixels, untrained encoder, reference on the mixture, "
                     "partner image only, majority class)."))
-    return "".join(parts), warnings
+    return "".join(parts), warnings, figure
 
 
 def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Path]:
-    """Write ``report.html`` and ``report.md``; default folder: ``<run>/eval`` for one run, else
-    ``report/`` in the runs' common parent folder. Nothing is written when no run is found."""
+    """Write ``report.html`` and ``report.md`` (and ``headline.png``, the separability figure, when a run has
+    separability results); default folder: ``<run>/eval`` for one run, else ``report/`` in the runs' common
+    parent folder. Nothing is written when no run is found."""
     runs = find_runs([Path(r) for r in runs])
     if out_dir is None:
         out_dir = runs[0] / "eval" if len(runs) == 1 else \
@@ -356,7 +358,7 @@ def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Pat
     table = markdown_table(rows)
     cols = present_columns(rows)
     summary_html = _table([t for _, t in cols], [[row.get(k) for k, _ in cols] for row in rows])
-    overview, warnings = separability_overview(runs, rows)
+    overview, warnings, headline = separability_overview(runs, rows)
     summary_html += overview
     if warnings:
         table = "".join(f"> ⚠ {w}\n" for w in warnings) + "\n" + table
@@ -372,5 +374,8 @@ def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Pat
             f"</body></html>")
     out_dir = make_output_dir(out_dir)
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    write_files({html_path: page, md_path: table})
-    return {"html": html_path, "md": md_path}
+    files: dict[Path, bytes | str] = {html_path: page, md_path: table}
+    if headline is not None:
+        files[out_dir / "headline.png"] = headline
+    write_files(files)
+    return {"html": html_path, "md": md_path, **({"headline": out_dir / "headline.png"} if headline else {})}
