@@ -278,3 +278,29 @@ def test_on_a_gpu_bf16_features_are_close_to_the_cpu_fp32_features():
     gpu = extract(model.to(CUDA), split, "gpu", batch_size=16, device=CUDA, show_progress=False)
     assert gpu.cls.device.type == "cpu"
     assert torch.nn.functional.cosine_similarity(gpu.cls, cpu.cls).min() > 0.99
+
+
+
+def test_the_frozen_teacher_is_kept_in_bf16_on_cuda_under_amp_and_its_targets_match_fp32():
+    from conftest import tiny_config
+    from imae.models.registry import create_model
+
+    assert train_mod.teacher_dtype(CUDA, amp=True) == torch.bfloat16
+    assert train_mod.teacher_dtype(CUDA, amp=False) == train_mod.teacher_dtype(torch.device("cpu"), True) \
+        == torch.float32
+    cfg = tiny_config("unused", "digits-imae", **{"imae.distill": False})
+    torch.manual_seed(0)
+    student = build_objective(cfg).model
+    teacher = create_model(cfg.model.name.replace("imae_", "mae_"), **_tiny_arch(cfg))
+    student.options = dataclasses.replace(student.options, distill=True)
+    student.attach_teacher(teacher)
+    train_mod.place_model(student, torch.device("cpu"), amp=True)
+    assert {p.dtype for p in student.teacher.parameters()} == {torch.float32}  # only CUDA casts
+    x = torch.randn(4, 3, 16, 16)
+    noise = torch.rand(4, student.patch_embed.num_patches)
+    ref = student.teacher_latents(x, 0.75, noise)
+    student.teacher.to(dtype=torch.bfloat16)  # what place_model does on CUDA; autocast as the loop runs it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = student.teacher_latents(x, 0.75, noise)
+    assert low.dtype == torch.bfloat16 and {p.dtype for p in student.parameters()} == {torch.float32}
+    assert torch.allclose(low.float(), ref, atol=0.05 * ref.abs().max().item())

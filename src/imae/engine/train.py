@@ -143,7 +143,7 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         info(f"skipped {len(data.skipped)} unreadable image(s) (--skip-corrupt), e.g. {data.skipped[0]}", main)
     if hasattr(objective, "prepare"):
         objective.prepare(data, env.device)  # i-MAE: check labels for pairing
-    model.to(env.device)
+    place_model(model, env.device, t.amp)
     net: nn.Module = model
     if env.distributed:  # DDP first, then compile (PyTorch's order): gradient buckets overlap the backward
         net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
@@ -210,6 +210,21 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
 def _describe(layout: dict[str, int]) -> str:
     return (f"train.batch_size={layout['batch_size']}, train.accum_iter={layout['accum_iter']} on "
             f"{layout['world_size']} process(es)")
+
+
+def place_model(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:
+    """Move ``model`` to ``device``. An i-MAE's frozen teacher is kept in bf16 on CUDA with ``amp`` (half the
+    memory, no weight casts per step under autocast; its targets enter the fp32 distillation loss)."""
+    model.to(device)
+    teacher = getattr(model, "teacher", None)
+    if teacher is not None:
+        teacher.to(dtype=teacher_dtype(device, amp))
+    return model
+
+
+def teacher_dtype(device: torch.device, amp: bool) -> torch.dtype:
+    """bf16 for the frozen teacher on CUDA under autocast, else fp32."""
+    return torch.bfloat16 if device.type == "cuda" and amp else torch.float32
 
 
 class _Loop:
