@@ -4,9 +4,9 @@
     python studies/collect.py runs/quickstart studies/digits-quickstart
 
 For every run directory under SRC (any folder holding config.yaml): its config.yaml, the epoch records
-of log.jsonl (as epochs.jsonl), every JSON and PNG (under 1 MB) below its eval/ folder; plus report.md and
-report.html (under 1 MB; a larger page is left for `imae report` to rebuild) found under SRC. Checkpoints
-and feature caches are never copied.
+of log.jsonl (as epochs.jsonl), every JSON and PNG (under 1 MB) below its eval/ folder; plus report.md,
+headline.png and report.html (under 1 MB; a larger page is left for `imae report` to rebuild) found under
+SRC. Checkpoints and feature caches are never copied.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def collect(src: Path, dst: Path) -> list[Path]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(f, target)
         copied.append(out)
-    for name in ("report.md", "report.html"):
+    for name in ("report.md", "report.html", "headline.png"):
         for f in src.rglob(name):
             if f.stat().st_size < MAX_BYTES:
                 target = dst / f.relative_to(src)

@@ -95,5 +95,6 @@ study_publish() {
   $PY studies/collect.py "$OUT" "$RESULTS"
   $PY studies/table.py "$RESULTS" > "$RESULTS/table.md"
   $PY studies/curves.py "$RESULTS"
+  $PY studies/figure.py "$RESULTS"
   $PY studies/claims.py "$RESULTS"
 }

@@ -7,7 +7,8 @@ Rows: the arms (run folders named ``<arm>-s<seed>``, ``teacher``, ``untrained``)
 seeds ± the half-width of a 95% t-interval across seeds (one seed: the value with its 95% pair-bootstrap
 interval in brackets), then the baselines of the first arm's separability result. Columns: token R²(sub)
 at alpha 0.1 / 0.3 / 0.45 (training mask ratio, distillation space, the one reference of the study),
-R²(sub) + R²(dom) at 0.3, the own branch maps' R²(sub) at 0.3 (i-MAE), the subordinate's class accuracy at
+R²(sub) + R²(dom) at 0.3, the own branch maps' R²(sub) at 0.3 (i-MAE arms that distil; without
+distillation the maps were never trained on the reference's tokens), the subordinate's class accuracy at
 0.3, linear probe, kNN, NMI and training images/s.
 """
 
@@ -27,6 +28,13 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text())["results"] if path.is_file() else None
 
 
+def _distils(run: Path) -> bool:
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    return (cfg.get("imae") or {}).get("distill", True) is not False
+
+
 def run_values(run: Path) -> dict[str, tuple[float, list | None]]:
     """{column: (value, pair-bootstrap ci or None)} of one run folder."""
     out: dict[str, tuple[float, list | None]] = {}
@@ -42,7 +50,7 @@ def run_values(run: Path) -> dict[str, tuple[float, list | None]]:
             e = block["encoder"][space]["sum"]["0.3"]
             out["sum 0.3"] = (e["r2"], e["ci"])
         branch = block.get("branches", {}).get("sub", {}).get("0.3")
-        if branch:
+        if branch and _distils(run):  # without distillation the branch maps were never trained on these targets
             out["branch 0.3"] = (branch["r2"], branch["ci"])
         cls = (sep.get("classification") or {}).get("encoder", {}).get("0.3")
         if cls:

@@ -100,6 +100,11 @@ def test_runs_that_differ_only_in_the_seed_form_a_group_with_mean_and_spread(eva
     assert group["run"] == "a (mean of 2 seeds)"
     assert group["linear probe"] == fmt((first["linprobe"] + 0.5) / 2)
     assert group["token R²(sub) α=0.3"] == fmt(first["sep_r2_sub"]) and group["sd over seeds"] == fmt(0.0)
+    # the same configuration and seed twice (a teacher and an untrained copy of it) is no seed group
+    cfg = yaml.safe_load((runs[1] / "config.yaml").read_text())
+    (runs[1] / "config.yaml").write_text(yaml.safe_dump({**cfg, "seed": 0}))
+    md = write_report(runs, tmp_path / "report2")["md"].read_text()
+    assert "mean of" not in md
 
 
 def _card(page: str, run: str) -> str:

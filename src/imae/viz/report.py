@@ -315,12 +315,14 @@ pre{font-size:11px;max-height:300px;overflow:auto;background:#f6f6f6}.warn{color
 
 
 def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A mean-and-spread row for every set of runs whose configurations differ only in their seed."""
+    """A mean-and-spread row for every set of runs whose configurations differ only in their seed (and whose
+    seeds differ: two runs of one configuration and seed, such as a teacher and an untrained copy of its
+    architecture, are not seed replicates)."""
     configs = {r.name: _config(r) for r in runs if (r / "config.yaml").is_file()}
     by_name = {row["run"]: row for row in rows}
     out = []
     for members in sepr.groups(configs):
-        if len(members) > 1:
+        if len(members) > 1 and len({repr(configs[m].get("seed")) for m in members}) == len(members):
             name = re.sub(r"([-_](seed|s))?[-_]*$", "", os.path.commonprefix(members)) or members[0]
             out.append(sepr.group_row(name, [by_name[m] for m in members], GROUPED))
     return out

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""A study's headline figure: token R²(sub) against alpha per arm, with intervals and the baselines.
+
+    python studies/figure.py studies/digits/results       # writes headline.png there
+
+One line per arm (run folders ``<arm>-s<seed>``; plus ``untrained``): the mean over its seeds of token
+R²(sub) at the training mask ratio in the reference's distillation space, with a band: the 95% t-interval
+across seeds where an arm has several, else the run's 95% pair-bootstrap interval. Dashed lines: the
+baselines of the first arm's result on the same pairs (superposition, pixels, reference on the mixture,
+partner only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+def _block(run: Path) -> tuple[dict, dict] | None:
+    path = run / "eval" / "separability.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())["results"]
+    if res.get("scheme") != "tokens":
+        return None
+    return res, res["tokens"][res["ratios"][0]]
+
+
+def main(folder: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms: dict[str, list[Path]] = {}
+    for run in sorted(p.parent.parent for p in folder.glob("*/eval/separability.json")):
+        arms.setdefault(re.sub(r"-s\d+$", "", run.name), []).append(run)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    first = None
+    for i, (arm, runs) in enumerate(arms.items()):
+        blocks = [b for b in map(_block, runs) if b]
+        if not blocks:
+            continue
+        res, block = blocks[0]
+        first = first or (res, block)
+        space = "distill" if "distill" in block["encoder"] else "encoder"
+        alphas = [a for a in (f"{x:g}" for x in res["alphas"]) if a in block["encoder"][space]["sub"]]
+        xs = [float(a) for a in alphas]
+        per = [[b["encoder"][space]["sub"][a] for _, b in blocks] for a in alphas]
+        mean = [statistics.fmean(e["r2"] for e in es) for es in per]
+        if len(blocks) > 1:
+            half = [T95.get(len(es) - 1, 2.0) * statistics.stdev(e["r2"] for e in es) / len(es) ** 0.5 for es in per]
+            lo, hi = [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)]
+        else:
+            lo, hi = [es[0]["ci"][0] for es in per], [es[0]["ci"][1] for es in per]
+        color = f"C{i % 10}"
+        style = "-" if arm != "untrained" else ":"
+        ax.plot(xs, mean, style, marker="o", ms=3, color=color, label=f"{arm} ({len(blocks)} seed(s))")
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
+    if first:
+        res, block = first
+        space = "distill" if "distill" in block["encoder"] else "encoder"
+        alphas = [f"{x:g}" for x in res["alphas"]]
+        xs = [float(a) for a in alphas]
+        ax.plot(xs, [res["superposition"][a]["sub"] for a in alphas], "k--", lw=1, label="superposition")
+        for name, c in (("pixels", "0.5"), ("reference_on_mixture", "tab:olive"), ("partner_only", "tab:pink")):
+            base = block["baselines"].get(name, {}).get(space, {}).get("sub")
+            if not base:
+                continue
+            ys = [base[a]["r2"] for a in alphas] if "r2" not in base else [base["r2"]] * len(alphas)
+            ax.plot(xs, ys, "--", color=c, lw=1, label=name.replace("_", " "))
+        ax.set_title(f"token R²(sub), mask ratio {res['ratios'][0]}, {space} space; bands: 95% intervals",
+                     fontsize=9)
+    ax.set_xlabel("α (weight of the subordinate)")
+    ax.set_ylabel("token R² of the subordinate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    out = folder / "headline.png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(main(Path(sys.argv[1])))
