@@ -126,11 +126,12 @@ class IMAE(MaskedAutoencoder):
         teacher.eval()
         if torch.compiler.is_compiling():  # inductor cannot trace inference tensors; no_grad is equivalent here
             latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
-            return teacher.decoder_embed(latent)
+            return teacher.decoder_embed(latent).float()
         with torch.inference_mode():
             latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
             target = teacher.decoder_embed(latent)
-        return target.clone()  # a normal tensor again, usable as a loss target
+        # a normal tensor again, usable as a loss target; fp32 also from a bf16 teacher (or under autocast)
+        return target.to(torch.float32, copy=True)
 
     def forward(self, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float | torch.Tensor,
                 mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
