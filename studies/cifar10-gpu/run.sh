@@ -21,7 +21,7 @@ case "$DATASET" in
 esac
 : "${DATA:?set DATA to the data set folder (CIFAR: imae pretrain --download fetches it once)}"
 OUT=${OUT:-$HOME/studies/$DATASET-gpu}
-RESULTS=studies/cifar10-gpu/results-$DATASET
+RESULTS=${RESULTS:-studies/cifar10-gpu/results-$DATASET}
 CONT_PRESET="$MAE_PRESET --set train.warmup_epochs=$WARMUP"
 TEACHER_EPOCHS=${TEACHER_EPOCHS_OVERRIDE:-$TEACHER_EPOCHS} EPOCHS=${EPOCHS_OVERRIDE:-$EPOCHS}
 # shellcheck disable=SC2206
