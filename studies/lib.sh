@@ -1,6 +1,7 @@
 # The steps every scale of issue 11's study runs; sourced by studies/<scale>/run.sh, which sets:
 #   OUT            where the runs go (outside the work tree; resumable: finished steps are skipped)
-#   RESULTS        the committed folder the small outputs are collected into (studies/<scale>/results)
+#   RESULTS        the committed folder the small outputs are collected into (studies/<scale>/results;
+#                  the scripts take RESULTS from the environment too)
 #   MAE_PRESET     the teacher's preset; IMAE_PRESET the i-MAE arms'; CONT_PRESET arm (a)'s (MAE continued)
 #   TEACHER_EPOCHS, EPOCHS (each arm), SEEDS ("0 1 2"), IMAGES (training images per epoch, for the estimate)
 #   TRAIN          array of flags every training run gets (data path, model and schedule overrides)
@@ -92,6 +93,7 @@ study_evaluate() {
 
 study_publish() {
   $IMAE report "$OUT"/teacher "$OUT"/untrained "$OUT"/[a-g]-* --output-dir "$OUT/report"
+  mkdir -p "$RESULTS"
   $PY studies/collect.py "$OUT" "$RESULTS"
   $PY studies/table.py "$RESULTS" > "$RESULTS/table.md"
   $PY studies/curves.py "$RESULTS"

@@ -117,6 +117,8 @@ def _b64(path) -> str:
 
 
 def test_each_runs_figures_sit_in_its_own_card_with_captions(evaluated, tmp_path):
+    write_report([evaluated["imae"]])  # one run: the report and its headline.png go into the run's eval/
+    assert (evaluated["imae"] / "eval" / "headline.png").is_file()
     page = write_report([evaluated["mae"], evaluated["imae"]], tmp_path)["html"].read_text()
     figures = evaluated["imae"] / "eval" / "figures"  # `imae figures IMAE MAE` drew both runs' figures here
     mae, imae = _card(page, "mae"), _card(page, "imae")
@@ -198,7 +200,7 @@ def test_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_re
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert set(before) == {"report.html", "report.md"}
+    assert set(before) == {"report.html", "report.md", "headline.png"}
 
     def full(path, data):
         with open(path, "wb") as f:

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-${IMAE_CIFAR10_DIR:-../shared/data/cifar10}}
 OUT=${OUT:-$HOME/studies/cifar10-cpu}
-RESULTS=studies/cifar10-cpu/results
+RESULTS=${RESULTS:-studies/cifar10-cpu/results}
 MAE_PRESET=studies/cifar10-cpu/mae.yaml CONT_PRESET=studies/cifar10-cpu/mae-continued.yaml
 IMAE_PRESET=studies/cifar10-cpu/imae.yaml
 TEACHER_EPOCHS=50 EPOCHS=${EPOCHS:-16} IMAGES=4992  # 39 batches of 128 an epoch

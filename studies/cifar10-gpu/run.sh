@@ -3,9 +3,8 @@
 # recipes' presets, unshortened. CIFAR-10 by default; DATASET=cifar100 or DATASET=tinyimagenet for the
 # variants. The teacher is the MAE preset (CIFAR: ViT-Tiny/4, 1000 epochs; Tiny-ImageNet: ViT-S/8, 800);
 # every arm trains the i-MAE preset's epochs from it (CIFAR: 400, Tiny-ImageNet: 200), arm (a) with the
-# i-MAE preset's warm-up. It first times train steps on the GPU and prints the expected time per arm
-# (about 10 GPU-hours for CIFAR-10 on one H200 is the order to expect; the printed estimate is the one to
-# trust). Evaluation as in the CPU scales: token separability against the teacher on pairs with p = 1
+# i-MAE preset's warm-up. It first times train steps on the GPU and prints the expected time per arm.
+# Evaluation as in the CPU scales: token separability against the teacher on pairs with p = 1
 # (2,000 test pairs), probe, kNN and NMI on the full splits, compare (a) vs (b) per seed.
 #
 #   DATA=/path/to/cifar10 OUT=$HOME/studies/cifar10-gpu bash studies/cifar10-gpu/run.sh     # resumable
@@ -22,7 +21,7 @@ case "$DATASET" in
 esac
 : "${DATA:?set DATA to the data set folder (CIFAR: imae pretrain --download fetches it once)}"
 OUT=${OUT:-$HOME/studies/$DATASET-gpu}
-RESULTS=studies/cifar10-gpu/results-$DATASET
+RESULTS=${RESULTS:-studies/cifar10-gpu/results-$DATASET}
 CONT_PRESET="$MAE_PRESET --set train.warmup_epochs=$WARMUP"
 TEACHER_EPOCHS=${TEACHER_EPOCHS_OVERRIDE:-$TEACHER_EPOCHS} EPOCHS=${EPOCHS_OVERRIDE:-$EPOCHS}
 # shellcheck disable=SC2206

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$HOME/studies/digits}
-RESULTS=studies/digits/results
+RESULTS=${RESULTS:-studies/digits/results}
 MAE_PRESET=digits-mae CONT_PRESET=digits-mae-continued IMAE_PRESET=digits-imae
 TEACHER_EPOCHS=30 EPOCHS=${EPOCHS:-30} IMAGES=1408  # 22 batches of 64 an epoch
 TRAIN=()

@@ -52,6 +52,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
+REPORT_OUTPUTS = ("headline.png", "report.png")  # what `imae report` and render_report.py write beside the page
+
+
 def epoch_records(run: Path) -> list[dict[str, Any]]:
     """The ``kind: epoch`` records of a run's log.jsonl (or of the ``epochs.jsonl`` a study folder keeps;
     fine-tune runs log ``epoch`` records too), one per epoch in epoch order: an epoch redone after a
@@ -244,6 +247,8 @@ def collect_figures(runs: list[Path]) -> tuple[dict[str, list[tuple[bytes, str]]
     seen: set[bytes] = set()
     for run in runs:
         pngs = sorted((run / "eval").rglob("*.png")) if (run / "eval").is_dir() else []
+        # a report written into the run's eval/ leaves its own headline.png (and a screenshot) there
+        pngs = [p for p in pngs if not (p.parent == run / "eval" and p.name in REPORT_OUTPUTS)]
         manifests: dict[Path, dict[str, dict[str, Any]]] = {}
         for png in pngs:
             if png.parent not in manifests:
