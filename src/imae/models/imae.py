@@ -131,7 +131,7 @@ class IMAE(MaskedAutoencoder):
             latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
             target = teacher.decoder_embed(latent)
         # a normal tensor again, usable as a loss target; fp32 also from a bf16 teacher (or under autocast)
-        return target.to(torch.float32, copy=True)
+        return target.clone() if target.dtype == torch.float32 else target.float()
 
     def forward(self, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float | torch.Tensor,
                 mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
