@@ -262,3 +262,20 @@ def test_download_flag_fetches_through_torchvision_and_the_pickled_release_loads
           "--output-dir", str(tmp_path / "run"), "--epochs", "1",
           *tiny_cli_sets(**{"data.max_per_class": 4, "train.batch_size": 8})])
     assert fetched == [str(tmp_path / "fresh")] and (tmp_path / "run" / "checkpoint-last.pth").is_file()
+
+
+def test_file_loader_micro_batches_gathered_are_the_whole_batches(cifar10_dir):
+    """What the full linear probe relies on to bound its loader memory: micro-batches of a file-based set,
+    gathered in order, are exactly the whole batches (same images, same per-image crops)."""
+    from imae.data.loader import build_train_loader
+    from imae.eval.linprobe import _largest_divisor
+
+    files = load_split("imagefolder", "train", path=str(cifar10_dir), img_size=32, in_memory=False,
+                       max_per_class=5)
+    whole = [b for _, b in build_train_loader(files, 16, 32, torch.device("cpu"), seed=1, num_workers=0).batches(0)]
+    micro = [b for _, b in build_train_loader(files, 8, 32, torch.device("cpu"), seed=1, num_workers=0).batches(0)]
+    assert len(whole) == 3 and len(micro) == 6
+    for i, w in enumerate(whole):
+        assert torch.equal(w.images, torch.cat([micro[2 * i].images, micro[2 * i + 1].images]))
+        assert torch.equal(w.labels, torch.cat([micro[2 * i].labels, micro[2 * i + 1].labels]))
+    assert _largest_divisor(16384, 256) == 256 and _largest_divisor(1000, 256) == 250 and _largest_divisor(7, 4) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from eval_fixtures import planted_features
@@ -63,6 +64,30 @@ def test_knn_votes_are_temperature_weighted_cosine():
     w = (cos / 0.5).exp()[0]
     assert torch.allclose(scores[0], torch.stack([w[0], w[1] + w[2]]), atol=1e-6)
     assert knn_predict(bank, labels, q, 2, k=1)[0].argmax() == 0  # nearest alone: class 0
+
+
+def test_lbfgs_probe_in_row_chunks_equals_the_one_piece_fit(monkeypatch):
+    # ImageNet-sized caches are fitted in chunks of rows (labels as indices): the same minimiser
+    from imae.eval import linear
+
+    x, y = planted_features(n=600, classes=5, spread=1.0)
+    y2 = torch.stack([y, (y + 1) % 5], 1)  # two outputs, as the separability probe
+    whole = fit_cached(x, y2, 5, LinearProbeConfig(), seed=1)
+    monkeypatch.setattr(linear, "ROW_CHUNK_ELEMENTS", 64 * 2 * 5)  # chunks of 64 rows
+    chunked = fit_cached(x, y2, 5, LinearProbeConfig(), seed=1)
+    assert torch.allclose(chunked.head.fc.weight, whole.head.fc.weight, atol=2e-3)  # L-BFGS tolerance
+    assert chunked.epoch_loss[0] == pytest.approx(whole.epoch_loss[0], rel=1e-5)
+
+
+def test_knn_over_a_chunked_bank_equals_the_whole_bank():
+    # an ImageNet-sized bank is scored in chunks (the k best of each merged): the same votes as one chunk
+    g = torch.Generator().manual_seed(0)
+    bank, q = torch.randn(1000, 16, generator=g), torch.randn(50, 16, generator=g)
+    labels = torch.randint(0, 7, (1000,), generator=g)
+    whole = knn_predict(bank, labels, q, 7, k=20, chunk=16)
+    chunked = knn_predict(bank, labels, q, 7, k=20, chunk=16, bank_chunk=64)
+    assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6) and chunked.device.type == "cpu"
+    assert knn_predict(bank, labels, q, 7, k=20, bank_chunk=7).shape == (50, 7)  # chunks smaller than k
 
 
 def test_lars_recipe_lowers_the_training_loss():

@@ -73,6 +73,27 @@ def test_alpha_samplers_give_the_subordinate_the_smaller_weight(mode, kw):
     assert (batch == batch[0]).all()
 
 
+def test_beta_alphas_follow_the_folded_beta_and_replay_from_the_generator():
+    # drawn on the batch's device from two Gamma draws (no NumPy round trip): folded Beta(2, 5) moments
+    ref = torch.distributions.Beta(2.0, 5.0).sample((200000,))
+    ref = torch.minimum(ref, 1 - ref)
+    a = AlphaSampler("beta", beta=(2.0, 5.0)).sample(200000, torch.Generator().manual_seed(3))
+    assert a.mean().item() == pytest.approx(ref.mean().item(), abs=2e-3)
+    assert a.std().item() == pytest.approx(ref.std().item(), abs=2e-3)
+    again = AlphaSampler("beta", beta=(2.0, 5.0)).sample(200000, torch.Generator().manual_seed(3))
+    assert torch.equal(a, again) and a.dtype == torch.float32
+    tiny = AlphaSampler("beta", beta=(1e-3, 1e-3)).sample(1000, torch.Generator().manual_seed(0))
+    assert torch.isfinite(tiny).all() and (tiny > 0).all()
+
+
+def test_model_skips_the_alpha_check_only_when_asked(pair):
+    bad = torch.tensor([0.2] * 7 + [0.7])
+    with pytest.raises(ValueError, match=r"must lie in \(0, 0.5\]"):
+        tiny_imae(distill=False)(*pair, bad, noise=torch.rand(8, 64))
+    out = tiny_imae(distill=False)(*pair, bad, noise=torch.rand(8, 64), check_alpha=False)
+    assert torch.isfinite(out["loss"])
+
+
 @pytest.mark.parametrize("bad", [dict(mode="fixed", value=0.7), dict(mode="fixed", value=0.0),
                                  dict(mode="uniform", uniform=(0.2, 0.6)), dict(mode="beta", beta=(0.0, 1.0))])
 def test_alpha_outside_the_open_half_interval_is_refused(bad):

@@ -75,6 +75,22 @@ def test_norm_pix_loss_normalises_each_target_patch(cifar_batch):
     assert m(x, noise=noise)["loss"].item() != pytest.approx(plain(x, noise=noise)["loss"].item())
 
 
+def test_reconstruction_target_under_bf16_autocast_is_the_fp32_target(cifar_batch, monkeypatch):
+    # CUDA autocast runs einsum in bf16; CPU autocast does not, so the test also checks that the target is
+    # computed with autocast off (what makes it exact on a GPU too)
+    m = tiny_mae(norm_pix_loss=True)
+    x = cifar_batch[0][:4]
+    ref = m.target(x)
+    seen = []
+    real = m.patchify
+    monkeypatch.setattr(m, "patchify", lambda imgs: seen.append(torch.is_autocast_enabled("cpu")) or real(imgs))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = m.target(x)
+        loss = m(x, noise=torch.rand(4, 64))["loss"]
+    assert t.dtype == torch.float32 and torch.equal(t, ref)
+    assert seen == [False, False] and loss.dtype == torch.float32
+
+
 def _official_sincos_2d(dim: int, grid: int) -> np.ndarray:
     """The official MAE util/pos_embed.py formula, transcribed in NumPy (with the zero cls row)."""
     gh = np.arange(grid, dtype=np.float32)

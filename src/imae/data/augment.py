@@ -68,11 +68,38 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torc
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 or float-in-[0,255] [N, C, H, W] -> float32 normalised with per-channel mean/std of [0, 1] pixels."""
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+def norm_stats(mean: tuple[float, ...], std: tuple[float, ...],
+               device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of [0, 1] pixels as [1, C, 1, 1] float32 in [0, 255] units on ``device``."""
+    m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return m, s
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor,
+              std: tuple[float, ...] | torch.Tensor) -> torch.Tensor:
+    """uint8 or float-in-[0,255] [N, C, H, W] -> float32 normalised with per-channel mean/std of [0, 1] pixels
+    (tuples, or the tensors of :func:`norm_stats`)."""
+    if isinstance(mean, torch.Tensor):
+        m, s = mean, std
+    else:
+        m, s = norm_stats(mean, std, images.device)
     return (images.float() - m) / s
+
+
+class Normalize:
+    """:func:`normalize` with its statistics built once per device: ``torch.tensor(..., device=cuda)`` is a
+    blocking host-to-device copy, which per batch would stall every step."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        stats = self._stats.get(images.device)
+        if stats is None:
+            stats = self._stats[images.device] = norm_stats(self.mean, self.std, images.device)
+        return normalize(images, *stats)
 
 
 class BatchAugment:
@@ -83,13 +110,14 @@ class BatchAugment:
                  hflip: bool = True) -> None:
         self.size, self.mean, self.std = size, mean, std
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        self.normalize = Normalize(mean, std)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 [N, C, H, W] -> float32 [N, C, size, size]."""
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, generator, images.device)
         flip = (torch.rand(n, generator=generator, device=images.device) < 0.5) if self.hflip else None
-        x = normalize(images, self.mean, self.std)
+        x = self.normalize(images)
         return crop_resize(x, boxes, self.size, flip)
 
 
@@ -98,9 +126,10 @@ class EvalTransform:
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.size, self.mean, self.std = size, mean, std
+        self.normalize = Normalize(mean, std)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = normalize(images, self.mean, self.std)
+        x = self.normalize(images)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return x

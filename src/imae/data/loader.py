@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imae.data.augment import BatchAugment, EvalTransform, normalize
+from imae.data.augment import BatchAugment, EvalTransform, Normalize
 from imae.data.datasets import ImageSet
 from imae.data.decode import open_rgb
 from imae.errors import DataError
@@ -215,6 +215,7 @@ class FileLoader:
             persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None,
             worker_init_fn=ignore_stop_signals)
         self.mean, self.std = data.mean, data.std
+        self.normalize = Normalize(data.mean, data.std)
         self.plan, self.device, self.rank, self.seed = plan, device, rank, seed
 
     def __len__(self) -> int:
@@ -228,8 +229,10 @@ class FileLoader:
             if item is None:
                 continue
             x, y, i = item
-            x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
-            yield step, Batch(x, y.to(self.device), i.to(self.device), g, skipped)
+            # all three from pinned memory without waiting: a blocking copy here would stall every step
+            x = self.normalize(x.to(self.device, non_blocking=True))
+            y, i = y.to(self.device, non_blocking=True), i.to(self.device, non_blocking=True)
+            yield step, Batch(x, y, i, g, skipped)
 
 
 def build_train_loader(data: ImageSet, batch_size: int, img_size: int, device: torch.device, *, seed: int,

@@ -7,7 +7,6 @@ default here draws per sample (``per="batch"`` restores the release's behaviour)
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from imae.errors import ConfigError
@@ -67,9 +66,12 @@ class AlphaSampler:
 
 
 def _beta(n: int, a: float, b: float, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Beta(a, b) draws, reproducible from ``generator`` (torch.distributions cannot take one)."""
+    """Beta(a, b) draws, reproducible from ``generator`` (torch.distributions cannot take one), drawn on
+    ``device`` as G_a / (G_a + G_b) of two Gamma draws: no host round trip per step."""
     if a == 1.0 and b == 1.0:
         return torch.rand(n, generator=generator, device=device)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
-    draws = np.random.default_rng(seed).beta(a, b, n)
-    return torch.from_numpy(draws).float().to(device)
+    # float64: Gamma draws of small shapes underflow float32 to 0 (and 0 / 0 = nan)
+    ga = torch._standard_gamma(torch.full((n,), a, dtype=torch.float64, device=device), generator=generator)
+    gb = torch._standard_gamma(torch.full((n,), b, dtype=torch.float64, device=device), generator=generator)
+    # both underflowed: Beta with tiny shapes is nearly Bernoulli, and the fold sends either end to 0
+    return torch.nan_to_num(ga / (ga + gb), nan=0.0).float()

@@ -93,10 +93,11 @@ class IMAEObjective:
         alpha = self.alphas.sample(n, g, x.device)
         partner, same = choose_partners(batch.labels, self.p, g)
         noise = torch.rand(n, self.model.arch.num_patches, generator=g, device=x.device)
-        out = net(x, x[partner], alpha, mask_ratio=mask_ratio, noise=noise)
-        with torch.no_grad():
+        # the sampler checked its range when it was built: no per-step check (a host sync, a graph break)
+        out = net(x, x[partner], alpha, mask_ratio=mask_ratio, noise=noise, check_alpha=False)
+        with torch.no_grad():  # torch.full, not torch.tensor: no blocking host-to-device copy
             self._stats += torch.stack([same.float().sum(), alpha.sum(), (alpha**2).sum(),
-                                        torch.tensor(float(n), device=x.device)])
+                                        torch.full((), float(n), device=x.device)])
         return {k: v for k, v in out.items() if k == "loss" or k.startswith(("rec_", "distill_"))}
 
     def epoch_stats(self) -> dict[str, float]:

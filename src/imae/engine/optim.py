@@ -47,6 +47,20 @@ def lr_at(epoch: float, base_lr: float, min_lr: float, warmup_epochs: float, epo
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """Step unless ``found_inf`` (a float flag on the device) is non-zero. A fused AdamW reads the flag on the
+    device, as under GradScaler (no host sync; its step counts are left as they were); another optimiser
+    has the host check it."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not bool(found_inf):
+        optimizer.step()
+
+
 def grad_norm(params) -> torch.Tensor:
     """The global 2-norm of the gradients (as ``clip_grad_norm_`` computes it), without changing them."""
     grads = [p.grad for p in params if p.grad is not None]

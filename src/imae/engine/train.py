@@ -28,7 +28,7 @@ from imae.engine import distributed as D
 from imae.engine import safetensors_io
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
-from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr
+from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr, step_unless
 from imae.engine.run_dir import (
     StartUndo,
     config_changes,
@@ -143,12 +143,12 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         info(f"skipped {len(data.skipped)} unreadable image(s) (--skip-corrupt), e.g. {data.skipped[0]}", main)
     if hasattr(objective, "prepare"):
         objective.prepare(data, env.device)  # i-MAE: check labels for pairing
-    model.to(env.device)
+    place_model(model, env.device, t.amp)
     net: nn.Module = model
+    if env.distributed:  # DDP first, then compile (PyTorch's order): gradient buckets overlap the backward
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if t.compile:
         net = torch.compile(net)
-    if env.distributed:
-        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
     eff_batch = t.batch_size * t.accum_iter * env.world_size
     base_lr = absolute_lr(t.blr, t.lr, eff_batch)
@@ -212,6 +212,21 @@ def _describe(layout: dict[str, int]) -> str:
             f"{layout['world_size']} process(es)")
 
 
+def place_model(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:
+    """Move ``model`` to ``device``. An i-MAE's frozen teacher is kept in bf16 on CUDA with ``amp`` (half the
+    memory, no weight casts per step under autocast; its targets enter the fp32 distillation loss)."""
+    model.to(device)
+    teacher = getattr(model, "teacher", None)
+    if teacher is not None:
+        teacher.to(dtype=teacher_dtype(device, amp))
+    return model
+
+
+def teacher_dtype(device: torch.device, amp: bool) -> torch.dtype:
+    """bf16 for the frozen teacher on CUDA under autocast, else fp32."""
+    return torch.bfloat16 if device.type == "cuda" and amp else torch.float32
+
+
 class _Loop:
     """One training run's epoch loop (kept as an object so its state is in one place)."""
 
@@ -258,12 +273,17 @@ class _Loop:
             names = sorted(sums)
             total = D.all_reduce_sum(torch.stack([sums[k] for k in names]).to(env.device)) if names else None
             return {"sums": {k: float(v) for k, v in zip(names, total.tolist())} if names else {},
-                    "finite_steps": finite_steps, "seen": seen, "skipped_files": skipped_files,
+                    "finite_steps": int(finite_steps), "seen": seen, "skipped_files": skipped_files,
                     "data_wait_s": data_s, "time_s": time.time() - t0,
                     **({"objective": self.objective.running_stats()} if hasattr(self.objective, "running_stats")
                        else {})}
         bar = progress(steps, start, f"epoch {epoch + 1}/{t.epochs}", env.is_main)
-        group_bad = False
+        group_bad = torch.zeros((), dtype=torch.bool, device=env.device)
+        pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, non-finite flag, terms) not yet read
+        names: list[str] = []
+        rows: list[tuple[bool, list[float]]] = []
+        # the host reads the device once per logging interval (on a CPU, where a read costs nothing, every step)
+        read_every_step = env.device.type == "cpu"
         for step, batch in self.loader.batches(epoch, start):
             data_s += time.perf_counter() - tick
             group_start = step - step % t.accum_iter
@@ -272,61 +292,73 @@ class _Loop:
             if step == group_start:
                 set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, t.min_lr, self.sched_warmup,
                                              self.sched_epochs))
-                group_bad = False
-            sync = contextlib.nullcontext() if last_micro or not isinstance(self.net, DDP) else self.net.no_sync()
+            ddp = getattr(self.net, "_orig_mod", self.net)  # under torch.compile, DDP is the compiled module
+            sync = contextlib.nullcontext() if last_micro or not isinstance(ddp, DDP) else ddp.no_sync()
             with sync:
                 with self.autocast:
                     out = self.objective(self.net, batch, t.mask_ratio)
                 loss = out["loss"]
-                finite = D.all_true(bool(torch.isfinite(loss).item()), env.device)
-                if finite and not group_bad:
-                    (loss / group_size).backward()
-                else:
-                    group_bad = True
-            if finite:
-                finite_steps += 1
-                for k, v in out.items():
-                    if v.ndim == 0:
-                        sums[k] = sums.get(k, 0.0) + v.detach().float()
-            else:
-                self._nonfinite(epoch, step, out)
+                # a device-side flag, not .item(): the host does not wait for the forward pass; a non-finite
+                # group is skipped by the optimiser itself (found_inf, as under GradScaler)
+                bad = ~torch.isfinite(loss.detach())
+                group_bad = bad if step == group_start else group_bad | bad
+                (loss / group_size).backward()
+            names = [k for k, v in out.items() if v.ndim == 0]
+            terms = torch.stack([out[k].detach().float() for k in names])
+            pending.append((step, torch.stack([bad, torch.zeros_like(bad)]), terms, torch.zeros_like(terms[0])))
+            for k, v in zip(names, terms.unbind()):
+                sums[k] = sums.get(k, 0.0) + torch.where(bad, 0.0, v)
+            finite_steps = finite_steps + (~bad).long()
+            if read_every_step and not last_micro:  # the last one is read with its gradient check below
+                rows = self._read_pending(epoch, pending, names)
             seen += batch.images.shape[0]
             skipped_files += batch.skipped
             bar.update(1)
             if not last_micro:
                 tick = time.perf_counter()
                 continue
-            if not group_bad:
-                # a finite loss can still give inf / NaN gradients: check their norm (clipping computes it anyway)
-                norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad) if t.clip_grad
-                        else grad_norm(self.model.parameters()))
-                if D.all_true(bool(torch.isfinite(norm).item()), env.device):
-                    self.optimizer.step()
-                else:
-                    self._nonfinite(epoch, step, out, grad_norm=float(norm))
+            # a finite loss can still give inf / NaN gradients: check their norm (clipping computes it anyway),
+            # on the device; the group's flags join the pending row of its last micro-step
+            norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad) if t.clip_grad
+                    else grad_norm(self.model.parameters())).detach().float()
+            grad_bad = ~torch.isfinite(norm) & ~group_bad
+            pending[-1] = (step, torch.stack([bad, grad_bad]), terms, norm)
+            if read_every_step:
+                rows = self._read_pending(epoch, pending, names)
+            found = (group_bad | grad_bad).float()
+            step_unless(self.optimizer, D.all_reduce_sum(found) if env.distributed else found)
             self.optimizer.zero_grad(set_to_none=True)
             st.global_step += 1
             st.step_in_epoch = step + 1
-            if st.global_step % t.log_every == 0 and finite:
-                rec = {k: float(v.detach()) for k, v in out.items() if v.ndim == 0}
+            log_step = st.global_step % t.log_every == 0
+            save_step = bool(t.save_every_steps) and st.global_step % t.save_every_steps == 0 and step + 1 < steps
+            if (log_step or save_step) and not read_every_step:
+                rows = self._read_pending(epoch, pending, names)
+            if log_step and rows and not rows[-1][0]:
+                rec = dict(zip(names, rows[-1][1]))
                 rec.update(epoch=epoch + 1, step=st.global_step, lr=self.optimizer.param_groups[0]["lr"])
                 self.log.write("step", rec, step=st.global_step, prefix="train")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             if t.max_steps and st.global_step >= t.max_steps:
                 self.max_reached = True
                 if step + 1 < steps:
+                    self._read_pending(epoch, pending, names)
                     bar.close()
                     self._save(epoch - 1, step + 1, numbered=False, partial=running())
                     return False
             if step + 1 < steps:
-                if self.stop_requested():
+                # across processes the stop check is a collective: once per logging interval, not per step
+                if (not env.distributed or log_step or save_step) and self.stop_requested():
+                    self._read_pending(epoch, pending, names)
                     bar.close()
                     self._save(epoch - 1, step + 1, numbered=False, partial=running())
                     return False
-                if t.save_every_steps and st.global_step % t.save_every_steps == 0:
+                if save_step:
                     self._save(epoch - 1, step + 1, numbered=False, partial=running())
             tick = time.perf_counter()
         bar.close()
+        self._read_pending(epoch, pending, names)
+        finite_steps = int(finite_steps)
         metrics = self._epoch_metrics(sums, finite_steps, seen, time.time() - t0, skipped_files + self.load_skipped)
         metrics["data_wait_s"] = data_s
         metrics["images"] = float(seen * D.world_size())
@@ -358,11 +390,34 @@ class _Loop:
         self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch + 2,
                                  "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
 
-    def _nonfinite(self, epoch: int, step: int, out: dict[str, torch.Tensor], grad_norm: float | None = None) -> None:
+    def _read_pending(self, epoch: int, pending: list, names: list[str]) -> list[tuple[bool, list[float]]]:
+        """Read the (non-finite loss and gradient flags, gradient norm, loss terms) of the steps since the last
+        read in one host sync (and across processes one collective), report each non-finite step, and empty
+        ``pending``. Returns (skipped, loss terms) per step."""
+        if not pending:
+            return []
+        flags = torch.stack([f for _, f, _, _ in pending]).float()  # [n, 2]: loss, gradients
+        if self.env.distributed:  # a step is non-finite when it is on any rank (every rank then skipped it)
+            flags = D.all_reduce_sum(flags)
+        norms = torch.stack([g for _, _, _, g in pending])
+        vals = torch.cat([flags, norms[:, None], torch.stack([v for _, _, v, _ in pending])], dim=1).tolist()
+        steps = [s for s, _, _, _ in pending]
+        pending.clear()
+        rows = []
+        for step, row in zip(steps, vals):
+            loss_bad, grads_bad, norm, terms = row[0] > 0, row[1] > 0, row[2], dict(zip(names, row[3:]))
+            if loss_bad:
+                self._nonfinite(epoch, step, terms)
+            elif grads_bad:
+                self._nonfinite(epoch, step, terms, grad_norm=norm)
+            rows.append((loss_bad or grads_bad, row[3:]))
+        return rows
+
+    def _nonfinite(self, epoch: int, step: int, out: dict[str, float], grad_norm: float | None = None) -> None:
         """A non-finite loss, or (``grad_norm``) non-finite gradients of a finite loss: skip or stop."""
         st, t = self.state, self.cfg.train
         st.nonfinite_skipped += 1
-        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.ndim == 0)
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items())
         what = "loss"
         if grad_norm is not None:
             what, terms = "gradient norm", f"grad_norm={grad_norm:.4g}; {terms}"

@@ -55,7 +55,8 @@ class Split:
                 yield self.data.images[index[start:start + batch_size]]
             return
         loader = torch.utils.data.DataLoader(_Files(self.data.files, self.size, index), batch_size=batch_size,
-                                             num_workers=self.num_workers, shuffle=False)
+                                             num_workers=self.num_workers, shuffle=False,
+                                             pin_memory=torch.cuda.is_available())  # for non_blocking copies
         yield from loader
 
     def read(self, index: torch.Tensor) -> torch.Tensor:

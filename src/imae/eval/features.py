@@ -13,6 +13,7 @@ hash, alpha); a cached result equals the freshly computed one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from imae.data.augment import normalize
+from imae.data.augment import Normalize
 from imae.data.decode import default_cache_dir, error_reason, tensor_checksum
 from imae.data.mixing import mix
 from imae.engine.logs import info, progress
@@ -113,6 +114,21 @@ def _jsonable(key: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
+@contextlib.contextmanager
+def eval_precision(device: torch.device | str):
+    """bf16 autocast with TF32 matmuls on CUDA (as training); nothing elsewhere, so CPU results are unchanged."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def encode(model: MaskedAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised images x [B, C, H, W] -> (cls [B, D], mean of patch tokens [B, D]), mask-free."""
     tokens = model.forward_features(x)  # [B, 1+L, D]
@@ -133,26 +149,29 @@ def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: 
         inputs = {"inputs": "mixture", "pairs": digest(pairs), "alpha": float(alpha)}
         index = pairs
     key = {"version": FEATURE_VERSION, "checkpoint": fingerprint, "split": split.key, **inputs}
+    if device.type == "cuda":  # bf16 features are not the fp32 ones (CPU keys stay as they were)
+        key["precision"] = "bf16"
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     cls_parts, mean_parts = [], []
+    norm = Normalize(split.data.mean, split.data.std)
     bar = progress(index.shape[0], desc=desc, enabled=show_progress)
-    with torch.inference_mode():
+    with torch.inference_mode(), eval_precision(device):
         for u8 in split.batches(index, batch_size):  # [b, K, 3, H, W]
             u8 = u8.to(device, non_blocking=True)
-            x = normalize(u8[:, 0], split.data.mean, split.data.std)
+            x = norm(u8[:, 0])
             if pairs is not None:
-                x = mix(x, normalize(u8[:, 1], split.data.mean, split.data.std), alpha)
+                x = mix(x, norm(u8[:, 1]), alpha)
             c, m = encode(model, x)
-            cls_parts.append(c.float().cpu())
-            mean_parts.append(m.float().cpu())
+            cls_parts.append(c.float())  # on the device until the end: no copy (and sync) per batch
+            mean_parts.append(m.float())
             bar.update(u8.shape[0])
     bar.close()
     model.train(was_training)
-    feats = Features(torch.cat(cls_parts), torch.cat(mean_parts), seconds=time.perf_counter() - t0)
+    feats = Features(torch.cat(cls_parts).cpu(), torch.cat(mean_parts).cpu(), seconds=time.perf_counter() - t0)
     if cache is not None:
         cache.put(key, feats)
     return feats

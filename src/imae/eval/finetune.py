@@ -31,12 +31,13 @@ from imae.data.loader import derive_seed, ignore_stop_signals
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog, info, progress
-from imae.engine.optim import grad_norm, lr_at, set_lr
+from imae.engine.optim import grad_norm, lr_at, set_lr, step_unless
 from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
 from imae.engine.signals import StopRequest
 from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from imae.eval.config import FinetuneConfig
 from imae.eval.data import Split
+from imae.eval.features import eval_precision
 from imae.eval.finetune_data import FinetuneImages, training_loader, transforms
 from imae.eval.results import write_result
 from imae.eval.run import Session, open_session
@@ -176,6 +177,9 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
             total = torch.tensor(st.loss_sum if main else 0.0, device=device)
             seen, t0 = (st.seen if main else 0), time.time() - st.time_s
             optimizer.zero_grad(set_to_none=True)
+            # device flags since the last check: a non-finite loss (and its value), non-finite gradients (norm)
+            bad, bad_loss = torch.zeros((), dtype=torch.bool, device=device), torch.zeros((), device=device)
+            bad_grad, bad_norm = torch.zeros_like(bad), torch.zeros_like(bad_loss)
             for step, (x, y) in enumerate(loader, start=start):
                 # mixup/cutmix (NumPy) and drop path (torch) draw from generators seeded by the step
                 step_seed = derive_seed(cfg.seed, epoch, step, env.rank, 0x5EED)
@@ -191,22 +195,24 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                 with sync:
                     with autocast:
                         loss = criterion(net(x).float(), y)
-                    if not math.isfinite(float(loss.detach())):
-                        raise TrainingError(f"fine-tuning loss became {float(loss.detach())} at epoch {epoch + 1} "
-                                            f"step {step + 1}; lower the learning rate (finetune.blr) or set "
-                                            f"finetune.clip_grad")
+                    # on a GPU the check is a device flag read once per logging interval, not a sync per step
+                    nonfinite = ~torch.isfinite(loss.detach())
+                    bad, bad_loss = bad | nonfinite, torch.where(nonfinite, loss.detach().float(), bad_loss)
+                    if device.type == "cpu":  # where a read costs nothing: stop before the backward
+                        _check_finite(bad, bad_loss, bad_grad, bad_norm, epoch, step)
                     (loss / t.accum_iter).backward()
                 total += loss.detach() * x.shape[0]
                 seen += x.shape[0]
                 bar.update(1)
                 if last:
+                    # a finite loss can still give inf gradients; DDP averaged them, so every rank agrees
                     norm = (torch.nn.utils.clip_grad_norm_(vit.parameters(), t.clip_grad) if t.clip_grad
-                            else grad_norm(vit.parameters()))
-                    if not D.all_true(bool(torch.isfinite(norm).item()), device):  # a finite loss, inf gradients
-                        raise TrainingError(f"fine-tuning gradients became non-finite (grad_norm={float(norm):.4g}) "
-                                            f"at epoch {epoch + 1} step {step + 1}; the update was not applied; lower "
-                                            f"the learning rate (finetune.blr) or set finetune.clip_grad")
-                    optimizer.step()
+                            else grad_norm(vit.parameters())).detach().float()
+                    nonfinite = ~torch.isfinite(norm)
+                    bad_grad, bad_norm = bad_grad | nonfinite, torch.where(nonfinite, norm, bad_norm)
+                    if device.type == "cpu" or (st.global_step + 1) % t.log_every == 0:
+                        _check_finite(bad, bad_loss, bad_grad, bad_norm, epoch, step)
+                    step_unless(optimizer, (bad | bad_grad).float())  # never an update from a bad step
                     optimizer.zero_grad(set_to_none=True)
                     st.global_step += 1
                     if st.global_step % t.log_every == 0:
@@ -215,6 +221,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                         log.write("step", rec, step=st.global_step, prefix="finetune")
                     reached = bool(t.max_steps) and st.global_step >= t.max_steps
                     if step + 1 < steps and (reached or stop_requested()):
+                        _check_finite(bad, bad_loss, bad_grad, bad_norm, epoch, step)
                         bar.close()
                         sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
                         st.step_in_epoch, st.loss_sum, st.seen = step + 1, float(sums[0]), int(sums[1])
@@ -226,6 +233,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
             if reached and st.step_in_epoch:  # train.max_steps reached in the middle of the epoch
                 break
             bar.close()
+            _check_finite(bad, bad_loss, bad_grad, bad_norm, epoch, steps - 1)
             sums = D.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
             train_loss = float(sums[0] / sums[1].clamp_min(1))
             rec = {"epoch": epoch + 1, "loss": train_loss, "lr": optimizer.param_groups[-1]["lr"],
@@ -267,6 +275,21 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
         write_result(run_dir, "finetune", record)
         info(f"done: {run_dir}", main)
     return run_dir
+
+
+def _check_finite(bad: torch.Tensor, bad_loss: torch.Tensor, bad_grad: torch.Tensor, bad_norm: torch.Tensor,
+                  epoch: int, step: int) -> None:
+    """Stop when a loss or the gradients since the last check were non-finite (device flags; one host read
+    when all is well). No update of a bad step was applied (``step_unless``)."""
+    if not bool(bad | bad_grad):
+        return
+    if bool(bad):
+        raise TrainingError(f"fine-tuning loss became {float(bad_loss)} at epoch {epoch + 1} "
+                            f"step {step + 1}; lower the learning rate (finetune.blr) or set "
+                            f"finetune.clip_grad")
+    raise TrainingError(f"fine-tuning gradients became non-finite (grad_norm={float(bad_norm):.4g}) at epoch "
+                        f"{epoch + 1} step {step + 1}; the update was not applied; lower the learning rate "
+                        f"(finetune.blr) or set finetune.clip_grad")
 
 
 class _State:
@@ -334,13 +357,14 @@ def evaluate_classifier(vit: nn.Module, test: Split, transform, batch_size: int,
     lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
     shard = torch.utils.data.Subset(FinetuneImages(test, transform), range(lo, hi))
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers,
-                                         worker_init_fn=ignore_stop_signals)
+                                         worker_init_fn=ignore_stop_signals, pin_memory=device.type == "cuda")
     sums = torch.zeros(4, device=device)  # correct@1, correct@5, loss sum, count
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = vit(x).float()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with eval_precision(device):  # bf16 autocast + TF32 on CUDA, as in training
+            logits = vit(x).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        count = torch.tensor(float(y.numel()), device=device)
+        count = torch.full((), float(y.numel()), device=device)  # not torch.tensor: no blocking copy per batch
         sums += torch.stack([(top[:, 0] == y).sum().float(), (top == y[:, None]).any(1).sum().float(),
                              F.cross_entropy(logits, y, reduction="sum"), count])
     sums = D.all_reduce_sum(sums)

@@ -20,25 +20,43 @@ from imae.eval.subject import Subject
 
 
 def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
-                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
-    """train_x [N, D], train_y [N], test_x [M, D] -> class scores [M, C] (summed vote weights)."""
-    bank = F.normalize(train_x.float(), dim=1)
+                k: int = 20, temperature: float = 0.07, chunk: int = 1024, device: torch.device | str | None = None,
+                bank_chunk: int = 65536) -> torch.Tensor:
+    """train_x [N, D], train_y [N], test_x [M, D] -> class scores [M, C] (summed vote weights), on the CPU.
+
+    Runs on ``device`` (default: the features' own), in chunks of ``chunk`` queries against ``bank_chunk``
+    training samples at a time, so that an ImageNet-sized bank needs [chunk, bank_chunk] similarities, not
+    [chunk, N] (the k best of each bank chunk are merged; one bank chunk is the plain top-k)."""
+    device = torch.device(device) if device is not None else train_x.device
+    bank = F.normalize(train_x.to(device).float(), dim=1)
+    labels = train_y.to(device)
     k = min(k, bank.shape[0])
     scores = []
     for i in range(0, test_x.shape[0], chunk):
-        q = F.normalize(test_x[i:i + chunk].float(), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)  # [m, k]
+        q = F.normalize(test_x[i:i + chunk].to(device).float(), dim=1)
+        sims, idxs = [], []
+        for j in range(0, bank.shape[0], bank_chunk):
+            s, ix = (q @ bank[j:j + bank_chunk].T).topk(min(k, bank[j:j + bank_chunk].shape[0]), dim=1)
+            sims.append(s)
+            idxs.append(ix + j)
+        sim, idx = (sims[0], idxs[0]) if len(sims) == 1 else _merge(torch.cat(sims, 1), torch.cat(idxs, 1), k)
         weight = (sim / temperature).exp()
-        votes = torch.zeros(q.shape[0], num_classes)
-        votes.scatter_add_(1, train_y[idx], weight)
+        votes = torch.zeros(q.shape[0], num_classes, device=device)
+        votes.scatter_add_(1, labels[idx], weight)
         scores.append(votes)
-    return torch.cat(scores) if scores else torch.zeros(0, num_classes)
+    return torch.cat(scores).cpu() if scores else torch.zeros(0, num_classes)
+
+
+def _merge(sim: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    top, pos = sim.topk(k, dim=1)
+    return top, idx.gather(1, pos)
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+                 num_classes: int, k: int = 20, temperature: float = 0.07,
+                 device: torch.device | str | None = None) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy of the weighted vote."""
-    scores = knn_predict(train_x, train_y, test_x, num_classes, k, temperature)
+    scores = knn_predict(train_x, train_y, test_x, num_classes, k, temperature, device=device)
     out = {"top1": float((scores.argmax(1) == test_y).float().mean())}
     if num_classes > 5:
         out["top5"] = float((scores.topk(5, dim=1).indices == test_y.view(-1, 1)).any(1).float().mean())
@@ -55,7 +73,7 @@ def run_knn(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *, dev
     fte = extract_split(subject, test, cfg, which="evaluation", **kw)
     t0 = time.perf_counter()
     acc = knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
-                       cfg.knn.k, cfg.knn.temperature)
+                       cfg.knn.k, cfg.knn.temperature, device=device)
     results = {"pool": pool, "k": cfg.knn.k, "temperature": cfg.knn.temperature, **acc,
                "train_images": len(train), "test_images": len(test)}
     return {"results": results, "timing": {"extract_s": ftr.seconds + fte.seconds, "fit_s": time.perf_counter() - t0}}

@@ -32,6 +32,8 @@ from imae.eval.config import LinearProbeConfig
 from imae.eval.lars import LARS
 from imae.eval.threads import threads_for
 
+ROW_CHUNK_ELEMENTS = 2**24  # fit_cached_many: logits per chunk of rows (64 MB of float32)
+
 
 class LinearHead(nn.Module):
     """features [N, D] -> logits [N, K, C]: BatchNorm1d(affine=False) then one linear map."""
@@ -135,8 +137,11 @@ def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, c
         h.bn.running_mean.copy_(mean[i, 0])
         h.bn.running_var.copy_(var[i, 0])
     z = (x - mean) / torch.sqrt(var + eps)
-    onehot = torch.nn.functional.one_hot(y, num_classes).float().view(n, k * num_classes)  # [N, K*C]
     lam = torch.tensor(l2s, device=device).view(a, 1, 1)  # each head's penalty
+    # the closure works through rows in chunks with labels as indices (a one-hot per chunk only): logits,
+    # log-probabilities and gradients of an ImageNet-sized cache at once would need ~30 GB; a set that fits
+    # one chunk (CIFAR-sized) is computed exactly as in one piece
+    rows = max(1, ROW_CHUNK_ELEMENTS // (a * k * num_classes))
     w = torch.stack([h.fc.weight.detach() for h in heads]).requires_grad_(True)  # [A, K*C, D]
     b = torch.stack([h.fc.bias.detach() for h in heads]).requires_grad_(True)  # [A, K*C]
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=cfg.max_iter, history_size=10, line_search_fn="strong_wolfe",
@@ -145,12 +150,20 @@ def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, c
 
     @torch.no_grad()
     def closure():
-        logits = torch.baddbmm(b.unsqueeze(1), z, w.transpose(1, 2)).view(a, n, k, num_classes)
-        logp = torch.log_softmax(logits, dim=-1).view(a, n, k * num_classes)
-        loss = -(logp * onehot).sum() / n + 0.5 * (lam * w * w).sum()
-        g = (logp.exp() - onehot) / n  # [A, N, K*C]
-        w.grad = torch.bmm(g.transpose(1, 2), z) + lam * w
-        b.grad = g.sum(1)
+        nll, gw, gb = 0.0, 0.0, 0.0
+        for lo in range(0, n, rows):
+            zc, yc = z[:, lo:lo + rows], y[lo:lo + rows]
+            m = yc.shape[0]
+            onehot = torch.nn.functional.one_hot(yc, num_classes).float().view(m, k * num_classes)  # [m, K*C]
+            logits = torch.baddbmm(b.unsqueeze(1), zc, w.transpose(1, 2)).view(a, m, k, num_classes)
+            logp = torch.log_softmax(logits, dim=-1).view(a, m, k * num_classes)
+            nll = nll + (logp * onehot).sum()
+            g = (logp.exp() - onehot) / n  # [A, m, K*C]
+            gw = gw + torch.bmm(g.transpose(1, 2), zc)
+            gb = gb + g.sum(1)
+        loss = -nll / n + 0.5 * (lam * w * w).sum()
+        w.grad = gw + lam * w
+        b.grad = gb
         losses.append(float(loss) / a)
         return loss
 

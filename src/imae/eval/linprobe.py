@@ -17,7 +17,7 @@ from imae.data.loader import build_train_loader
 from imae.errors import DataError
 from imae.eval.config import EvalConfig
 from imae.eval.data import Split
-from imae.eval.features import FeatureCache, encode, extract_split
+from imae.eval.features import FeatureCache, encode, eval_precision, extract_split
 from imae.eval.linear import HeadFit, fit_probe, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
 
@@ -60,17 +60,36 @@ def train_full(subject: Subject, train: Split, cfg: EvalConfig, *, device: torch
     """MAE's augmented protocol: every step encodes a fresh RandomResizedCrop + flip batch."""
     p, pool = cfg.linprobe, cfg.features.pool
     batch = min(p.batch_size, len(train))
-    loader = build_train_loader(train.data, batch, train.size, device, seed=cfg.seed, scale=p.crop_scale,
-                                num_workers=cfg.data.num_workers)
-    model = subject.model.to(device).eval()
     chunk = cfg.features.batch_size
+    # file-based sets: the loader serves micro-batches (at most one extraction chunk) that are gathered to
+    # the probe's batch, so that its workers hold a bounded amount of memory whatever the batch size (at
+    # 16,384 images of 224 px a batch is 2.5 GB, times 4 workers x prefetch 4). Each image's crop is seeded
+    # by the image itself, and a micro-batch plan is a prefix-compatible split of the same order, so the
+    # batches are the ones a whole-batch loader would give. In-memory sets keep whole batches.
+    micro = batch if train.data.images is not None else _largest_divisor(batch, chunk)
+    group = batch // micro
+    loader = build_train_loader(train.data, micro, train.size, device, seed=cfg.seed, scale=p.crop_scale,
+                                num_workers=cfg.data.num_workers)
+    steps = len(loader) // group
+    model = subject.model.to(device).eval()
 
     def epoch_batches(epoch: int):
-        for _, b in loader.batches(epoch):
-            with torch.inference_mode():
-                feats = torch.cat([encode(model, b.images[i:i + chunk])[0 if pool == "cls" else 1]
-                                   for i in range(0, b.images.shape[0], chunk)])
-            yield feats.clone(), b.labels.view(-1, 1)
+        parts, labels = [], []
+        for step, b in loader.batches(epoch):
+            if step >= steps * group:
+                break
+            with torch.inference_mode(), eval_precision(device):
+                parts += [encode(model, b.images[i:i + chunk])[0 if pool == "cls" else 1].float()
+                          for i in range(0, b.images.shape[0], chunk)]
+            labels.append(b.labels)
+            if len(labels) == group:
+                yield torch.cat(parts).clone(), torch.cat(labels).view(-1, 1)
+                parts, labels = [], []
 
-    return train_head(epoch_batches, len(loader), model.arch.embed_dim, train.num_classes, 1, p, batch_size=batch,
+    return train_head(epoch_batches, steps, model.arch.embed_dim, train.num_classes, 1, p, batch_size=batch,
                       seed=cfg.seed, device=device, show_progress=show_progress, desc="linear probe (full)")
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` that is at most ``cap``."""
+    return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)

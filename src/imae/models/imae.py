@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imae.data.mixing import check_alpha, mix
+from imae.data.mixing import check_alpha as _check_alpha
+from imae.data.mixing import mix
 from imae.models.mae import MAEArch, MaskedAutoencoder, masked_mse
 
 BRANCHES = ("two", "sub")
@@ -125,20 +126,26 @@ class IMAE(MaskedAutoencoder):
         teacher.eval()
         if torch.compiler.is_compiling():  # inductor cannot trace inference tensors; no_grad is equivalent here
             latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
-            return teacher.decoder_embed(latent)
+            return teacher.decoder_embed(latent).float()
         with torch.inference_mode():
             latent, _, _ = teacher.forward_encoder(images, mask_ratio, noise)
             target = teacher.decoder_embed(latent)
-        return target.clone()  # a normal tensor again, usable as a loss target
+        # a normal tensor again, usable as a loss target; fp32 also from a bf16 teacher (or under autocast)
+        return target.clone() if target.dtype == torch.float32 else target.float()
 
     def forward(self, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float | torch.Tensor,
-                mask_ratio: float = 0.75, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+                check_alpha: bool = True) -> dict[str, torch.Tensor]:
         """x_sub, x_dom: [N, C, H, W]; alpha: float or [N], the weight of x_sub (in (0, 0.5]).
+
+        ``check_alpha=False`` skips the range check (two host syncs for a tensor) for alphas that come
+        from an :class:`~imae.data.mixing.AlphaSampler`, which validated its range once.
 
         Returns ``loss``, each present term (``rec_sub``, ``rec_dom``, ``distill_sub``, ``distill_dom``),
         ``pred_sub`` / ``pred_dom`` [N, L, p*p*C], ``mask`` [N, L] (1 = removed) and ``mixture``.
         """
-        check_alpha(alpha)
+        if check_alpha:
+            _check_alpha(alpha)
         o = self.options
         n = x_sub.shape[0]
         if noise is None:  # drawn here so that the teacher sees exactly the student's mask

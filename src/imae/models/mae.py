@@ -198,12 +198,16 @@ class MaskedAutoencoder(nn.Module):
         return self.decode_tokens(self.decoder_embed(latent), ids_restore)
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Reconstruction target [N, L, p*p*C]: the patches, per-patch normalised if norm_pix_loss."""
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        """Reconstruction target [N, L, p*p*C]: the patches, per-patch normalised if norm_pix_loss.
+
+        Always float32 with autocast off: under CUDA autocast ``einsum`` returns bf16, and a per-patch
+        mean and variance of bf16 pixels move the target by about 1e-4 MSE."""
+        with torch.autocast(imgs.device.type, enabled=False):
+            target = self.patchify(imgs.float())
+            if self.norm_pix_loss:
+                mean = target.mean(dim=-1, keepdim=True)
+                var = target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
