@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 7: 2.365, 9: 2.262}  # two-sided t by degrees of freedom
+from stats import t95, t_half_width
 
 
 def t_interval(xs: list[float]) -> dict:
@@ -32,7 +32,7 @@ def t_interval(xs: list[float]) -> dict:
     mean = statistics.fmean(xs)
     if n < 2:
         return {"n": n, "mean": mean, "ci": None}
-    half = T95.get(n - 1, 2.0) * statistics.stdev(xs) / n ** 0.5
+    half = t_half_width(xs)
     return {"n": n, "mean": mean, "sd": statistics.stdev(xs), "ci": [mean - half, mean + half]}
 
 
@@ -71,7 +71,7 @@ def main(folder: Path) -> dict:
     probe = {s: _results(folder / f"b-imae-s{s}" / "eval" / "semantics.json")["linprobe"]["top1"] for s in seeds}
     b = t_interval(list(probe.values()))
     if b["ci"]:
-        half = T95.get(b["n"] - 1, 2.0) * b["sd"] * (1 + 1 / b["n"]) ** 0.5
+        half = t95(b["n"] - 1) * b["sd"] * (1 + 1 / b["n"]) ** 0.5
         b["prediction_interval"] = [b["mean"] - half, b["mean"] + half]
     arms = {}
     for tag, name in (("d", "imae-p0"), ("e", "imae-prandom")):

@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+from stats import t_half_width
 
 
 def _block(run: Path) -> tuple[dict, dict] | None:
@@ -54,7 +54,7 @@ def main(folder: Path) -> Path:
         per = [[b["encoder"][space]["sub"][a] for _, b in blocks] for a in alphas]
         mean = [statistics.fmean(e["r2"] for e in es) for es in per]
         if len(blocks) > 1:
-            half = [T95.get(len(es) - 1, 2.0) * statistics.stdev(e["r2"] for e in es) / len(es) ** 0.5 for es in per]
+            half = [t_half_width([e["r2"] for e in es]) for es in per]
             lo, hi = [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)]
         else:
             lo, hi = [es[0]["ci"][0] for es in per], [es[0]["ci"][1] for es in per]

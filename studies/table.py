@@ -20,7 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 8: 2.365, 10: 2.262}  # two-sided t, n - 1 df
+from stats import t_half_width
+
 ALPHAS = ("0.1", "0.3", "0.45")
 
 
@@ -82,7 +83,7 @@ def cell(values: list[tuple[float, list | None]], column: str) -> str:
         v, ci = values[0]
         return f"{v:.{digits}f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
     xs = [v for v, _ in values]
-    half = T95.get(len(xs), 2.0) * statistics.stdev(xs) / len(xs) ** 0.5
+    half = t_half_width(xs)
     return f"{statistics.fmean(xs):.{digits}f} ± {half:.{digits}f}"
 
 
