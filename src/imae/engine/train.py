@@ -279,7 +279,8 @@ class _Loop:
                        else {})}
         bar = progress(steps, start, f"epoch {epoch + 1}/{t.epochs}", env.is_main)
         group_bad = torch.zeros((), dtype=torch.bool, device=env.device)
-        pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, non-finite flag, terms) not yet read
+        # not yet read: (step, non-finite flags [loss, gradients], loss terms, gradient norm) per micro-step
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         names: list[str] = []
         rows: list[tuple[bool, list[float]]] = []
         # the host reads the device once per logging interval (on a CPU, where a read costs nothing, every step)
