@@ -145,7 +145,7 @@ DIGITS = dict(SMALL, hidden_size=32, num_hidden_layers=1, intermediate_size=128,
 def test_hf_folder_as_teacher_and_init_from_of_an_imae(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from imae.engine.imae_objective import IMAEObjective
+    from imae.engine.objectives.imae import IMAEObjective
     from imae.models.hf import to_ours
 
     _, folder = hf_folder(tmp_path, **DIGITS)

@@ -11,7 +11,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from imae.cli import add_common, command
+from imae.cli.common import add_common, command
 
 
 def _ckpt(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from imae.cli import common_overrides
+from imae.cli.common import common_overrides
 from imae.config import preset_label, resolve
 from imae.engine.distributed import launched_rank_is_zero, resolve_device
 from imae.engine.logs import info

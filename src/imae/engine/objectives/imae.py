@@ -15,7 +15,7 @@ from imae.data.pairing import choose_partners, needs_labels
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import info
-from imae.engine.objectives import model_overrides, note_eps
+from imae.engine.objectives.common import model_overrides, note_eps
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.loading import is_imae_state, mae_from_checkpoint

@@ -1,0 +1,27 @@
+"""What every training objective shares: the configured architecture and the note on a checkpoint's eps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from imae.config import Config
+from imae.engine.logs import info
+
+
+def model_overrides(cfg: Config) -> dict[str, Any]:
+    """Architecture overrides from the configuration; ``data.img_size`` sets the model's image size."""
+    over = cfg.model.overrides()
+    if cfg.data.img_size is not None:
+        over.setdefault("img_size", cfg.data.img_size)
+    return over
+
+
+def note_eps(ck: dict[str, Any], model: nn.Module) -> None:
+    """Say so when --init-from weights were trained with another layer-norm eps (it is not in a state dict)."""
+    stored = (ck.get("arch") or {}).get("layer_norm_eps") if isinstance(ck.get("arch"), dict) else None
+    own = model.arch.layer_norm_eps
+    if stored is not None and stored != own:
+        info(f"note: {ck.get('_path', '--init-from')} was trained with layer_norm_eps {stored:g}, this model uses "
+             f"{own:g}; --set model.layer_norm_eps={stored:g} matches it")
