@@ -100,3 +100,12 @@ study_publish() {
   $PY studies/figure.py "$RESULTS"
   $PY studies/claims.py "$RESULTS"
 }
+
+study_all() {  # the whole study; PLAN_ONLY=1 prints the plan and the estimate, then stops
+  study_runs
+  study_plan
+  [[ -n "${PLAN_ONLY:-}" ]] && return 0
+  study_train
+  study_evaluate
+  study_publish
+}

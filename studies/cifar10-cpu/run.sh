@@ -21,8 +21,4 @@ TRAIN=(--data-path "$DATA")
 EVAL=(--set data.train_per_class=500 --set separability.same_class_p=1.0 --set separability.unmasked=true)
 source studies/lib.sh
 
-study_runs
-study_plan
-study_train
-study_evaluate
-study_publish
+study_all

@@ -29,9 +29,4 @@ TRAIN=(--data-path "$DATA" --device cuda ${TRAIN_EXTRA:-})
 EVAL=(--device cuda --set separability.same_class_p=1.0)
 source studies/lib.sh
 
-study_runs
-study_plan
-[[ -n "${PLAN_ONLY:-}" ]] && exit 0
-study_train
-study_evaluate
-study_publish
+study_all

@@ -17,8 +17,4 @@ TRAIN=()
 EVAL=(--preset digits-mae --set separability.same_class_p=1.0 --set separability.unmasked=true)
 source studies/lib.sh
 
-study_runs
-study_plan
-study_train
-study_evaluate
-study_publish
+study_all
