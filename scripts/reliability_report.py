@@ -74,7 +74,7 @@ def render(results, seconds: float) -> str:
     others = [(n, s) for n, s, _, c in results if not c]
     if others:
         lines += ["", "Other checks in the same file: " + ", ".join(f"`{n}` ({s})" for n, s in others) + "."]
-    lines += ["", "How the guarantees are made: see `src/imae/engine/checkpoint.py` (temporary file, fsync, "
+    lines += ["", "How the guarantees are made: see `src/imae/checkpoints/` (temporary file, fsync, "
               "rename; weights-only loading), `src/imae/engine/train.py` (signals, non-finite losses and "
               "gradients, failed writes, lost peers, the running sums of a stopped epoch), "
               "`src/imae/engine/run_dir.py` (the run-folder lock, undoing a failed start, configuration changes "

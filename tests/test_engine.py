@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_mae
+from imae.checkpoints.files import latest_complete
 from imae.engine import checkpoint as ckpt
 from imae.engine import train as train_mod
 from imae.engine.optim import absolute_lr, lr_at, param_groups
@@ -148,7 +149,7 @@ def test_zero_based_checkpoint_names_and_logs_of_older_runs_are_still_read(tmp_p
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     (run / "log.jsonl").write_text("".join(json.dumps(older(r)) + "\n" for r in lines))
     assert [r["epoch"] for r in epoch_records(run)] == [1, 2]
-    path, ck = ckpt.latest_complete(run)
+    path, ck = latest_complete(run)
     assert path.name == "checkpoint-1.pth" and ck["epoch"] == 1  # the old name of epoch 2's checkpoint
     pretrain(tiny_config(run, **{"train.epochs": 3}), resume="auto", overrides={"train.epochs": 3})
     assert ckpt.load(run / "checkpoint-3.pth")["epoch"] == 2

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import TINY_SETS, tiny_config
+from imae.checkpoints.files import latest_complete
 from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
 from imae.errors import CheckpointError, ConfigError, TrainingError
@@ -96,12 +97,12 @@ def test_sigkill_at_three_random_steps_then_resume_matches_uninterrupted(tmp_pat
     kills = sorted(random.Random(0).sample(range(3, 20), 3))
     resumed_from, killed_at = [], []
     for target in kills:
-        before = ckpt.latest_complete(run)
+        before = latest_complete(run)
         resumed_from.append(0 if before is None else before[1]["global_step"])
         res = start_and_signal(cli(run, "--resume", "auto"), run, target, signal.SIGKILL)
         assert res.returncode == -signal.SIGKILL, f"the run ended before the kill at step {target}: {res.stderr[-500:]}"
         killed_at.append(last_step(run))
-        ck = ckpt.latest_complete(run)
+        ck = latest_complete(run)
         assert ck is not None  # the last complete checkpoint loads after every kill
     res = subprocess.run(cli(run, "--resume", "auto"), capture_output=True, text=True, env=ENV, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -146,13 +147,13 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     cfg = tiny_config(tmp_path / "run", **{"train.save_every": 1})
     with pytest.raises(TrainingError) as e:
         pretrain(cfg)
     cause = "No space left on device" if fault == "disk_full" else "Permission denied"
     assert cause in str(e.value) and "the previous checkpoint is intact" in str(e.value)
-    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     ck = ckpt.load(tmp_path / "run" / "checkpoint-last.pth")
     assert ck["epoch"] == 0 and not list((tmp_path / "run").glob(".*tmp*"))
     resumed = pretrain(tiny_config(tmp_path / "x"), resume=str(tmp_path / "run"))
@@ -246,7 +247,7 @@ def test_lost_peer_stops_the_other_rank_within_60s(tmp_path, fault_case):
     p.communicate(timeout=120)
     torchrun_s = time.time() - t0
     assert p.returncode != 0 and torchrun_s < 60
-    assert ckpt.latest_complete(run) is not None
+    assert latest_complete(run) is not None
     # (b) two plain processes: the survivor's next collective fails and it stops with one line
     run, port = tmp_path / "b", _free_port()
     procs = [subprocess.Popen(cli(run, sets=sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -262,7 +263,7 @@ def test_lost_peer_stops_the_other_rank_within_60s(tmp_path, fault_case):
     procs[1].communicate()
     assert procs[0].returncode == 1 and plain_s < 60, err[-1500:]
     assert "imae: error: rank 0 lost contact with another training process" in err and "Traceback" not in err
-    assert ckpt.latest_complete(run) is not None
+    assert latest_complete(run) is not None
     fault_case(outcome=f"(a) torchrun ended with an error after {torchrun_s:.1f} s; (b) rank 0 stopped with "
                        f"'lost contact ...' (status 1) after {plain_s:.1f} s; checkpoints loadable",
                lost="the steps since the last checkpoint")
@@ -319,7 +320,7 @@ def test_resume_auto_skips_a_damaged_checkpoint_and_partial_writes(tmp_path, fau
     data = (run / "checkpoint-last.pth").read_bytes()
     (run / "checkpoint-last.pth").write_bytes(data[:1000])
     (run / ".checkpoint-last.pth.tmp999").write_bytes(data[:500])
-    path, ck = ckpt.latest_complete(run)
+    path, ck = latest_complete(run)
     assert path.name == "checkpoint-2.pth" and ck["epoch"] == 1  # 1-based names; the key counts from 0
     again = pretrain(tiny_config(run, **{"train.epochs": 3}), resume="auto", overrides={"train.epochs": 3})
     assert ckpt.load(again / "checkpoint-last.pth")["epoch"] == 2
@@ -524,7 +525,7 @@ def test_a_second_writer_into_a_live_run_folder_is_refused(tmp_path, fault_case)
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == refusal(live.pid), res.stderr[-1500:]
     live.kill()
     live.communicate()
-    done = ckpt.latest_complete(run)[1]["epoch"] + 1
+    done = latest_complete(run)[1]["epoch"] + 1
     res = subprocess.run(cli(run, "--resume", "auto", sets={"train.epochs": done + 1}), capture_output=True,
                          text=True, env=ENV, timeout=300)
     assert res.returncode == 0, res.stderr[-1500:]
@@ -995,7 +996,7 @@ def test_resubmitting_a_two_process_run_after_a_worker_is_killed_ends_bit_identi
     _, err = procs[0].communicate(timeout=120)
     procs[1].communicate()
     assert procs[0].returncode == 1 and "lost contact with another training process" in err, err[-1500:]
-    resumed_from = ckpt.latest_complete(run)[1]["global_step"]
+    resumed_from = latest_complete(run)[1]["global_step"]
     for p in _two_ranks(cli(run, "--resume", "auto", sets=sets)):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-1500:]

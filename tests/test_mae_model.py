@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_mae
-from imae.engine.checkpoint import load_state_dict
+from imae.checkpoints.state import load_state_dict
 from imae.errors import CheckpointError, ConfigError
 from imae.models import create_model
 from imae.models.pos_embed import sincos_2d

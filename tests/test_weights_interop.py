@@ -272,7 +272,7 @@ def test_hf_folder_without_config_json_is_refused(tmp_path, capsys):
 
 
 def test_safetensors_of_another_architecture_is_refused(tmp_path, capsys):
-    from imae.engine.safetensors_io import write
+    from imae.checkpoints.safetensors_io import write
 
     write(tiny_mae().state_dict(), tmp_path / "other.safetensors")  # 32 px, width 64: not the digits model
     code, _, err = run_cli(["pretrain", "--output-dir", str(tmp_path / "run"), "--init-from",

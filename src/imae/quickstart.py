@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imae.config import build_config
-from imae.engine.logs import info
+from imae.console import info
 from imae.engine.train import pretrain
 
 QUICK_ALPHAS = (0.1, 0.3, 0.45)  # of the five, to keep the evaluation short on a 2-core CPU

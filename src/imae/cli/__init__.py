@@ -143,6 +143,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _close_bars() -> None:
-    from imae.engine.logs import close_bars
+    from imae.console import close_bars
 
     close_bars()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imae.console import info
 from imae.data.decode import decode_files
 from imae.errors import DataError
 
@@ -226,8 +227,6 @@ def _has_images(folder: Path) -> bool:
 
 
 def _note(msg: str) -> None:
-    from imae.engine.logs import info
-
     info(msg, int(os.environ.get("RANK", "0")) == 0)
 
 

@@ -1,16 +1,14 @@
-"""What a run writes while it trains: JSON lines, TensorBoard scalars and a progress bar (rank 0 only)."""
+"""What a run writes while it trains: JSON lines and TensorBoard scalars (progress bars: :mod:`imae.console`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from imae.console import info, progress  # noqa: F401  (re-exported for the training loops until they import it)
 
 
 class RunLog:
@@ -60,36 +58,6 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> tqdm:
-    """A tqdm bar (rate, ETA) on stderr; silent on ranks other than 0."""
-    # a terminal that reports no size (a bare pty, as under `script`) would give tqdm 0 columns and 0 rows,
-    # and it would draw nothing: give it a fixed size there
-    fixed = _terminal_columns(sys.stderr) == 0
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=not fixed,
-                ncols=80 if fixed else None, nrows=24 if fixed else None, file=sys.stderr, leave=False,
-                mininterval=0.5)
-
-
-def _terminal_columns(stream) -> int | None:
-    """The width of the terminal ``stream`` writes to (0 when it reports none), or None when not a terminal."""
-    try:
-        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def close_bars() -> None:
-    """Close every open progress bar (a bar clears its line), so that what is printed next starts a line."""
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
-
-
-def info(msg: str, enabled: bool = True) -> None:
-    """One line for the user (rank 0 only), printed above any progress bar."""
-    if enabled:
-        tqdm.write(msg, file=sys.stderr)
 
 
 def _ends_mid_line(path: Path) -> bool:

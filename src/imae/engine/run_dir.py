@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from imae.checkpoints.files import checkpoints_in, latest_complete
 from imae.config import Config, assign, from_dict, save_config
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
@@ -29,7 +30,7 @@ def new_run_dir(cfg: Config) -> Path:
 
 def prepare_run_dir(run_dir: Path, fresh: bool) -> Path:
     """Create ``run_dir``; a ``fresh`` run (not a resumed one) refuses a folder that holds checkpoints."""
-    if fresh and ckpt.checkpoints_in(run_dir):
+    if fresh and checkpoints_in(run_dir):
         raise ConfigError(f"{run_dir} already holds checkpoints; continue it with --resume {run_dir} "
                           f"(or --resume auto), or choose another --output-dir")
     try:
@@ -145,8 +146,8 @@ def find_resume(resume: str, output_dir: str | None) -> tuple[Path, Path, dict[s
     if resume == "auto":
         if not output_dir or not Path(output_dir).is_dir():
             return None
-        found = ckpt.latest_complete(Path(output_dir))
-        if found is None and ckpt.checkpoints_in(Path(output_dir)):
+        found = latest_complete(Path(output_dir))
+        if found is None and checkpoints_in(Path(output_dir)):
             raise CheckpointError(f"--resume auto: {output_dir} holds checkpoints but none can be read (damaged or "
                                   f"partial); move them aside to start again there, or choose another --output-dir")
         return None if found is None else (Path(output_dir), found[0], found[1])
@@ -154,7 +155,7 @@ def find_resume(resume: str, output_dir: str | None) -> tuple[Path, Path, dict[s
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such run directory or checkpoint")
     if path.is_dir():
-        found = ckpt.latest_complete(path)
+        found = latest_complete(path)
         if found is None:
             raise CheckpointError(f"--resume {path}: the folder holds no readable checkpoint")
         return path, found[0], found[1]

@@ -20,12 +20,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imae import __version__
+from imae.checkpoints import safetensors_io
 from imae.config import Config
 from imae.data.datasets import load_split
 from imae.data.loader import build_train_loader
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
-from imae.engine import safetensors_io
 from imae.engine.logs import RunLog, info, progress
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, grad_norm, lr_at, set_lr, step_unless

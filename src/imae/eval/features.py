@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from imae.console import info, progress
 from imae.data.augment import Normalize
 from imae.data.decode import default_cache_dir, error_reason, tensor_checksum
 from imae.data.mixing import mix
-from imae.engine.logs import info, progress
 from imae.eval.data import Split, digest
 from imae.models.mae import MaskedAutoencoder
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imae.engine.logs import progress
+from imae.console import progress
 from imae.engine.optim import lr_at, set_lr
 from imae.errors import ConfigError
 from imae.eval.config import LinearProbeConfig

@@ -13,8 +13,8 @@ import torch
 
 from imae.cli.common import common_overrides
 from imae.config import preset_label, resolve
+from imae.console import info
 from imae.engine.distributed import launched_rank_is_zero, resolve_device
-from imae.engine.logs import info
 from imae.errors import ConfigError
 from imae.eval.config import RUN_DATA_KEYS, EvalConfig, preset_tree
 from imae.eval.data import Split, load_eval_split

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from imae.console import progress
 from imae.data.augment import normalize
 from imae.data.mixing import mix
-from imae.engine.logs import progress
 from imae.eval.bootstrap import Resampler
 from imae.eval.config import SEPARABILITY_BASELINES as BASELINES
 from imae.eval.config import EvalConfig

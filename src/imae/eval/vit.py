@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from imae.engine.checkpoint import load_state_dict
+from imae.checkpoints.state import load_state_dict
 from imae.models.mae import MaskedAutoencoder
 
 NO_DECAY = ("cls_token", "pos_embed")

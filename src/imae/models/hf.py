@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from imae.engine import safetensors_io
+from imae.checkpoints import safetensors_io
+from imae.checkpoints.files import read_pth
 from imae.errors import CheckpointError
 from imae.models.mae import MAEArch
 
@@ -238,13 +239,11 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from imae.engine import checkpoint as ckpt
-
     sd: dict[str, torch.Tensor] = {}
     for f in _weight_files(folder):
         if not f.is_file():
             raise CheckpointError(f"{f} is missing (named by {folder / 'model.safetensors.index.json'})")
-        sd.update(safetensors_io.read(f)[0] if f.suffix == ".safetensors" else ckpt.load(f)["model"])
+        sd.update(safetensors_io.read(f)[0] if f.suffix == ".safetensors" else read_pth(f)["model"])
     return sd
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imae.checkpoints.state import load_state_dict, strip_prefixes
 from imae.data.mixing import check_alpha as _check_alpha
 from imae.data.mixing import mix
 from imae.models.mae import MAEArch, MaskedAutoencoder, masked_mse
@@ -183,8 +184,6 @@ class IMAE(MaskedAutoencoder):
 
     def load_mae_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "MAE checkpoint") -> None:
         """Start from an MAE: every shared weight, and both branch maps from its ``decoder_embed``."""
-        from imae.engine.checkpoint import load_state_dict, strip_prefixes
-
         sd = strip_prefixes(state_dict)
         if "decoder_embed.weight" not in sd:
             raise ValueError(f"{source} has no decoder_embed (an encoder-only release?); an i-MAE student "

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from imae.engine.checkpoint import load_state_dict, strip_prefixes
+from imae.checkpoints.state import load_state_dict, strip_prefixes
 from imae.errors import CheckpointError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.mae import MAEArch, MaskedAutoencoder

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from imae.engine import safetensors_io
+from imae.checkpoints import safetensors_io
 from imae.models.mae import MAEArch, MaskedAutoencoder
 
 _SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}

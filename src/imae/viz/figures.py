@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from imae.console import info
 from imae.data.augment import normalize
-from imae.engine.logs import info
 from imae.errors import CheckpointError
 from imae.eval.run import open_session
 from imae.eval.subject import Subject, load_subject

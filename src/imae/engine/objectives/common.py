@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn as nn
 
 from imae.config import Config
-from imae.engine.logs import info
+from imae.console import info
 
 
 def model_overrides(cfg: Config) -> dict[str, Any]:

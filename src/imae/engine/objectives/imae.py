@@ -7,14 +7,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from imae.checkpoints.state import load_state_dict
 from imae.config import Config
+from imae.console import info
 from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
 from imae.data.mixing import AlphaSampler
 from imae.data.pairing import choose_partners, needs_labels
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
-from imae.engine.logs import info
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
@@ -80,7 +81,7 @@ class IMAEObjective:
         source = ck.get("_path", "--init-from")
         note_eps(ck, self.model)
         if is_imae_state(ck["model"]):
-            ckpt.load_state_dict(self.model, ck["model"], source=source)
+            load_state_dict(self.model, ck["model"], source=source)
             return
         try:
             self.model.load_mae_state_dict(ck["model"], source=source)

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from imae.checkpoints.state import load_state_dict
 from imae.config import Config
 from imae.data.loader import Batch
-from imae.engine.checkpoint import load_state_dict
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.models.registry import create_model
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from imae.checkpoints.atomic import save_atomic, write_atomic
 from imae.errors import CheckpointError, MissingDependency
 
 EXTRA_HINT = "pip install -e '.[hf]' (or pip install safetensors)"
@@ -41,8 +42,6 @@ def require(what: str):
 
 def write(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any] | None = None) -> None:
     """Write ``tensors`` atomically; ``metadata`` (JSON-able) goes to the header under ``"imae"``."""
-    from imae.engine.checkpoint import write_atomic
-
     st = require(f"writing {Path(path).name}")
     header = {"format": "pt"}
     if metadata is not None:
@@ -93,8 +92,6 @@ def pending_path(pth: Path) -> Path:
 
 def save_split(obj: dict[str, Any], pth: Path) -> None:
     """Write ``obj`` as ``<stem>.safetensors`` (``obj["model"]``) plus ``<stem>.pth`` (everything else)."""
-    from imae.engine.checkpoint import save_atomic
-
     pth = Path(pth)
     token = uuid.uuid4().hex
     meta = {"kind": obj.get("kind"), "arch": obj.get("arch"), "imae_options": obj.get("imae_options"),

@@ -1,0 +1,142 @@
+"""Training checkpoint files: writing them, reading one ``.pth`` safely, finding and pruning them in a run.
+
+A training checkpoint is a dict in the official MAE layout plus the resume state::
+
+    {"model": state_dict, "optimizer": ..., "epoch": 0-based index of the last completed epoch (-1: none;
+     file names and logs count from 1: "epoch": 4 is in checkpoint-5.pth), "step_in_epoch": batches of the
+     next epoch already done (0 at epoch ends), "global_step": optimiser steps, "config": resolved
+     configuration, "kind": "mae" | "imae", "arch": architecture, "scaler": None, "rng": {...},
+     "metrics": last epoch's averages, "version": imae version}
+
+With ``train.checkpoint_format=safetensors`` the weights live in ``checkpoint-*.safetensors`` beside the
+``.pth`` (see :mod:`imae.checkpoints.safetensors_io`); :func:`read_pth` joins them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imae.checkpoints import safetensors_io
+from imae.checkpoints.atomic import save_atomic
+from imae.errors import CheckpointError, MissingDependency, TrainingError
+
+# what the weights-only unpickler may build besides tensors and plain containers: official MAE
+# checkpoints carry their argparse.Namespace of training arguments
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+_NUMBERED = re.compile(r"checkpoint-(\d+)\.pth$")
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete temporary files that a killed process left half-written (they never replace a checkpoint)."""
+    for p in Path(run_dir).glob(".checkpoint-*.tmp*"):
+        p.unlink(missing_ok=True)
+
+
+def read_pth(path: str | Path) -> dict[str, Any]:
+    """Load one ``.pth`` (or ``pytorch_model.bin``) with ``weights_only=True``: tensors, containers and
+    allow-listed types only.
+
+    A bare state dict is wrapped as ``{"model": state_dict}``; a split checkpoint gets its weights back.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if code:
+            raise CheckpointError(f"refusing to load {path}: unpickling it would run code outside the "
+                                  f"allow-list ({code[0][:160]}); only weights-only checkpoints are accepted; "
+                                  f"re-save it as a plain state dict from a trusted environment") from None
+        raise CheckpointError(f"cannot read checkpoint {path} (not a PyTorch checkpoint, or damaged)") from None
+    except Exception as e:  # anything else torch.load raises (a text file: KeyError; an empty one: EOFError)
+        lines = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+        if os.path.getsize(path) == 0:
+            why = "empty file"
+        raise CheckpointError(f"cannot read checkpoint {path} ({why}); it may be truncated or not a PyTorch "
+                              f"file") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} does not hold a dict of weights (got {type(obj).__name__})")
+    if "model" not in obj and "model_file" in obj:  # train.checkpoint_format=safetensors
+        safetensors_io.attach_weights(obj, path)
+    if "model" not in obj:
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = {"model": obj}
+        elif "state_dict" in obj:
+            obj = dict(obj, model=obj["state_dict"])
+        else:
+            raise CheckpointError(f"{path} has no 'model' entry (keys: {', '.join(list(obj)[:8])})")
+    obj["_path"] = str(path)
+    return obj
+
+
+def checkpoints_in(run_dir: Path) -> list[Path]:
+    """Checkpoint files of a run directory, newest (most training done) first; unreadable ones skipped later."""
+    run_dir = Path(run_dir)
+    files = [run_dir / "checkpoint-last.pth"] if (run_dir / "checkpoint-last.pth").is_file() else []
+    numbered = sorted((p for p in run_dir.glob("checkpoint-*.pth") if _NUMBERED.search(p.name)),
+                      key=lambda p: int(_NUMBERED.search(p.name).group(1)), reverse=True)
+    return files + numbered
+
+
+def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, checkpoint) of the newest readable checkpoint, or None.
+
+    ``checkpoint-last.pth`` is always at least as new as any numbered file (it is written first, with the
+    same content), so the files are tried in that order and the first readable one is returned: one file
+    is read unless the newest is damaged. Tensors are memory-mapped, so a large checkpoint costs little
+    until its weights are used.
+    """
+    for p in checkpoints_in(run_dir):
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(ck, dict) and "model" not in ck and "model_file" in ck:
+                safetensors_io.attach_weights(ck, p)
+        except MissingDependency:
+            raise
+        except Exception:  # partial or corrupt: an older one will do
+            continue
+        if isinstance(ck, dict) and "model" in ck:
+            ck["_path"] = str(p)
+            return p, ck
+    return None
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Keep only the newest ``keep_last`` numbered checkpoints (checkpoint-last.pth always stays)."""
+    if keep_last <= 0:
+        return
+    numbered = [p for p in checkpoints_in(run_dir) if _NUMBERED.search(p.name)]
+    for p in numbered[keep_last:]:
+        p.unlink(missing_ok=True)
+        safetensors_io.remove_weights(p)
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
+    """Write a training checkpoint: one ``.pth`` (``fmt="pth"``), or the weights as ``.safetensors`` beside a
+    ``.pth`` of the resume state (``fmt="safetensors"``; see :mod:`imae.checkpoints.safetensors_io`)."""
+    if fmt == "safetensors":
+        try:
+            safetensors_io.save_split(obj, path)
+        except OSError as e:
+            raise TrainingError(f"could not write checkpoint {path} ({e.strerror}); the previous checkpoint is "
+                                f"intact; free space or fix permissions, then resume with --resume "
+                                f"{Path(path).parent}") from None
+    else:
+        save_atomic(obj, path)
+
+
+def hf_folder(path: Path) -> bool:
+    """Whether folder ``path`` looks like a Hugging Face model folder (or a hub cache entry), not a run."""
+    names = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return any((Path(path) / n).exists() for n in names) or (Path(path) / "snapshots").is_dir()
