@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from imae.eval.config import EvalConfig, EvalDataConfig
+from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.eval.data import load_eval_split
 from imae.eval.features import extract
 from imae.eval.pairs import make_pairs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from imae.config import Config, build_config, list_presets, load_config, save_config
@@ -68,3 +70,33 @@ def test_imagenet_imae_recipe_targets_agree_with_the_checkpoint_it_names():
     assert cfg.model.norm_pix_loss is True and cfg.imae.same_class_p == 1.0
     run_line = [ln for ln in preset_path("imagenet-imae-base").read_text().splitlines() if "--teacher" in ln]
     assert run_line and run_line[0].count("mae_pretrain_vit_base_full.pth") == 2
+
+
+def test_both_loop_sections_are_checked_by_one_function_that_names_its_section():
+    from imae.config import resolve
+    from imae.config.finetune import FinetuneConfig
+
+    for key, value, msg in [("epochs", 0, "epochs must be at least 1, got 0"),
+                            ("checkpoint_format", "npz", "checkpoint_format must be 'pth' or 'safetensors'"),
+                            ("max_steps", 0, "max_steps must be at least 1 (or null: no limit), got 0"),
+                            ("warmup_epochs", -1, "warmup_epochs must be at least 0, got -1.0"),
+                            ("keep_last", -1, "keep_last must be at least 0, got -1")]:
+        with pytest.raises(ConfigError, match=re.escape(f"train.{msg}")):
+            build_config("digits-mae", {f"train.{key}": value})
+        with pytest.raises(ConfigError, match=re.escape(f"finetune.{msg}")):
+            resolve({}, {f"finetune.{key}": value}, None, FinetuneConfig)
+
+
+def test_finetune_keeps_its_own_loop_defaults_and_gains_the_loop_keys_of_train():
+    from dataclasses import asdict
+
+    from imae.config.finetune import FinetuneParams
+
+    p = asdict(FinetuneParams())
+    assert {k: p[k] for k in ("epochs", "warmup_epochs", "batch_size", "accum_iter", "blr", "min_lr", "weight_decay",
+                              "betas", "clip_grad", "amp", "save_every", "log_every", "max_steps")} == {
+        "epochs": 100, "warmup_epochs": 5.0, "batch_size": 128, "accum_iter": 1, "blr": 5e-4, "min_lr": 1e-6,
+        "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": None, "amp": True, "save_every": 10,
+        "log_every": 20, "max_steps": None}
+    assert {k: p[k] for k in ("compile", "save_every_steps", "keep_last", "skip_nonfinite", "checkpoint_format")} == {
+        "compile": False, "save_every_steps": 0, "keep_last": 0, "skip_nonfinite": 0, "checkpoint_format": "pth"}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from eval_fixtures import digits_runs
+from imae.config.evaluate import EvalDataConfig
 from imae.data.augment import normalize
 from imae.data.mixing import mix
-from imae.eval.config import EvalDataConfig
 from imae.eval.data import load_eval_split
 from imae.eval.features import FeatureCache, extract
 from imae.eval.subject import load_subject

@@ -59,7 +59,7 @@ def test_layer_decay_scales_and_weight_decay_groups():
 
 
 def test_every_finetune_preset_resolves():
-    from imae.eval.config import FinetuneConfig
+    from imae.config.finetune import FinetuneConfig
     from imae.eval.run import resolve_config
 
     presets = sorted((REPO / "configs" / "finetune").glob("*.yaml"))

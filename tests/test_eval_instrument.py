@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from eval_fixtures import FAST, digits_runs
+from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.eval import separability as sep
 from imae.eval.bootstrap import Resampler
-from imae.eval.config import EvalConfig, EvalDataConfig
 from imae.eval.data import load_eval_split
 from imae.eval.pairs import make_pairs
 from imae.eval.subject import Subject

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval_fixtures import planted_features
-from imae.eval.config import LinearProbeConfig
+from imae.config.evaluate import LinearProbeConfig
 from imae.eval.knn import knn_accuracy, knn_predict
 from imae.eval.linear import fit_cached, predict, topk_accuracy, train_head
 

@@ -99,7 +99,7 @@ def test_separability_settings_are_validated():
                 "separability.bootstrap=3"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             from imae.config import resolve
-            from imae.eval.config import EvalConfig
+            from imae.config.evaluate import EvalConfig
 
             resolve({}, None, [bad], EvalConfig)
 

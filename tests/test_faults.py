@@ -562,8 +562,8 @@ def test_a_damaged_cache_entry_is_recomputed_not_trusted(tmp_path, capsys, fault
                expected="the checksum of the entry's tensors mismatches: one warning line, recomputed, results "
                         "identical to a fresh computation")
     from conftest import tiny_mae
+    from imae.config.evaluate import EvalDataConfig
     from imae.data.datasets import load_split
-    from imae.eval.config import EvalDataConfig
     from imae.eval.data import load_eval_split
     from imae.eval.features import FeatureCache, extract
 
@@ -775,10 +775,10 @@ def test_a_full_cache_disk_warns_once_and_goes_on(tmp_path, monkeypatch, capsys,
                expected="one warning line per cache, the partial file removed, the work goes on with the same "
                         "results")
     from conftest import tiny_mae
+    from imae.config.evaluate import EvalDataConfig
     from imae.data import decode
     from imae.data.datasets import load_split
     from imae.eval import features as F
-    from imae.eval.config import EvalDataConfig
     from imae.eval.data import load_eval_split
 
     monkeypatch.setattr(decode.torch, "save", _full_disk_save(torch.save))
@@ -927,7 +927,8 @@ def test_each_evaluation_help_lists_only_what_it_uses_with_a_working_example():
 
     from imae.cli import build_parser
     from imae.config import resolve
-    from imae.eval.config import EvalConfig, FinetuneConfig
+    from imae.config.evaluate import EvalConfig
+    from imae.config.finetune import FinetuneConfig
 
     parser = build_parser()
     for name, has_epochs in {"separability": False, "semantics": False, "linprobe": True, "knn": False,

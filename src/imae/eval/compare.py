@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from imae.config.evaluate import EvalConfig
 from imae.errors import ConfigError
 from imae.eval.bootstrap import Resampler
-from imae.eval.config import EvalConfig
 from imae.eval.features import extract_split
 from imae.eval.knn import knn_predict
 from imae.eval.linear import fit_probe, predict

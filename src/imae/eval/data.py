@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from imae.config.evaluate import EvalDataConfig
 from imae.data.datasets import NATIVE_SIZE, ImageSet, load_split
 from imae.errors import ConfigError, DataError
-from imae.eval.config import EvalDataConfig
 
 EVAL_CROP = 0.875  # file-based sets: resize to size / 0.875, then centre crop (MAE's evaluation transform)
 

@@ -181,7 +181,7 @@ def extract_split(subject, split: Split, cfg, *, which: str, device: torch.devic
                   cache: FeatureCache | None, show_progress: bool = True) -> Features:
     """Clean features of the ``which`` ("training" / "evaluation") split of a probe, kNN or semantics run.
 
-    ``subject``: an :class:`imae.eval.subject.Subject`; ``cfg``: an :class:`imae.eval.config.EvalConfig`.
+    ``subject``: an :class:`imae.eval.subject.Subject`; ``cfg``: an :class:`imae.config.evaluate.EvalConfig`.
     """
     return extract(subject.model, split, subject.fingerprint, batch_size=cfg.features.batch_size, device=device,
                    cache=cache, show_progress=show_progress, desc=f"features ({which} split)")

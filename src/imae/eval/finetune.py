@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imae.config import save_config
+from imae.config.finetune import FinetuneConfig
 from imae.data.loader import derive_seed, ignore_stop_signals
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
@@ -35,7 +36,6 @@ from imae.engine.optim import grad_norm, lr_at, set_lr, step_unless
 from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
 from imae.engine.signals import StopRequest
 from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
-from imae.eval.config import FinetuneConfig
 from imae.eval.data import Split
 from imae.eval.features import eval_precision
 from imae.eval.finetune_data import FinetuneImages, training_loader, transforms

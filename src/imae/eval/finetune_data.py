@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from imae.config.finetune import FinetuneConfig
 from imae.data.decode import open_rgb
 from imae.data.loader import BatchPlan, PlanSampler, derive_seed, ignore_stop_signals, seeded
-from imae.eval.config import FinetuneConfig
 from imae.eval.data import Split
 
 

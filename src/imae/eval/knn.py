@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from imae.config.evaluate import EvalConfig
 from imae.errors import DataError
-from imae.eval.config import EvalConfig
 from imae.eval.data import Split
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.subject import Subject

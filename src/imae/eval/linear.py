@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imae.config.evaluate import LinearProbeConfig
 from imae.console import progress
 from imae.engine.optim import lr_at, set_lr
 from imae.errors import ConfigError
-from imae.eval.config import LinearProbeConfig
 from imae.eval.lars import LARS
 from imae.eval.threads import threads_for
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from imae.config.evaluate import EvalConfig
 from imae.data.loader import build_train_loader
 from imae.errors import DataError
-from imae.eval.config import EvalConfig
 from imae.eval.data import Split
 from imae.eval.features import FeatureCache, encode, eval_precision, extract_split
 from imae.eval.linear import HeadFit, fit_probe, predict, topk_accuracy, train_head

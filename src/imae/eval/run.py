@@ -12,11 +12,12 @@ from typing import Any
 import torch
 
 from imae.cli.common import common_overrides
-from imae.config import preset_label, resolve
+from imae.config import Config as PretrainConfig
+from imae.config import preset_label, preset_tree, resolve
+from imae.config.evaluate import RUN_DATA_KEYS, EvalConfig
 from imae.console import info
 from imae.engine.distributed import launched_rank_is_zero, resolve_device
 from imae.errors import ConfigError
-from imae.eval.config import RUN_DATA_KEYS, EvalConfig, preset_tree
 from imae.eval.data import Split, load_eval_split
 from imae.eval.features import FeatureCache
 from imae.eval.results import write_result
@@ -42,7 +43,7 @@ def resolve_config(cls: type, subject: Subject, preset: str | None = None, overr
     run_data = (subject.train_config or {}).get("data") or {}
     tree["data"] = {k: copy.deepcopy(run_data[k]) for k in RUN_DATA_KEYS if run_data.get(k) is not None}
     if preset:
-        for key, value in preset_tree(preset, cls).items():
+        for key, value in preset_tree(preset, cls, foreign=PretrainConfig).items():
             if isinstance(value, dict) and isinstance(tree.get(key), dict):
                 tree[key] = {**tree[key], **value}
             else:

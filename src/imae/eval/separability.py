@@ -38,12 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from imae.config.evaluate import SEPARABILITY_BASELINES as BASELINES
+from imae.config.evaluate import EvalConfig
 from imae.console import progress
 from imae.data.augment import normalize
 from imae.data.mixing import mix
 from imae.eval.bootstrap import Resampler
-from imae.eval.config import SEPARABILITY_BASELINES as BASELINES
-from imae.eval.config import EvalConfig
 from imae.eval.data import Split
 from imae.eval.linear import fit_cached_many, predict
 from imae.eval.pairs import PairSet

@@ -21,7 +21,7 @@ from imae.models.loading import model_from_checkpoint
 from imae.models.mae import MaskedAutoencoder
 
 if TYPE_CHECKING:
-    from imae.eval.config import EvalConfig
+    from imae.config.evaluate import EvalConfig
 
 
 @dataclass

@@ -1,18 +1,18 @@
-"""Typed configuration of the evaluation commands (``EvalConfig``) and of fine-tuning (``FinetuneConfig``).
+"""Typed configuration of the evaluation commands (``EvalConfig``); fine-tuning's is ``imae.config.finetune``.
 
 Resolution order, lowest first: dataclass defaults -> the data section of the evaluated run's own training
 configuration (data set, path, image size) -> ``--preset`` -> the common flags -> ``--set key=value``.
 A ``--preset`` may be a pre-training preset (only its ``data`` section is used: it names the data set of
-an official checkpoint) or a preset of this configuration (``finetune/cifar10-tiny``).
+an official checkpoint) or a preset of this configuration; ``imae.config.tree.preset_tree`` takes the parts
+that apply.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imae.config import Config as PretrainConfig
-from imae.config import plain
+from imae.config.tree import at_least, check_device, plain
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
@@ -135,11 +135,10 @@ class EvalConfig:
         return plain(asdict(self))
 
     def validate(self) -> EvalConfig:
-        _check_common(self)
+        check_device_and_data(self)
         if self.features.pool not in POOLS:
             raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {self.features.pool!r}")
-        if self.features.batch_size < 1:
-            raise ConfigError(f"features.batch_size must be at least 1, got {self.features.batch_size}")
+        at_least("features", self.features, ("batch_size",), 1)
         s = self.separability
         if not s.alphas or not all(0.0 < a <= 0.5 for a in s.alphas):
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {s.alphas}")
@@ -164,8 +163,7 @@ class EvalConfig:
         if s.bootstrap < 10 or not 0.5 <= s.ci < 1.0:
             raise ConfigError(f"separability.bootstrap must be at least 10 and separability.ci in [0.5, 1), got "
                               f"{s.bootstrap} and {s.ci}")
-        if s.pixel_size < 1:
-            raise ConfigError(f"separability.pixel_size must be at least 1, got {s.pixel_size}")
+        at_least("separability", s, ("pixel_size",), 1)
         p = self.linprobe
         if p.mode not in ("cached", "full"):
             raise ConfigError(f"linprobe.mode must be 'cached' or 'full', got {p.mode!r}")
@@ -187,95 +185,7 @@ class EvalConfig:
         return self
 
 
-@dataclass
-class FinetuneParams:
-    """End-to-end fine-tuning, MAE's recipe (METHOD.md section 6 gives the i-MAE ViT-B values)."""
-
-    epochs: int = 100
-    warmup_epochs: float = 5.0
-    batch_size: int = 128  # per process
-    accum_iter: int = 1
-    blr: float = 5e-4  # lr = blr * effective batch / 256
-    min_lr: float = 1e-6
-    layer_decay: float = 0.75  # lr scale of layer i: layer_decay ** (depth + 1 - i)
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    clip_grad: float | None = None
-    drop_path: float = 0.1
-    mixup: float = 0.8  # mixup alpha (0: off)
-    cutmix: float = 1.0  # cutmix alpha (0: off)
-    label_smoothing: float = 0.1
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment policy; None: off
-    reprob: float = 0.25  # random erasing probability
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    pool: str = "cls"  # cls token (the i-MAE release) or mean of the patch tokens (timm 'avg' + fc_norm)
-    amp: bool = True  # bf16 autocast on CUDA
-    save_every: int = 10
-    log_every: int = 20
-    eval_every: int = 1  # epochs between evaluations on the evaluation split
-    max_steps: int | None = None  # a smoke run: stop after N optimiser steps (evaluated there); the lr schedule
-    # is compressed to them
-
-
-@dataclass
-class FinetuneConfig:
-    preset: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str | None = None  # None: <run dir>/eval/finetune
-    num_heads: int | None = None
-    data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    finetune: FinetuneParams = field(default_factory=FinetuneParams)
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
-
-    def validate(self) -> FinetuneConfig:
-        _check_common(self)
-        t = self.finetune
-        for name in ("epochs", "batch_size", "accum_iter"):
-            if getattr(t, name) < 1:
-                raise ConfigError(f"finetune.{name} must be at least 1, got {getattr(t, name)}")
-        if t.max_steps is not None and t.max_steps < 1:
-            raise ConfigError(f"finetune.max_steps must be at least 1 (or null: no limit), got {t.max_steps}")
-        if not 0.0 < t.layer_decay <= 1.0:
-            raise ConfigError(f"finetune.layer_decay must lie in (0, 1], got {t.layer_decay}")
-        if t.pool not in POOLS:
-            raise ConfigError(f"finetune.pool must be one of {', '.join(POOLS)}, got {t.pool!r}")
-        if (t.mixup > 0 or t.cutmix > 0) and t.batch_size % 2:
-            raise ConfigError(f"mixup/cutmix need an even finetune.batch_size, got {t.batch_size}")
-        return self
-
-
-def _check_common(cfg: EvalConfig | FinetuneConfig) -> None:
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    d = cfg.data
-    for name in ("train_per_class", "eval_per_class"):
-        v = getattr(d, name)
-        if v is not None and v < 0:
-            raise ConfigError(f"data.{name} must be at least 0, got {v}")
-
-
-def preset_tree(preset: str, cls: type) -> dict[str, Any]:
-    """The parts of preset ``preset`` that configure ``cls``.
-
-    A pre-training preset contributes its ``data`` section (the keys evaluation understands); keys that
-    neither ``cls`` nor the pre-training configuration knows are errors, so typos do not pass silently.
-    """
-    from imae.config import load_preset
-
-    tree = load_preset(preset)
-    own = {f.name for f in fields(cls)}
-    pretrain_keys = {f.name for f in fields(PretrainConfig)}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if key == "data" and isinstance(value, dict):
-            data_keys = {f.name for f in fields(EvalDataConfig)}
-            out["data"] = {k: v for k, v in value.items() if k in data_keys}
-        elif key in own:
-            out[key] = value
-        elif key not in pretrain_keys:
-            raise ConfigError(f"preset {preset!r} has key {key!r}, which is neither an evaluation nor a "
-                              f"pre-training setting; valid: {', '.join(sorted(own))}")
-    return out
+def check_device_and_data(cfg: Any) -> None:
+    """The checks of an evaluation's or a fine-tune's top level and ``data`` section (``EvalDataConfig``)."""
+    check_device(cfg.device)
+    at_least("data", cfg.data, ("train_per_class", "eval_per_class"), 0)
