@@ -38,7 +38,7 @@ def test_base_presets_merge_and_sets_override_with_types():
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = build_config("imagenet-mae-base", {"seed": 7})
     save_config(cfg, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == cfg
+    assert load_config(tmp_path / "config.yaml", Config) == cfg
 
 
 @pytest.mark.parametrize("item,msg", [

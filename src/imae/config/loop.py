@@ -39,7 +39,7 @@ class LoopConfig:
 
 def validate_loop(section: str, params: Any) -> None:
     """The checks every loop section shares; messages name the section (``train.epochs must be ...``)."""
-    at_least(section, params, ("epochs", "batch_size", "accum_iter"), 1)
+    at_least(section, params, ("epochs", "batch_size", "accum_iter", "log_every"), 1)
     if params.checkpoint_format not in CHECKPOINT_FORMATS:
         raise ConfigError(f"{section}.checkpoint_format must be 'pth' or 'safetensors', "
                           f"got {params.checkpoint_format!r}")

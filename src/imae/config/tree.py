@@ -140,12 +140,8 @@ def save_config(cfg: Any, path: Path) -> None:
     path.write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
 
 
-def load_config(path: Path, cls: type | None = None) -> Any:
-    """Read a saved ``config.yaml`` into ``cls`` (default: the pre-training ``Config``)."""
-    if cls is None:
-        from imae.config.pretrain import Config
-
-        cls = Config
+def load_config(path: Path, cls: type) -> Any:
+    """Read a saved ``config.yaml`` into ``cls`` (e.g. the pre-training ``Config``)."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
