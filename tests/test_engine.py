@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config, tiny_mae
 from imae.checkpoints.files import latest_complete
 from imae.engine import checkpoint as ckpt
-from imae.engine import train as train_mod
+from imae.engine import loop as loop_mod
 from imae.engine.optim import absolute_lr, lr_at, param_groups
 from imae.engine.train import pretrain
 
@@ -71,7 +71,7 @@ def test_accumulation_updates_even_on_a_loader_shorter_than_the_accumulation_cou
 
 def _stop_after_first_epoch(monkeypatch):
     """Deliver the SIGTERM handling path after epoch 0, as if the job were pre-empted there."""
-    original = train_mod._Loop.run_epoch
+    original = loop_mod.Loop.run_epoch
 
     def run_epoch(self, epoch):
         ok = original(self, epoch)
@@ -79,7 +79,7 @@ def _stop_after_first_epoch(monkeypatch):
             self.stop.signal = signal.SIGTERM
         return ok
 
-    monkeypatch.setattr(train_mod._Loop, "run_epoch", run_epoch)
+    monkeypatch.setattr(loop_mod.Loop, "run_epoch", run_epoch)
 
 
 def test_resume_after_one_epoch_gives_identical_weights(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, TINY, tiny_mae
 from eval_fixtures import digits_runs
-from imae.eval.vit import layer_decay_groups, vit_features, vit_from_encoder
+from imae.finetune.vit import layer_decay_groups, vit_features, vit_from_encoder
 
 
 def test_timm_vit_from_our_encoder_gives_our_cls_features():
@@ -73,7 +73,7 @@ def test_every_finetune_preset_resolves():
 
 
 def test_short_finetune_on_real_cifar10_lowers_the_loss(cifar10_dir, tmp_path):
-    from imae.eval.finetune import finetune
+    from imae.finetune import finetune
 
     torch.manual_seed(0)
     ck = tmp_path / "tiny.pth"

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +36,7 @@ def source(tmp_path_factory) -> Path:
 
 
 def _run(source: Path, cifar10_dir: Path, out: Path, resume: str | None = None, sets=()) -> Path:
-    from imae.eval.finetune import finetune
+    from imae.finetune import finetune
 
     overrides = {"data.dataset": "cifar10", "data.path": str(cifar10_dir), "device": "cpu", "output_dir": str(out),
                  "finetune.epochs": EPOCHS}
@@ -49,7 +53,7 @@ def _history(run: Path) -> list[dict]:
 
 def _stop_at(monkeypatch, at: float) -> None:
     """SIGTERM this process when the step at fractional epoch ``at`` sets its learning rate."""
-    import imae.eval.finetune as ft
+    import imae.engine.loop as ft  # the shared training loop sets every step's learning rate
 
     real = ft.lr_at
 
@@ -102,6 +106,55 @@ def test_resume_from_an_epoch_checkpoint_after_a_kill_matches_uninterrupted(sour
     assert not (tmp_path / "ignored").exists()  # --resume RUN_DIR writes into that run
 
 
+def _cli(source: Path, cifar10_dir: Path, out: Path, *extra: str) -> list[str]:
+    """``imae finetune`` of the module's settings in a fresh process, refreshing checkpoint-last every 2 steps."""
+    args = [sys.executable, "-m", "imae", "finetune", str(source), "--output-dir", str(out), "--device", "cpu",
+            "--epochs", str(EPOCHS)]
+    for item in (*SETS, "data.dataset=cifar10", f"data.path={cifar10_dir}", "finetune.save_every_steps=2"):
+        args += ["--set", item]
+    return args + list(extra)
+
+
+def _last_step(run: Path) -> int:
+    log = run / "log.jsonl"
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if '"kind": "step"' in x] \
+        if log.exists() else []
+    return steps[-1] if steps else 0
+
+
+def test_sigkill_at_random_steps_then_resume_auto_matches_an_uninterrupted_run(source, cifar10_dir, tmp_path):
+    # both runs in fresh processes with the same thread count, so that the kernels sum in the same order
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    ref = tmp_path / "ref"
+    res = subprocess.run(_cli(source, cifar10_dir, ref), capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rng = random.Random(0)
+    first = rng.randrange(3, 7)  # of 15 steps (3 epochs x 5); the second kill lands in a later epoch
+    kills, killed_at, resumed_from = [first, rng.randrange(first + 5, 14)], [], []
+    run = tmp_path / "run"
+    for target in kills:
+        ck = run / "checkpoint-last.pth"
+        resumed_from.append(torch.load(ck, weights_only=True)["global_step"] if ck.exists() else 0)
+        p = subprocess.Popen(_cli(source, cifar10_dir, run, "--resume", "auto"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.time() + 300
+        while _last_step(run) < target and p.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        assert p.poll() is None, f"the fine-tune ended before step {target}: {p.communicate()[1][-1500:]}"
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+        killed_at.append(_last_step(run))
+    assert resumed_from[1] > 0 and not (run / "finetune.json").exists()
+    res = subprocess.run(_cli(source, cifar10_dir, run, "--resume", "auto"), capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _equal(_weights(run), _weights(ref))
+    whole, resumed = _history(ref), _history(run)
+    assert [h["test_top1"] for h in resumed] == [h["test_top1"] for h in whole]
+    assert [h["loss"] for h in resumed] == pytest.approx([h["loss"] for h in whole], rel=1e-6)
+
+
 def test_a_second_finetune_into_the_same_folder_is_refused_and_names_resume(source, cifar10_dir, uninterrupted):
     before = (uninterrupted / "checkpoint-last.pth").read_bytes()
     with pytest.raises(ConfigError, match=r"already holds checkpoints; continue it with --resume .*whole "
@@ -133,7 +186,7 @@ def test_resume_guards_a_changed_step_layout_fewer_epochs_and_unreadable_checkpo
         _run(source, cifar10_dir, run, resume="auto", sets=["finetune.batch_size=12"])
     assert (run / "checkpoint-last.pth").read_bytes() == before
     with pytest.raises(ConfigError, match=r"has already fine-tuned 3 epochs; --epochs must be at least that"):
-        from imae.eval.finetune import finetune
+        from imae.finetune import finetune
 
         finetune(source, overrides={"output_dir": str(uninterrupted), "finetune.epochs": 2}, resume="auto")
     # auto must not start over a folder whose checkpoints are all damaged, nor say "use --resume auto"

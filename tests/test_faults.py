@@ -291,7 +291,7 @@ def test_nonfinite_loss_stops_or_is_skipped(tmp_path, monkeypatch, fault_case):
     real = objectives.MAEObjective.__call__
     count = {"n": 0}
 
-    def nan_at_nine(self, net, batch, mask_ratio):
+    def nan_at_nine(self, net, batch, mask_ratio=None):
         out = real(self, net, batch, mask_ratio)
         count["n"] += 1
         return {"loss": out["loss"] * float("nan")} if count["n"] == 9 else out
@@ -464,7 +464,7 @@ def test_nonfinite_gradients_of_a_finite_loss_are_never_applied(tmp_path, monkey
     real = objectives.MAEObjective.__call__
     count = {"n": 0, "mode": "grad"}
 
-    def bad_at_nine(self, net, batch, mask_ratio):
+    def bad_at_nine(self, net, batch, mask_ratio=None):
         out = real(self, net, batch, mask_ratio)
         count["n"] += 1
         if count["n"] == 9 and count["mode"] == "grad":
@@ -531,7 +531,7 @@ def test_a_second_writer_into_a_live_run_folder_is_refused(tmp_path, fault_case)
     assert res.returncode == 0, res.stderr[-1500:]
     assert ckpt.load(run / "checkpoint-last.pth")["epoch"] == done, res.stderr
     # fine-tuning takes the same lock
-    from imae.eval.finetune import finetune
+    from imae.finetune import finetune
 
     ft = tmp_path / "ft"
     ft.mkdir()
@@ -610,11 +610,11 @@ def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, mo
                expected="the resumed epoch's record equals the uninterrupted one's (every loss term, alpha and "
                         "same-class statistics within float tolerance, the same image count); the stopped event "
                         "names epoch 2")
-    import imae.engine.train as train
+    import imae.engine.loop as loop
 
     sets = {"imae.distill": False, "train.save_every_steps": 0}
     ref = pretrain(tiny_config(tmp_path / "ref", preset="digits-imae", **sets))
-    real, calls = train.lr_at, {"n": 0}
+    real, calls = loop.lr_at, {"n": 0}
 
     def lr_at(*args):
         calls["n"] += 1
@@ -622,9 +622,9 @@ def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, mo
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args)
 
-    monkeypatch.setattr(train, "lr_at", lr_at)
+    monkeypatch.setattr(loop, "lr_at", lr_at)
     run = pretrain(tiny_config(tmp_path / "run", preset="digits-imae", **sets))
-    monkeypatch.setattr(train, "lr_at", real)
+    monkeypatch.setattr(loop, "lr_at", real)
     stopped = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"stopped"' in x]
     assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(2, 3, 1)]
     pretrain(tiny_config(tmp_path / "x", preset="digits-imae", **sets), resume=str(run))
@@ -643,9 +643,9 @@ def test_a_mid_epoch_resume_with_another_batch_layout_is_refused(tmp_path, monke
     fault_case(injected="a run stopped at step 3 of epoch 2, resumed with another train.batch_size, then with "
                         "another train.accum_iter",
                expected="refused in one line, as fine-tuning does (the rest of the epoch's batches would differ)")
-    import imae.engine.train as train
+    import imae.engine.loop as loop
 
-    real, calls = train.lr_at, {"n": 0}
+    real, calls = loop.lr_at, {"n": 0}
 
     def lr_at(*args):
         calls["n"] += 1
@@ -653,9 +653,9 @@ def test_a_mid_epoch_resume_with_another_batch_layout_is_refused(tmp_path, monke
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args)
 
-    monkeypatch.setattr(train, "lr_at", lr_at)
+    monkeypatch.setattr(loop, "lr_at", lr_at)
     run = pretrain(tiny_config(tmp_path / "run"))
-    monkeypatch.setattr(train, "lr_at", real)
+    monkeypatch.setattr(loop, "lr_at", real)
     assert ckpt.load(run / "checkpoint-last.pth")["step_in_epoch"] == 3
     msgs, before = [], (run / "config.yaml").read_text()
     for key, value in (("train.batch_size", 8), ("train.accum_iter", 2)):
@@ -1008,7 +1008,7 @@ def test_resubmitting_a_two_process_run_after_a_worker_is_killed_ends_bit_identi
 
 
 def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(tmp_path, monkeypatch):
-    import imae.engine.train as train
+    import imae.engine.loop as loop
     from imae.engine.optim import lr_at
 
     sets = {"train.max_steps": 8, "train.save_every_steps": 0}  # of 2 epochs x 6 steps
@@ -1021,7 +1021,7 @@ def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(
     span = 8 / 6  # the schedule (1 epoch of warm-up in 2) compressed into 8 steps
     assert lrs == pytest.approx([lr_at(s / 6, base, 0.0, span / 2, span) for s in range(8)], rel=1e-6)
     assert any(r.get("event") == "max_steps" for r in records)
-    real, calls = train.lr_at, {"n": 0}
+    real, calls = loop.lr_at, {"n": 0}
 
     def stop_at_five(*args):
         calls["n"] += 1
@@ -1029,9 +1029,9 @@ def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args)
 
-    monkeypatch.setattr(train, "lr_at", stop_at_five)
+    monkeypatch.setattr(loop, "lr_at", stop_at_five)
     b = pretrain(tiny_config(tmp_path / "b", **sets))
-    monkeypatch.setattr(train, "lr_at", real)
+    monkeypatch.setattr(loop, "lr_at", real)
     assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 5
     pretrain(tiny_config(tmp_path / "x"), resume=str(b))
     assert ckpt.load(b / "checkpoint-last.pth")["global_step"] == 8
@@ -1043,11 +1043,11 @@ def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(
 def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeypatch, fault_case):
     fault_case(injected="a fine-tune whose loss is finite but whose gradients are infinite at epoch 2 step 5",
                expected="stops naming the step before the update; the checkpoints keep finite weights")
-    import imae.eval.finetune as ft
-    from imae.eval.finetune import finetune
+    import imae.finetune.objective as ft
+    from imae.finetune import finetune
 
     src = pretrain(tiny_config(tmp_path / "src", **{"train.epochs": 1}))
-    real, calls = ft._mixing, {"n": 0}
+    real, calls = ft.mixing, {"n": 0}
 
     def mixing(t, num_classes):
         mix, criterion = real(t, num_classes)
@@ -1059,22 +1059,23 @@ def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeyp
 
         return mix, crit
 
-    monkeypatch.setattr(ft, "_mixing", mixing)
+    monkeypatch.setattr(ft, "mixing", mixing)
     out = tmp_path / "ft"
-    with pytest.raises(TrainingError, match=r"fine-tuning gradients became non-finite \(grad_norm=(inf|nan)\) at "
-                                            r"epoch 2 step 5; the update was not applied"):
+    with pytest.raises(TrainingError, match=r"gradient norm became non-finite at epoch 2 step 5 \(grad_norm=(inf|nan); "
+                                            r"loss=.*\); the update was not applied; last good checkpoint: "):
         finetune(src, overrides={"output_dir": str(out), "device": "cpu", "finetune.epochs": 2},
                  sets=["finetune.batch_size=16", "data.num_workers=0", "data.train_per_class=10",
                        "data.eval_per_class=2", "finetune.save_every=1"])
     ck = ckpt.load(out / "checkpoint-last.pth")
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values())
-    fault_case(outcome="'fine-tuning gradients became non-finite (grad_norm=inf) at epoch 2 step 5; the update was "
-                       "not applied; ...'; checkpoint of epoch 1 finite", lost="the steps of epoch 2")
+    fault_case(outcome="'gradient norm became non-finite at epoch 2 step 5 (grad_norm=inf; loss=...); the update "
+                       "was not applied; last good checkpoint: ...'; checkpoint of epoch 1 finite",
+               lost="the steps of epoch 2")
 
 
 def test_finetune_max_steps_smoke_run_is_evaluated_and_resumes_exactly(tmp_path, monkeypatch):
-    import imae.eval.finetune as ft
-    from imae.eval.finetune import finetune
+    import imae.engine.loop as ft
+    from imae.finetune import finetune
 
     src = pretrain(tiny_config(tmp_path / "src", **{"train.epochs": 1}))
     sets = ["finetune.batch_size=16", "data.num_workers=0", "data.train_per_class=10", "data.eval_per_class=2",

@@ -23,6 +23,7 @@ from imae.data.datasets import ImageSet
 from imae.engine import distributed as D
 from imae.engine import train as train_mod
 from imae.engine.logs import RunLog
+from imae.engine.loop import Loop, TrainState
 from imae.engine.objectives import build_objective
 from imae.engine.optim import build_adamw
 
@@ -179,8 +180,8 @@ def run_fake_cuda_epoch(tmp_path, monkeypatch, method: str, steps: int = 4):
         aug = loader_mod.BatchAugment(16, data.mean, data.std)
         loader = loader_mod.TensorLoader(data, plan, aug, CUDA)
         log = RunLog(tmp_path, enabled=False)
-        loop = train_mod._Loop(cfg, env, objective, model, optimizer, loader, log, tmp_path, 1e-3,
-                               train_mod.TrainState())
+        loop = Loop(objective, model, optimizer, loader, cfg.train, env, log, tmp_path, 1e-3, TrainState(),
+                    section="train", config=cfg.to_dict(), resume_hint="")
         monkeypatch.setattr(loop, "_save", lambda *a, **k: None)
         written = []
         monkeypatch.setattr(log, "write", lambda kind, rec, step=None, prefix="": written.append(step)

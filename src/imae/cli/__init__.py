@@ -111,7 +111,7 @@ def cmd_export(args: argparse.Namespace) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     from imae import __version__
-    from imae.eval import commands as _eval_commands  # noqa: F401  (registers the evaluation subcommands)
+    from imae.cli import evaluate as _eval_commands  # noqa: F401  (registers the evaluation subcommands)
 
     parser = argparse.ArgumentParser(prog="imae", description="i-MAE: interactive Masked Autoencoders")
     parser.add_argument("--version", action="version", version=f"imae {__version__}")

@@ -1,7 +1,7 @@
 """What every ``imae`` subcommand shares: the command registry and the common flags.
 
 It sits below both sides of the CLI: ``imae.cli`` (the parser, pre-training, quickstart, export) and
-``imae.eval.commands`` (the evaluation commands) register here and read the same flags.
+``imae.cli.evaluate`` (the evaluation commands) register here and read the same flags.
 """
 
 from __future__ import annotations

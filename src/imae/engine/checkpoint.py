@@ -12,17 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from imae.checkpoints import files, safetensors_io
-
-# re-exported for engine/train.py and eval/finetune.py until they import imae.checkpoints (the next three imports)
-from imae.checkpoints.atomic import save_atomic  # noqa: F401
-from imae.checkpoints.files import (  # noqa: F401
-    checkpoints_in,
-    latest_complete,
-    prune,
-    remove_partial_writes,
-    save_checkpoint,
-)
-from imae.checkpoints.state import load_state_dict, restore, strip_prefixes  # noqa: F401
 from imae.errors import CheckpointError
 from imae.models.hf import load_folder
 

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imae.console import info, progress  # noqa: F401  (re-exported for the training loops until they import it)
-
 
 class RunLog:
     """``log.jsonl`` (one JSON object per line, ``"kind"``: step | epoch | event) and ``tb/`` events.

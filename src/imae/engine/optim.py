@@ -32,10 +32,16 @@ def absolute_lr(blr: float, lr: float | None, effective_batch: int) -> float:
 
 def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                 device: torch.device) -> torch.optim.AdamW:
+    """AdamW over pre-training's two groups (weight decay on matrices only)."""
+    return adamw(param_groups(model, weight_decay), lr, betas, device)
+
+
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    """AdamW over parameter groups (each may carry ``lr_scale``, see ``set_lr``), fused where torch has it."""
     # the fused kernel (CUDA and, since torch 2.4, CPU) updates every parameter in one pass;
     # tests/test_fast_paths.py checks it against the plain implementation
     fused = True if device.type in ("cuda", "cpu") else None
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 def lr_at(epoch: float, base_lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from imae.cli.common import common_overrides
 from imae.config import Config as PretrainConfig
 from imae.config import preset_label, preset_tree, resolve
 from imae.config.evaluate import RUN_DATA_KEYS, EvalConfig
@@ -50,13 +49,6 @@ def resolve_config(cls: type, subject: Subject, preset: str | None = None, overr
                 tree[key] = value
         tree["preset"] = preset_label(preset)
     return resolve(tree, overrides, sets, cls)
-
-
-def overrides_from_args(args, command: str, epochs_key: str | None) -> dict[str, Any]:
-    """The common flags as dotted keys; ``--epochs`` only where the command trains for epochs."""
-    if epochs_key is None and getattr(args, "epochs", None) is not None:
-        raise ConfigError(f"--epochs has no meaning for `imae {command}`")
-    return common_overrides(args, epochs_key or "unused")
 
 
 @dataclass

@@ -88,7 +88,10 @@ class IMAEObjective:
         except ValueError as e:
             raise CheckpointError(str(e)) from None
 
-    def __call__(self, net: nn.Module, batch: Batch, mask_ratio: float) -> dict[str, torch.Tensor]:
+    def __call__(self, net: nn.Module, batch: Batch, mask_ratio: float | None = None) -> dict[str, torch.Tensor]:
+        """net: the model, possibly wrapped by DDP / torch.compile; ``mask_ratio``: None = train.mask_ratio.
+        Returns the weighted loss and its terms (scalars)."""
+        mask_ratio = self.cfg.train.mask_ratio if mask_ratio is None else mask_ratio
         x, g = batch.images, batch.generator
         n = x.shape[0]
         alpha = self.alphas.sample(n, g, x.device)

@@ -20,12 +20,15 @@ class MAEObjective:
     kind = "mae"
 
     def __init__(self, cfg: Config) -> None:
+        self.mask_ratio = cfg.train.mask_ratio
         self.model: nn.Module = create_model(cfg.model.name, **model_overrides(cfg))
         if getattr(self.model, "kind", "mae") != "mae":
             raise ValueError(f"model {cfg.model.name} is not a vanilla MAE; use method imae for it")
 
-    def __call__(self, net: nn.Module, batch: Batch, mask_ratio: float) -> dict[str, torch.Tensor]:
-        """net: the model, possibly wrapped by DDP / torch.compile. Returns {"loss": scalar}."""
+    def __call__(self, net: nn.Module, batch: Batch, mask_ratio: float | None = None) -> dict[str, torch.Tensor]:
+        """net: the model, possibly wrapped by DDP / torch.compile; ``mask_ratio``: None = train.mask_ratio.
+        Returns {"loss": scalar}."""
+        mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         x = batch.images
         noise = torch.rand(x.shape[0], self.model.arch.num_patches, generator=batch.generator, device=x.device)
         out = net(x, mask_ratio=mask_ratio, noise=noise)

@@ -1,7 +1,7 @@
 """Evaluation subcommands of the ``imae`` command line (registered with ``imae.cli.command``).
 
 Each parses its flags and calls one function: :func:`imae.eval.run.evaluate`,
-:func:`imae.eval.finetune.finetune`, :func:`imae.viz.figures.make_figures` or
+:func:`imae.finetune.finetune`, :func:`imae.viz.figures.make_figures` or
 :func:`imae.viz.report.write_report`.
 """
 
@@ -10,8 +10,17 @@ from __future__ import annotations
 import argparse
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from imae.cli.common import add_common, command
+from imae.cli.common import add_common, command, common_overrides
+from imae.errors import ConfigError
+
+
+def overrides_from_args(args, command: str, epochs_key: str | None) -> dict[str, Any]:
+    """The common flags as dotted keys; ``--epochs`` only where the command trains for epochs."""
+    if epochs_key is None and getattr(args, "epochs", None) is not None:
+        raise ConfigError(f"--epochs has no meaning for `imae {command}`")
+    return common_overrides(args, epochs_key or "unused")
 
 
 def _ckpt(p: argparse.ArgumentParser) -> None:
@@ -53,7 +62,7 @@ def _plain(p: argparse.ArgumentParser, command: str | None = None) -> None:
 
 
 def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Path:
-    from imae.eval.run import evaluate, overrides_from_args
+    from imae.eval.run import evaluate
 
     record = evaluate(name, args.ckpt, reference=getattr(args, "reference", None), preset=args.preset,
                       overrides=overrides_from_args(args, name, epochs_key), sets=args.sets)
@@ -95,8 +104,8 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 @command("finetune", "fine-tune a timm ViT built from the encoder (layer decay, mixup/cutmix, RandAugment)")(
     _finetune_args)
 def cmd_finetune(args: argparse.Namespace) -> Path:
-    from imae.eval.finetune import finetune
-    from imae.eval.run import main_process, overrides_from_args
+    from imae.eval.run import main_process
+    from imae.finetune import finetune
 
     run_dir = finetune(args.ckpt, preset=args.preset, overrides=overrides_from_args(args, "finetune",
                                                                                     "finetune.epochs"),
@@ -115,7 +124,6 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 @command("figures", "PNG figures: mixtures across alpha, ablation grid, mask ratios, weights and attention")(
     _figures_args)
 def cmd_figures(args: argparse.Namespace) -> list[Path]:
-    from imae.eval.run import overrides_from_args
     from imae.viz.figures import make_figures
 
     paths = make_figures(args.ckpts, preset=args.preset, overrides=overrides_from_args(args, "figures", None),
@@ -153,7 +161,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 @command("compare", "B minus A on identical pairs, masks and test images, with paired-bootstrap 95% intervals")(
     _compare_args)
 def cmd_compare(args: argparse.Namespace) -> Path:
-    from imae.eval.run import compare_checkpoints, overrides_from_args
+    from imae.eval.run import compare_checkpoints
 
     record = compare_checkpoints(args.a, args.b, reference=args.reference, preset=args.preset,
                                  overrides=overrides_from_args(args, "compare", None), sets=args.sets)

@@ -1,5 +1,5 @@
 """Fine-tuning's images: timm's training augmentation, seeded per (seed, epoch, image), in the batches of
-pre-training's ``BatchPlan``.
+pre-training's ``BatchPlan``, served to the training loop as (step, batch) as pre-training's loaders.
 
 Every random choice of a training image (crop, flip, RandAugment ops, erasing) is a function of
 ``(seed, epoch, index)``, and each rank's batches of an epoch are rows of one seeded permutation, so a
@@ -8,6 +8,9 @@ with any number of loader workers (as pre-training's file loader, ``imae.data.lo
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -42,16 +45,36 @@ class FinetuneImages(torch.utils.data.Dataset):
             return self.transform(im), int(d.labels[i])
 
 
-def training_loader(train: Split, transform, cfg: FinetuneConfig, rank: int, world_size: int,
-                    pin_memory: bool) -> torch.utils.data.DataLoader:
-    """Seeded batches of augmented training images; ``loader.batch_sampler`` is the ``PlanSampler`` (its
-    ``plan`` gives the steps per epoch) as in pre-training's file loader."""
-    t, workers = cfg.finetune, cfg.data.num_workers
-    plan = BatchPlan(train.labels, t.batch_size, world_size, cfg.seed, batch_setting="finetune.batch_size")
-    return torch.utils.data.DataLoader(FinetuneImages(train, transform, cfg.seed),
-                                       batch_sampler=PlanSampler(plan, rank), num_workers=workers,
-                                       persistent_workers=workers > 0, pin_memory=pin_memory,
-                                       worker_init_fn=ignore_stop_signals)
+@dataclass
+class LabeledBatch:
+    """images: float [B, C, H, W] normalised; labels: int64 [B] class indices, or after mixup/cutmix float
+    [B, num_classes] soft targets."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class PlanLoader:
+    """Seeded batches of augmented training images, as ``(step, LabeledBatch)`` on the CPU for the steps
+    ``start ..`` of an epoch (the interface of pre-training's loaders, ``imae.data.loader``)."""
+
+    def __init__(self, train: Split, transform, cfg: FinetuneConfig, rank: int, world_size: int,
+                 pin_memory: bool) -> None:
+        t, workers = cfg.finetune, cfg.data.num_workers
+        self.plan = BatchPlan(train.labels, t.batch_size, world_size, cfg.seed, batch_setting="finetune.batch_size")
+        self.sampler = PlanSampler(self.plan, rank)
+        self.loader = torch.utils.data.DataLoader(FinetuneImages(train, transform, cfg.seed),
+                                                  batch_sampler=self.sampler, num_workers=workers,
+                                                  persistent_workers=workers > 0, pin_memory=pin_memory,
+                                                  worker_init_fn=ignore_stop_signals)
+
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[int, LabeledBatch]]:
+        self.sampler.epoch, self.sampler.start = epoch, start
+        for step, (x, y) in enumerate(self.loader, start=start):
+            yield step, LabeledBatch(x, y)
 
 
 def transforms(cfg: FinetuneConfig, size: int, mean, std, in_memory: bool):

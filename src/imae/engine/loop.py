@@ -1,0 +1,395 @@
+"""The one training loop of pre-training (MAE, i-MAE) and fine-tuning (classification).
+
+``Loop`` runs the epochs of a run and does, once for every objective: gradient accumulation, the
+per-iteration lr schedule, bf16 autocast, DDP's ``no_sync``, the non-finite policy (device flags, read
+once per logging interval; a bad update is never applied), stop on SIGTERM / SIGINT with a mid-epoch
+checkpoint, ``max_steps`` smoke runs, atomic checkpoints (numbered and ``checkpoint-last``, pruning),
+exact resume, progress bars and JSON-lines / TensorBoard records.
+
+What it trains is an *objective* (``imae.engine.objectives``, ``imae.finetune.objective``)::
+
+    objective.model                          the unwrapped module (saved, clipped)
+    objective(net, batch) -> {name: scalar}  the loss terms of a batch; "loss" is minimised
+    objective.checkpoint_meta() -> dict      what its checkpoints carry besides the loop's keys
+    objective.prepare_batch(batch, epoch, step, rank) -> batch   optional: per-step batch preparation
+    objective.end_epoch(epoch, metrics)      optional: add to an epoch's record (e.g. an evaluation)
+    objective.epoch_stats / running_stats / resume_stats         optional: statistics beside the terms
+
+and the settings it reads (``params``) are a ``LoopConfig``: pre-training's ``train:`` or fine-tuning's
+``finetune:`` section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from imae import __version__
+from imae.checkpoints.files import latest_complete, prune, save_checkpoint
+from imae.console import info, progress
+from imae.engine import distributed as D
+from imae.engine.logs import RunLog
+from imae.engine.optim import grad_norm, lr_at, set_lr, step_unless
+from imae.engine.signals import StopRequest
+from imae.errors import ConfigError, TrainingError
+
+
+@dataclass
+class TrainState:
+    epoch: int = -1  # last completed epoch (as the official MAE); -1 before the first
+    step_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained on
+    global_step: int = 0  # optimiser steps taken
+    nonfinite_skipped: int = 0
+    # stopped mid-epoch: the running sums of the epoch's finished steps (loss terms summed over ranks,
+    # per-rank step and image counts, seconds), so the resumed epoch's record equals an uninterrupted one's
+    partial: dict[str, Any] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any] | None, world_size: int = 1) -> TrainState:
+        if ck is None:
+            return cls()
+        step = ck.get("step_in_epoch", 0)
+        partial = ck.get("partial") if step else None
+        if partial and "loss_sum" in partial:  # a fine-tune checkpoint of imae <= 0.4: image-weighted sums
+            mean = partial["loss_sum"] / max(partial.get("seen", 0), 1)
+            partial = {"sums": {"loss": mean * step * world_size}, "finite_steps": step,
+                       "seen": partial.get("seen", 0) // world_size, "time_s": partial.get("time_s", 0.0)}
+        return cls(ck.get("epoch", -1), step, ck.get("global_step", 0), ck.get("nonfinite_skipped", 0), partial)
+
+
+def layout_of(params, env: D.DistEnv) -> dict[str, int]:
+    """What fixes the batches of an epoch: per-process batch size, accumulation, processes."""
+    return {"batch_size": params.batch_size, "accum_iter": params.accum_iter, "world_size": env.world_size}
+
+
+def check_layout(ck: dict[str, Any], params, env: D.DistEnv, section: str, run_dir: Path) -> None:
+    """A run stopped mid-epoch resumes only with the batch layout it stopped with: else the rest of the
+    epoch's batch plan would differ (some images seen twice, others not at all)."""
+    layout = layout_of(params, env)
+    if ck.get("step_in_epoch") and ck.get("layout") not in (None, layout):
+        raise ConfigError(f"{run_dir} stopped in the middle of an epoch with {_describe(ck['layout'], section)}; "
+                          f"resume it with the same (now {_describe(layout, section)})")
+
+
+def _describe(layout: dict[str, int], section: str) -> str:
+    return (f"{section}.batch_size={layout['batch_size']}, {section}.accum_iter={layout['accum_iter']} on "
+            f"{layout['world_size']} process(es)")
+
+
+def wrap(model: nn.Module, env: D.DistEnv, compile: bool = False) -> nn.Module:
+    """The module a step calls: DDP across processes, then torch.compile (PyTorch's order: gradient
+    buckets overlap the backward)."""
+    net = model
+    if env.distributed:
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
+    return net
+
+
+class Loop:
+    """One training run's epochs (kept as an object so its state is in one place).
+
+    ``section`` names the settings in messages (``train`` / ``finetune``); ``config`` is the resolved
+    configuration saved in every checkpoint; ``resume_hint`` the command that continues a stopped run;
+    ``desc`` the progress bar's and epoch line's word; ``step_prefix`` the TensorBoard group of step records.
+    """
+
+    def __init__(self, objective, net: nn.Module, optimizer: torch.optim.Optimizer, loader, params, env: D.DistEnv,
+                 log: RunLog, run_dir: Path, base_lr: float, state: TrainState, *, section: str,
+                 config: dict[str, Any], resume_hint: str, desc: str = "epoch", step_prefix: str = "train") -> None:
+        self.objective, self.net, self.model = objective, net, objective.model
+        self.optimizer, self.loader, self.p, self.env = optimizer, loader, params, env
+        self.log, self.run_dir, self.base_lr, self.state = log, run_dir, base_lr, state
+        self.section, self.config, self.resume_hint = section, config, resume_hint
+        self.desc, self.step_prefix = desc, step_prefix
+        self.stop: StopRequest | None = None
+        self.load_skipped = 0  # unreadable files dropped when the data set was loaded
+        self.max_reached = False
+        # the lr schedule's length (and warm-up) in epochs: a smoke run (max_steps) gets it compressed
+        p = params
+        self.sched_epochs: float = p.epochs
+        self.sched_warmup: float = p.warmup_epochs
+        if p.max_steps:
+            span = min(float(p.epochs), p.max_steps / math.ceil(len(loader) / p.accum_iter))
+            self.sched_epochs, self.sched_warmup = span, p.warmup_epochs * span / p.epochs
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if p.amp and env.device.type == "cuda"
+                         else contextlib.nullcontext())
+
+    def run(self) -> str:
+        """Train the remaining epochs. Returns ``done``, ``max_steps`` (``params.max_steps`` reached;
+        checkpoint written) or ``stopped`` (by a signal; checkpoint written, the stop reported)."""
+        p, st = self.p, self.state
+        with StopRequest() as stop:
+            self.stop = stop
+            for epoch in range(st.epoch + 1, p.epochs):
+                if p.max_steps and st.global_step >= p.max_steps:
+                    return "max_steps"  # resumed after its last step
+                ended = self.run_epoch(epoch)
+                if self.max_reached:
+                    self.log.write("event", {"event": "max_steps", "global_step": st.global_step})
+                    return "max_steps"
+                if not ended or (epoch + 1 < p.epochs and self.stop_requested()):
+                    self.report_stop()
+                    return "stopped"
+        return "done"
+
+    def lr(self) -> float:
+        """The learning rate of the unscaled parameter groups (layer decay scales the others down)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    def run_epoch(self, epoch: int) -> bool:
+        """Train one epoch (from ``state.step_in_epoch``). Returns False when a stop signal ended it."""
+        p, st, env = self.p, self.state, self.env
+        steps = len(self.loader)
+        start = st.step_in_epoch
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen, skipped_files, finite_steps, t0 = 0, 0, 0, time.time()
+        data_s, tick = 0.0, time.perf_counter()  # time spent waiting for batches (data on the critical path)
+        part, st.partial = (st.partial or {}) if start else {}, None
+        if part:  # resumed mid-epoch: continue the sums of the steps done before the stop (rank 0 holds them)
+            for k, v in part.get("sums", {}).items():
+                sums[k] = torch.tensor(float(v) if env.is_main else 0.0, device=env.device)
+            finite_steps, seen = int(part.get("finite_steps", 0)), int(part.get("seen", 0))
+            skipped_files, data_s = int(part.get("skipped_files", 0)), float(part.get("data_wait_s", 0.0))
+            t0 -= float(part.get("time_s", 0.0))
+            if part.get("objective") is not None and hasattr(self.objective, "resume_stats"):
+                self.objective.resume_stats(part["objective"], env.is_main)
+
+        def running() -> dict[str, Any]:
+            """What a mid-epoch checkpoint keeps of this epoch's sums (one collective, on every rank)."""
+            names = sorted(sums)
+            total = D.all_reduce_sum(torch.stack([sums[k] for k in names]).to(env.device)) if names else None
+            return {"sums": {k: float(v) for k, v in zip(names, total.tolist())} if names else {},
+                    "finite_steps": int(finite_steps), "seen": seen, "skipped_files": skipped_files,
+                    "data_wait_s": data_s, "time_s": time.time() - t0,
+                    **({"objective": self.objective.running_stats()} if hasattr(self.objective, "running_stats")
+                       else {})}
+        bar = progress(steps, start, f"{self.desc} {epoch + 1}/{p.epochs}", env.is_main)
+        group_bad = torch.zeros((), dtype=torch.bool, device=env.device)
+        # not yet read: (step, non-finite flags [loss, gradients], loss terms, gradient norm) per micro-step
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        names: list[str] = []
+        rows: list[tuple[bool, list[float]]] = []
+        # the host reads the device once per logging interval (on a CPU, where a read costs nothing, every step)
+        read_every_step = env.device.type == "cpu"
+        prepare = getattr(self.objective, "prepare_batch", None)
+        for step, batch in self.loader.batches(epoch, start):
+            data_s += time.perf_counter() - tick
+            if prepare is not None:
+                batch = prepare(batch, epoch, step, env.rank)
+            group_start = step - step % p.accum_iter
+            group_size = min(p.accum_iter, steps - group_start)
+            last_micro = step == group_start + group_size - 1
+            if step == group_start:
+                set_lr(self.optimizer, lr_at(epoch + step / steps, self.base_lr, p.min_lr, self.sched_warmup,
+                                             self.sched_epochs))
+            ddp = getattr(self.net, "_orig_mod", self.net)  # under torch.compile, DDP is the compiled module
+            sync = contextlib.nullcontext() if last_micro or not isinstance(ddp, DDP) else ddp.no_sync()
+            with sync:
+                with self.autocast:
+                    out = self.objective(self.net, batch)
+                loss = out["loss"]
+                # a device-side flag, not .item(): the host does not wait for the forward pass; a non-finite
+                # group is skipped by the optimiser itself (found_inf, as under GradScaler)
+                bad = ~torch.isfinite(loss.detach())
+                group_bad = bad if step == group_start else group_bad | bad
+                (loss / group_size).backward()
+            names = [k for k, v in out.items() if v.ndim == 0]
+            terms = torch.stack([out[k].detach().float() for k in names])
+            pending.append((step, torch.stack([bad, torch.zeros_like(bad)]), terms, torch.zeros_like(terms[0])))
+            for k, v in zip(names, terms.unbind()):
+                sums[k] = sums.get(k, 0.0) + torch.where(bad, 0.0, v)
+            finite_steps = finite_steps + (~bad).long()
+            if read_every_step and not last_micro:  # the last one is read with its gradient check below
+                rows = self._read_pending(epoch, pending, names)
+            seen += batch.images.shape[0]
+            skipped_files += getattr(batch, "skipped", 0)
+            bar.update(1)
+            if not last_micro:
+                tick = time.perf_counter()
+                continue
+            # a finite loss can still give inf / NaN gradients: check their norm (clipping computes it anyway),
+            # on the device; the group's flags join the pending row of its last micro-step
+            norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.clip_grad) if p.clip_grad
+                    else grad_norm(self.model.parameters())).detach().float()
+            grad_bad = ~torch.isfinite(norm) & ~group_bad
+            pending[-1] = (step, torch.stack([bad, grad_bad]), terms, norm)
+            if read_every_step:
+                rows = self._read_pending(epoch, pending, names)
+            found = (group_bad | grad_bad).float()
+            step_unless(self.optimizer, D.all_reduce_sum(found) if env.distributed else found)
+            self.optimizer.zero_grad(set_to_none=True)
+            st.global_step += 1
+            st.step_in_epoch = step + 1
+            log_step = st.global_step % p.log_every == 0
+            save_step = bool(p.save_every_steps) and st.global_step % p.save_every_steps == 0 and step + 1 < steps
+            if (log_step or save_step) and not read_every_step:
+                rows = self._read_pending(epoch, pending, names)
+            if log_step and rows and not rows[-1][0]:
+                rec = dict(zip(names, rows[-1][1]))
+                rec.update(epoch=epoch + 1, step=st.global_step, lr=self.lr())
+                self.log.write("step", rec, step=st.global_step, prefix=self.step_prefix)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+            if p.max_steps and st.global_step >= p.max_steps:
+                self.max_reached = True
+                if step + 1 < steps:
+                    self._read_pending(epoch, pending, names)
+                    bar.close()
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
+                    return False
+            if step + 1 < steps:
+                # across processes the stop check is a collective: once per logging interval, not per step
+                if (not env.distributed or log_step or save_step) and self.stop_requested():
+                    self._read_pending(epoch, pending, names)
+                    bar.close()
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
+                    return False
+                if save_step:
+                    self._save(epoch - 1, step + 1, numbered=False, partial=running())
+            tick = time.perf_counter()
+        bar.close()
+        self._read_pending(epoch, pending, names)
+        finite_steps = int(finite_steps)
+        metrics = self._epoch_metrics(sums, finite_steps, seen, time.time() - t0, skipped_files + self.load_skipped)
+        metrics["data_wait_s"] = data_s
+        metrics["images"] = float(seen * D.world_size())
+        metrics["lr"] = self.lr()
+        if hasattr(self.objective, "end_epoch"):  # e.g. fine-tuning's evaluation on the test split
+            self.objective.end_epoch(epoch, metrics)
+        self.log.write("epoch", {"epoch": epoch + 1, **metrics}, step=epoch + 1, prefix="epoch")  # 1-based
+        self.log.flush()
+        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images")
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
+        info(f"{self.desc} {epoch + 1}/{p.epochs}: {summary}; {metrics['images_per_s']:.0f} img/s"
+             + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else ""),
+             env.is_main)
+        numbered = (epoch + 1) % max(p.save_every, 1) == 0 or epoch + 1 == p.epochs
+        self._save(epoch, 0, numbered=numbered, metrics=metrics)
+        return True
+
+    def stop_requested(self) -> bool:
+        """True on every rank once any rank has received SIGTERM / SIGINT."""
+        asked = self.stop is not None and self.stop.signal is not None
+        if D.world_size() > 1:
+            asked = not D.all_true(not asked, self.env.device)
+        return asked
+
+    def report_stop(self) -> None:
+        st = self.state
+        name = self.stop.name if self.stop else "a signal"
+        info(f"stopped by {name} after {st.epoch + 1} epoch(s) and {st.step_in_epoch} step(s); checkpoint "
+             f"written; continue with: {self.resume_hint}", self.env.is_main)
+        # "epoch": the epoch in progress (1-based, as in step and epoch records), of which step_in_epoch are done
+        self.log.write("event", {"event": "stopped", "signal": name, "epoch": st.epoch + 2,
+                                 "step_in_epoch": st.step_in_epoch, "epochs_done": st.epoch + 1})
+
+    def _read_pending(self, epoch: int, pending: list, names: list[str]) -> list[tuple[bool, list[float]]]:
+        """Read the (non-finite loss and gradient flags, gradient norm, loss terms) of the steps since the last
+        read in one host sync (and across processes one collective), report each non-finite step, and empty
+        ``pending``. Returns (skipped, loss terms) per step."""
+        if not pending:
+            return []
+        flags = torch.stack([f for _, f, _, _ in pending]).float()  # [n, 2]: loss, gradients
+        if self.env.distributed:  # a step is non-finite when it is on any rank (every rank then skipped it)
+            flags = D.all_reduce_sum(flags)
+        norms = torch.stack([g for _, _, _, g in pending])
+        vals = torch.cat([flags, norms[:, None], torch.stack([v for _, _, v, _ in pending])], dim=1).tolist()
+        steps = [s for s, _, _, _ in pending]
+        pending.clear()
+        rows = []
+        for step, row in zip(steps, vals):
+            loss_bad, grads_bad, norm, terms = row[0] > 0, row[1] > 0, row[2], dict(zip(names, row[3:]))
+            if loss_bad:
+                self._nonfinite(epoch, step, terms)
+            elif grads_bad:
+                self._nonfinite(epoch, step, terms, grad_norm=norm)
+            rows.append((loss_bad or grads_bad, row[3:]))
+        return rows
+
+    def _nonfinite(self, epoch: int, step: int, out: dict[str, float], grad_norm: float | None = None) -> None:
+        """A non-finite loss, or (``grad_norm``) non-finite gradients of a finite loss: skip or stop."""
+        st, p, s = self.state, self.p, self.section
+        st.nonfinite_skipped += 1
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items())
+        what = "loss"
+        if grad_norm is not None:
+            what, terms = "gradient norm", f"grad_norm={grad_norm:.4g}; {terms}"
+        self.log.write("event", {"event": "nonfinite", "epoch": epoch + 1, "step": step + 1, "terms": terms})
+        if st.nonfinite_skipped <= p.skip_nonfinite:
+            info(f"non-finite {what} at epoch {epoch + 1} step {step + 1} ({terms}); update skipped "
+                 f"({st.nonfinite_skipped}/{p.skip_nonfinite} allowed)", self.env.is_main)
+            return
+        tolerate = "--skip-nonfinite N" if s == "train" else f"--set {s}.skip_nonfinite=N"
+        raise TrainingError(f"{what} became non-finite at epoch {epoch + 1} step {step + 1} ({terms}); the update "
+                            f"was not applied; {self._last_good()}; lower the learning rate ({s}.blr) or set "
+                            f"{s}.clip_grad, or tolerate it with {tolerate}")
+
+    def _last_good(self) -> str:
+        last = latest_complete(self.run_dir) if self.env.is_main else None
+        return f"last good checkpoint: {last[0]}" if last else "no checkpoint was written yet"
+
+    def _epoch_metrics(self, sums: dict[str, torch.Tensor], steps: int, seen: int, seconds: float,
+                       skipped: int) -> dict[str, float]:
+        names = sorted(sums)
+        metrics: dict[str, float] = {}
+        if names:
+            vec = torch.stack([sums[k] for k in names]).to(self.env.device)
+            vec = D.all_reduce_sum(vec) / (max(steps, 1) * D.world_size())
+            metrics = {k: float(v) for k, v in zip(names, vec.tolist())}
+        if hasattr(self.objective, "epoch_stats"):
+            metrics.update(self.objective.epoch_stats())
+        metrics["images_per_s"] = seen * D.world_size() / max(seconds, 1e-9)
+        metrics["time_s"] = seconds
+        if skipped:
+            metrics["skipped_files"] = float(skipped)
+        return metrics
+
+    def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None,
+              partial: dict | None = None) -> None:
+        """Write checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
+        self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch
+        error: TrainingError | None = None
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad and self.env.is_main:  # never replace a good checkpoint by a broken one
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            error = TrainingError(f"the weights became non-finite ({bad[0]}{more}) after {self.state.global_step} "
+                                  f"steps; no checkpoint written; {self._last_good()}; lower the learning rate or set "
+                                  f"{self.section}.clip_grad")
+        elif self.env.is_main:
+            obj = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": self.state.global_step,
+                "nonfinite_skipped": self.state.nonfinite_skipped,
+                "config": self.config,
+                "scaler": None,  # bf16 autocast needs no loss scaling
+                "rng": {"torch": torch.get_rng_state()},
+                "metrics": metrics or {},
+                "partial": partial,
+                "layout": layout_of(self.p, self.env),
+                "version": __version__,
+                **self.objective.checkpoint_meta(),
+            }
+            try:
+                fmt = self.p.checkpoint_format
+                save_checkpoint(obj, self.run_dir / "checkpoint-last.pth", fmt)
+                if numbered:
+                    save_checkpoint(obj, self.run_dir / f"checkpoint-{epoch + 1}.pth", fmt)  # 1-based, as the logs
+                    prune(self.run_dir, self.p.keep_last)
+            except TrainingError as e:
+                error = e
+        if not D.all_true(error is None, self.env.device):
+            self.log.write("event", {"event": "checkpoint_failed", "error": str(error) if error else "on rank 0"})
+            raise error or TrainingError("rank 0 could not write a checkpoint (see its error); use --resume auto")
