@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from imae.errors import ConfigError
+from imae.errors import ConfigError, TrainingError
 
 # how long a collective may wait for a peer before the run stops with an error (a dead rank, a hung node)
 DEFAULT_TIMEOUT_S = int(os.environ.get("IMAE_DIST_TIMEOUT", "600"))
@@ -87,6 +89,21 @@ def setup(device_pref: str = "auto", timeout_s: int | None = None) -> DistEnv:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def job(device_pref: str, what: str = "training") -> Iterator[DistEnv]:
+    """The processes of one training job: set up, torn down at the end; a lost peer ends it with one line."""
+    env = setup(device_pref)
+    try:
+        yield env
+    except RuntimeError as e:
+        if not is_peer_error(e):
+            raise
+        raise TrainingError(f"rank {env.rank} lost contact with another {what} process ({short(e)}); the last "
+                            f"complete checkpoint is intact: restart the job with --resume auto") from None
+    finally:
+        cleanup()
 
 
 def world_size() -> int:

@@ -40,21 +40,12 @@ from imae.engine.run_dir import (
     resumed_config,
     write_config,
 )
-from imae.errors import TrainingError
 
 
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
     """Train ``cfg`` (or continue ``resume``: a run directory, checkpoint, or ``auto``). Returns the run dir."""
-    env = D.setup(cfg.device)
-    try:
+    with D.job(cfg.device, "training") as env:
         return _pretrain(cfg, env, resume, overrides or {})
-    except RuntimeError as e:
-        if not D.is_peer_error(e):
-            raise
-        raise TrainingError(f"rank {env.rank} lost contact with another training process ({D.short(e)}); the last "
-                            f"complete checkpoint is intact: restart the job with --resume auto") from None
-    finally:
-        D.cleanup()
 
 
 def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[str, Any]) -> Path:

@@ -31,7 +31,7 @@ from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.optim import absolute_lr, adamw
 from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
-from imae.errors import CheckpointError, ConfigError, DataError, TrainingError
+from imae.errors import CheckpointError, ConfigError, DataError
 from imae.eval.results import write_result
 from imae.eval.run import Session, open_session
 from imae.finetune.data import PlanLoader, transforms
@@ -53,17 +53,8 @@ def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dic
         if found is not None:
             run_dir, _, resume_ck = found
             s = _resumed_session(ckpt_spec, run_dir, resume_ck, overrides, sets)
-    env = D.setup(s.cfg.device)
-    try:
-        with contextlib.ExitStack() as stack:
-            return _finetune(s, env, resume_ck, stack)
-    except RuntimeError as e:
-        if not D.is_peer_error(e):
-            raise
-        raise TrainingError(f"rank {env.rank} lost contact with another fine-tuning process ({D.short(e)}); the "
-                            f"last checkpoint is intact: restart the job with --resume auto") from None
-    finally:
-        D.cleanup()
+    with D.job(s.cfg.device, "fine-tuning") as env, contextlib.ExitStack() as stack:
+        return _finetune(s, env, resume_ck, stack)
 
 
 def _run_dir(s: Session) -> Path:
