@@ -9,10 +9,10 @@ that apply.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from imae.config.tree import at_least, check_device, plain
+from imae.config.tree import Settings, at_least, check_device
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
@@ -117,7 +117,7 @@ class FigureConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     preset: str | None = None
     seed: int = 0  # pairs, penalties' splits, head initialisation, k-means
     device: str = "auto"
@@ -130,9 +130,6 @@ class EvalConfig:
     knn: KNNConfig = field(default_factory=KNNConfig)
     semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
     figures: FigureConfig = field(default_factory=FigureConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     def validate(self) -> EvalConfig:
         check_device_and_data(self)

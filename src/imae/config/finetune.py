@@ -6,12 +6,11 @@ Resolved as the evaluation commands' (``imae.config.evaluate``): defaults -> the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from imae.config.evaluate import POOLS, EvalDataConfig, check_device_and_data
 from imae.config.loop import LoopConfig, validate_loop
-from imae.config.tree import plain
+from imae.config.tree import Settings
 from imae.errors import ConfigError
 
 
@@ -41,7 +40,7 @@ class FinetuneParams(LoopConfig):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Settings):
     preset: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -49,9 +48,6 @@ class FinetuneConfig:
     num_heads: int | None = None
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     def validate(self) -> FinetuneConfig:
         check_device_and_data(self)

@@ -4,11 +4,11 @@ i-MAE options; written to every run directory as ``config.yaml``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from imae.config.loop import LoopConfig, validate_loop
-from imae.config.tree import check_device, plain, preset_label, preset_tree, resolve
+from imae.config.tree import Settings, check_device, preset_label, preset_tree, resolve
 from imae.errors import ConfigError
 
 
@@ -78,7 +78,7 @@ class IMAEConfig:
 
 
 @dataclass
-class Config:
+class Config(Settings):
     method: str = "mae"  # mae | imae
     preset: str | None = None
     seed: int = 0
@@ -89,9 +89,6 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     imae: IMAEConfig = field(default_factory=IMAEConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     def validate(self) -> Config:
         """Check value ranges that the type system cannot; raise ``ConfigError`` with the fix."""

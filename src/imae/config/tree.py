@@ -136,6 +136,14 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+class Settings:
+    """Base of a command's whole configuration (a dataclass): ``to_dict`` gives the plain tree that
+    ``config.yaml``, checkpoints and result files hold."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))
+
+
 def save_config(cfg: Any, path: Path) -> None:
     path.write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
 
