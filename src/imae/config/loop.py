@@ -1,6 +1,6 @@
 """The training loop's settings, shared by pre-training's ``train:`` and fine-tuning's ``finetune:``.
 
-One training loop (``imae.engine``) reads exactly these fields from either section. The defaults are
+One training loop (``imae.engine.loop``) reads exactly these fields from either section. The defaults are
 pre-training's; ``imae.config.finetune.FinetuneParams`` redeclares the ones fine-tuning sets differently.
 """
 
