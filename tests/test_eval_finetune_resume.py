@@ -173,6 +173,16 @@ def test_a_mid_epoch_checkpoint_of_the_old_fine_tune_loop_still_resumes_exactly(
                                                                 rel=1e-6)
 
 
+def test_fine_tuning_writes_safetensors_checkpoints_of_the_same_weights(source, cifar10_dir, uninterrupted, tmp_path):
+    pytest.importorskip("safetensors")
+    from imae.engine.checkpoint import load
+
+    run = _run(source, cifar10_dir, tmp_path / "st", sets=["finetune.checkpoint_format=safetensors"])
+    assert (run / "checkpoint-last.safetensors").is_file() and (run / f"checkpoint-{EPOCHS}.safetensors").is_file()
+    assert "model" not in torch.load(run / "checkpoint-last.pth", weights_only=True)  # the weights live beside it
+    _equal(load(run / "checkpoint-last.pth")["model"], _weights(uninterrupted))
+
+
 def test_a_second_finetune_into_the_same_folder_is_refused_and_names_resume(source, cifar10_dir, uninterrupted):
     before = (uninterrupted / "checkpoint-last.pth").read_bytes()
     with pytest.raises(ConfigError, match=r"already holds checkpoints; continue it with --resume .*whole "

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from imae.checkpoints import safetensors_io
+from imae.checkpoints.files import remove_partial_writes
 from imae.checkpoints.state import restore
 from imae.config.finetune import FinetuneConfig
 from imae.config.tree import save_config
@@ -78,11 +80,14 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
     t, main = cfg.finetune, env.is_main
     D.check_same_config(cfg.to_dict())
     run_dir = _run_dir(s)
+    if t.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
+        safetensors_io.require("finetune.checkpoint_format=safetensors")
     if main:
         prepare_run_dir(run_dir, fresh=resume_ck is None)
     lock = lock_run_dir(run_dir, env)  # released when the fine-tune ends
     if lock is not None:
         stack.callback(lock.release)
+        remove_partial_writes(run_dir)  # what a killed write left behind never replaces a checkpoint
         save_config(cfg, run_dir / "config.yaml")
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):
