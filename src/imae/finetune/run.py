@@ -4,7 +4,7 @@ Layer-wise lr decay, AdamW, per-iteration warmup + half-cycle cosine, mixup/cutm
 (``timm.data.Mixup`` + ``SoftTargetCrossEntropy``), drop path, RandAugment + random erasing
 (``timm.data.create_transform``), cls-token pooling. The epochs run in pre-training's loop
 (``imae.engine.loop``) with the classification objective (``imae.finetune.objective``), so accumulation,
-autocast, DDP under torchrun, ``--compile``, the non-finite policy, stop / resume and the logs are the
+autocast, DDP under torchrun, ``finetune.compile``, the non-finite policy, stop / resume and the logs are the
 same code. Writes a run directory: ``config.yaml``, ``log.jsonl``, ``tb/``, ``checkpoint-last.pth``
 (+ ``checkpoint-<epoch>.pth``) and ``finetune.json``.
 
