@@ -6,7 +6,8 @@
 For every run directory under SRC (any folder holding config.yaml): its config.yaml, the epoch records
 of log.jsonl (as epochs.jsonl), every JSON and PNG (under 1 MB) below its eval/ folder; plus report.md,
 headline.png and report.html (under 1 MB; a larger page is left for `imae report` to rebuild) found under
-SRC. Checkpoints and feature caches are never copied.
+SRC; and SRC's plan.txt (the plan, with the train steps timed when the study last started).
+Checkpoints and feature caches are never copied.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def collect(src: Path, dst: Path) -> list[Path]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(f, target)
                 copied.append(target)
+    if (src / "plan.txt").is_file():
+        shutil.copy(src / "plan.txt", dst / "plan.txt")
+        copied.append(dst / "plan.txt")
     return copied
 
 

@@ -101,9 +101,10 @@ study_publish() {
   $PY studies/claims.py "$RESULTS"
 }
 
-study_all() {  # the whole study; PLAN_ONLY=1 prints the plan and the estimate, then stops
+study_all() {  # the whole study; PLAN_ONLY=1 prints the plan and the estimate (also to $OUT/plan.txt), then stops
   study_runs
-  study_plan
+  mkdir -p "$OUT"
+  study_plan | tee "$OUT/plan.txt"
   [[ -n "${PLAN_ONLY:-}" ]] && return 0
   study_train
   study_evaluate

@@ -2,14 +2,17 @@
 """A study's results table (Markdown) from its collected run folders.
 
     python studies/table.py studies/digits/results > studies/digits/results/table.md
+    python studies/table.py studies/cifar10-cpu/results --ratio 0 > studies/cifar10-cpu/results/table-unmasked.md
 
 Rows: the arms (run folders named ``<arm>-s<seed>``, ``teacher``, ``untrained``), each as the mean over its
 seeds ± the half-width of a 95% t-interval across seeds (one seed: the value with its 95% pair-bootstrap
 interval in brackets), then the baselines of the first arm's separability result. Columns: token R²(sub)
-at alpha 0.1 / 0.3 / 0.45 (training mask ratio, distillation space, the one reference of the study),
+at alpha 0.1 / 0.3 / 0.45 (the training mask ratio, or ``--ratio`` R, one of the ratios the separability
+runs scored, e.g. 0 for unmasked; distillation space; the one reference of the study),
 R²(sub) + R²(dom) at 0.3, the own branch maps' R²(sub) at 0.3 (i-MAE arms that distil; without
 distillation the maps were never trained on the reference's tokens), the subordinate's class accuracy at
-0.3, linear probe, kNN, NMI and training images/s.
+0.3 (at the ratio the separability result's ``classification.ratio`` names, whatever ``--ratio`` is),
+linear probe, kNN, NMI and training images/s (the median over the run's epochs).
 """
 
 from __future__ import annotations
@@ -36,12 +39,20 @@ def _distils(run: Path) -> bool:
     return (cfg.get("imae") or {}).get("distill", True) is not False
 
 
-def run_values(run: Path) -> dict[str, tuple[float, list | None]]:
+def token_block(sep: dict, ratio: str | None) -> dict:
+    """The token results of one separability result at ``ratio`` (None: the first, the training ratio)."""
+    ratio = sep["ratios"][0] if ratio is None else ratio
+    if ratio not in sep["tokens"]:
+        sys.exit(f"error: --ratio {ratio}: the separability results scored mask ratios {', '.join(sep['ratios'])}")
+    return sep["tokens"][ratio]
+
+
+def run_values(run: Path, ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
     """{column: (value, pair-bootstrap ci or None)} of one run folder."""
     out: dict[str, tuple[float, list | None]] = {}
     sep = _json(run / "eval" / "separability.json")
     if sep and sep.get("scheme") == "tokens":
-        block = sep["tokens"][sep["ratios"][0]]
+        block = token_block(sep, ratio)
         space = "distill" if "distill" in block["encoder"] else "encoder"
         for a in ALPHAS:
             if a in block["encoder"][space]["sub"]:
@@ -87,11 +98,11 @@ def cell(values: list[tuple[float, list | None]], column: str) -> str:
     return f"{statistics.fmean(xs):.{digits}f} ± {half:.{digits}f}"
 
 
-def main(folder: Path) -> str:
+def main(folder: Path, ratio: str | None = None) -> str:
     arms: dict[str, list[dict]] = {}
     for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
         arm = re.sub(r"-s\d+$", "", run.name)
-        arms.setdefault(arm, []).append(run_values(run))
+        arms.setdefault(arm, []).append(run_values(run, ratio))
     lines = ["| arm | seeds | " + " | ".join(HEADER) + " |", "|" + " --- |" * (len(HEADER) + 2)]
     for arm, runs in arms.items():
         cells = [cell([r[c] for r in runs if c in r], c) for c in COLUMNS]
@@ -99,7 +110,7 @@ def main(folder: Path) -> str:
     first = next((p.parent for p in sorted(folder.glob("*/eval/separability.json"))), None)
     sep = _json(first / "eval" / "separability.json") if first else None
     if sep and sep.get("scheme") == "tokens":
-        block = sep["tokens"][sep["ratios"][0]]
+        block = token_block(sep, ratio)
         space = "distill" if "distill" in block["encoder"] else "encoder"
         rows = {"superposition": {a: (sep["superposition"][a]["sub"], None) for a in ALPHAS
                                   if a in sep["superposition"]}}
@@ -115,6 +126,12 @@ def main(folder: Path) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    ratio = None
+    if len(args) == 3 and args[1] == "--ratio":
+        ratio = args[2]
+    elif len(args) != 1:
         sys.exit(__doc__)
-    print(main(Path(sys.argv[1])), end="")
+    if not Path(args[0]).is_dir():
+        sys.exit(f"error: {args[0]} is not a folder; give a study's results folder (studies/<scale>/results)")
+    print(main(Path(args[0]), ratio), end="")
