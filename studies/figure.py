@@ -3,11 +3,16 @@
 
     python studies/figure.py studies/digits/results       # writes headline.png there
 
-One line per arm (run folders ``<arm>-s<seed>``; plus ``untrained``): the mean over its seeds of token
-R²(sub) at the training mask ratio in the reference's distillation space, with a band: the 95% t-interval
-across seeds where an arm has several, else the run's 95% pair-bootstrap interval. Dashed lines: the
-baselines of the first arm's result on the same pairs (superposition, pixels, reference on the mixture,
-partner only).
+Left: one line per arm (run folders ``<arm>-s<seed>``; plus ``untrained``): the mean over its seeds of
+token R²(sub) at the training mask ratio in the reference's distillation space, with a band: the 95%
+t-interval across seeds where an arm has several, else the run's 95% pair-bootstrap interval. Dashed
+lines: the baselines of the first arm's result on the same pairs (superposition, pixels, reference on the
+mixture, partner only).
+
+Right: the same means minus arm (a)'s (``a-mae-continued``, the compute-matched MAE), so that arms a few
+thousandths apart can be told apart; the reference on the mixture as a dashed line. The band on (b) is
+claim 1's interval (``claims.py``): the 95% t-interval over seeds of the paired per-seed differences of
+``imae compare``; the other arms have one seed and no paired comparison, so they are drawn without one.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ def main(folder: Path) -> Path:
     arms: dict[str, list[Path]] = {}
     for run in sorted(p.parent.parent for p in folder.glob("*/eval/separability.json")):
         arms.setdefault(re.sub(r"-s\d+$", "", run.name), []).append(run)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, (ax, dax) = plt.subplots(1, 2, figsize=(12, 4.6))
     first = None
+    means: dict[str, tuple[str, dict[str, float]]] = {}  # arm -> (its colour, {alpha: mean})
     for i, (arm, runs) in enumerate(arms.items()):
         blocks = [b for b in map(_block, runs) if b]
         if not blocks:
@@ -62,6 +68,11 @@ def main(folder: Path) -> Path:
         style = "-" if arm != "untrained" else ":"
         ax.plot(xs, mean, style, marker="o", ms=3, color=color, label=f"{arm} ({len(blocks)} seed(s))")
         ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
+        means[arm] = (color, dict(zip(alphas, mean)))
+    if first and "a-mae-continued" in means:
+        _differences(dax, folder, means, first)
+    else:
+        dax.set_visible(False)
     if first:
         res, block = first
         space = "distill" if "distill" in block["encoder"] else "encoder"
@@ -79,11 +90,47 @@ def main(folder: Path) -> Path:
     ax.set_xlabel("α (weight of the subordinate)")
     ax.set_ylabel("token R² of the subordinate")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     out = folder / "headline.png"
     fig.savefig(out, dpi=110)
     return out
+
+
+def _differences(ax, folder: Path, means: dict[str, tuple[str, dict[str, float]]], first: tuple[dict, dict]) -> None:
+    """Each arm's mean token R²(sub) minus arm (a)'s, per alpha; (b) with claim 1's interval."""
+    base_color, base = means["a-mae-continued"]
+    for arm, (color, mean) in means.items():
+        if arm in ("a-mae-continued", "untrained"):
+            continue
+        alphas = [a for a in mean if a in base]
+        xs = [float(a) for a in alphas]
+        ax.plot(xs, [mean[a] - base[a] for a in alphas], "-", marker="o", ms=3, color=color, label=arm)
+        if arm == "b-imae":
+            diffs = [[c["token_r2_sub"][a]["diff"] for c in _compares(folder)] for a in alphas]
+            if diffs and len(diffs[0]) > 1:
+                half = [t_half_width(d) for d in diffs]
+                centre = [statistics.fmean(d) for d in diffs]
+                ax.fill_between(xs, [c - h for c, h in zip(centre, half)], [c + h for c, h in zip(centre, half)],
+                                color=color, alpha=0.25, label=f"b − a: 95% interval over {len(diffs[0])} seeds")
+    res, block = first
+    space = "distill" if "distill" in block["encoder"] else "encoder"
+    ref = block["baselines"].get("reference_on_mixture", {}).get(space, {}).get("sub")
+    if ref:
+        alphas = [a for a in base if a in ref]
+        ax.plot([float(a) for a in alphas], [ref[a]["r2"] - base[a] for a in alphas], "--", color="tab:olive", lw=1,
+                label="reference on mixture")
+    ax.axhline(0, color=base_color, lw=1, label="a-mae-continued (0)")
+    ax.set_title("minus (a) MAE continued, mean over its seeds", fontsize=9)
+    ax.set_xlabel("α (weight of the subordinate)")
+    ax.set_ylabel("Δ token R²(sub)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _compares(folder: Path) -> list[dict]:
+    """The ``imae compare`` metrics of (b) against (a), one per seed that has them."""
+    return [json.loads(p.read_text())["results"]["metrics"] for p in sorted(folder.glob("b-imae-s*/eval/compare.json"))]
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ study_evaluate() {
     [[ -f "$d/eval/separability.json" ]] || $IMAE separability "$d" --reference "$OUT/teacher" "${EVAL[@]}"
     [[ -f "$d/eval/semantics.json" ]] || $IMAE semantics "$d" --reference "$OUT/teacher" "${EVAL[@]}"
   done
+  # the teacher's semantics: where every arm starts (its separability is the reference-on-mixture baseline)
+  [[ -f "$OUT/teacher/eval/semantics.json" ]] || $IMAE semantics "$OUT/teacher" --reference "$OUT/teacher" "${EVAL[@]}"
   for seed in $SEEDS; do
     [[ -f "$OUT/b-imae-s$seed/eval/compare.json" ]] || \
       $IMAE compare "$OUT/a-mae-continued-s$seed" "$OUT/b-imae-s$seed" --reference "$OUT/teacher" "${EVAL[@]}"

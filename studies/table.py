@@ -109,7 +109,7 @@ def main(folder: Path, ratio: str | None = None) -> str:
     for arm, runs in arms.items():
         cells = [cell([r[c] for r in runs if c in r], c) for c in COLUMNS]
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
-    first = next((p.parent for p in sorted(folder.glob("*/eval/separability.json"))), None)
+    first = next((p.parent.parent for p in sorted(folder.glob("*/eval/separability.json"))), None)
     sep = _json(first / "eval" / "separability.json") if first else None
     if sep and sep.get("scheme") == "tokens":
         block = token_block(sep, ratio)
