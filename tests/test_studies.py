@@ -1,5 +1,5 @@
-"""The study scripts: the committed digits results regenerate their own table and claims, and every scale's
-run.sh plans the arms of issue 11 (printed with IMAE=echo, nothing trained)."""
+"""The study scripts: each scale's committed results (digits, CIFAR-10 on the CPU) regenerate their own tables
+and claims, and every scale's run.sh plans the arms of issue 11 (printed with IMAE=echo, nothing trained)."""
 
 from __future__ import annotations
 
@@ -13,27 +13,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "studies" / "digits" / "results"
 sys.path.insert(0, str(ROOT / "studies"))
 
 
-@pytest.fixture()
-def results(tmp_path):
-    if not (RESULTS / "claims.json").is_file():
-        pytest.skip("no committed digits results")
+@pytest.fixture(params=["digits", "cifar10-cpu"])
+def results(request, tmp_path):
+    committed = ROOT / "studies" / request.param / "results"
+    assert (committed / "claims.json").is_file(), f"{committed} has no committed results"
     out = tmp_path / "results"
-    shutil.copytree(RESULTS, out)
-    return out
+    shutil.copytree(committed, out)
+    return out, committed
 
 
 def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_committed_results(results):
     import claims
     import table
 
-    assert table.main(results) == (RESULTS / "table.md").read_text()
+    results, committed = results
+    tab = table.main(results)
+    assert tab == (committed / "table.md").read_text()
+    for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
+        assert f"| baseline: {baseline} (a-mae-continued-s0) |" in tab  # the trivial models on the same pairs
+    assert "| teacher | 1 | – | – | – | – | – | – | 0." in tab  # where every arm starts: its semantics, scored
+    if (committed / "table-unmasked.md").is_file():
+        assert table.main(results, "0") == (committed / "table-unmasked.md").read_text()
     recomputed = claims.main(results)
-    assert recomputed == json.loads((RESULTS / "claims.json").read_text())
-    assert (results / "claims.md").read_text() == (RESULTS / "claims.md").read_text()
+    assert recomputed == json.loads((committed / "claims.json").read_text())
+    assert (results / "claims.md").read_text() == (committed / "claims.md").read_text()
     # the verdicts follow the stated rule from the intervals
     for measure in (*(v for k, v in recomputed["separability"].items() if k != "space"),
                     *recomputed["semantics"].values()):
@@ -44,12 +50,27 @@ def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_commit
 def test_plateau_test_uses_the_last_tenth_of_the_epochs(results):
     import curves
 
+    results, committed = results
     p = curves.plateau([1.0] * 18 + [0.95, 0.90])  # 20 epochs: compares epoch 18 (index 17) with 20
     assert (p["window"], p["before"], p["last"]) == (2, 1.0, 0.90) and p["flat"] is False
     assert curves.plateau([1.0] * 29 + [0.99])["flat"] is True
     out = curves.main(results)
     assert set(out) >= {"b-imae-s0", "a-mae-continued-s0"} and out["b-imae-s0"]["loss"].startswith("distill")
+    assert out == json.loads((committed / "plateau.json").read_text())  # the committed check is what it computes
     assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_headline_figure_draws_the_arms_and_their_difference_from_the_mae_with_claim_1s_interval(results):
+    import claims
+    import figure
+
+    results, _ = results
+    compares = figure._compares(results)
+    assert len(compares) == 3  # (b) minus (a), one per seed: the band of the right-hand panel
+    across = claims.main(results)["separability"]["token_r2_sub@0.3"]["across_seeds"]
+    assert sum(c["token_r2_sub"]["0.3"]["diff"] for c in compares) / 3 == pytest.approx(across["mean"])
+    out = figure.main(results)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _plan(script: str, **env) -> list[str]:
@@ -63,6 +84,7 @@ def _plan(script: str, **env) -> list[str]:
 def test_each_scale_plans_every_arm_from_one_teacher_with_three_seeds_for_a_and_b(script, tmp_path):
     lines = _plan(script, OUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), RESULTS=str(tmp_path / "results"))
     assert lines[0].startswith("plan: teacher") and "11 arms" in lines[0]
+    assert (tmp_path / "out" / "plan.txt").read_text().splitlines()[0] == lines[0]  # kept beside the runs
     assert any(line.startswith("python studies/estimate.py") for line in lines)  # the estimate comes first
     trains = [line for line in lines if line.startswith("imae pretrain")]
     assert "/teacher" in trains[0]
@@ -75,5 +97,7 @@ def test_each_scale_plans_every_arm_from_one_teacher_with_three_seeds_for_a_and_
         assert ("--teacher " in line) == ("mae-continued" not in line)
     epochs = {line.split("--epochs ")[1].split()[0] for line in trains[1:]}
     assert len(epochs) == 1  # the same epochs for every arm
+    semantics = [line.split()[2] for line in lines if line.startswith("imae semantics")]
+    assert f"{tmp_path}/out/teacher" in semantics and len(semantics) == 13  # the 11 arms, untrained, the teacher
     compares = [line for line in lines if line.startswith("imae compare")]
     assert len(compares) == 3
