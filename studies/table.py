@@ -128,12 +128,13 @@ def main(folder: Path, ratio: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    ratio = None
-    if len(args) == 3 and args[1] == "--ratio":
-        ratio = args[2]
-    elif len(args) != 1:
-        sys.exit(__doc__)
-    if not Path(args[0]).is_dir():
-        sys.exit(f"error: {args[0]} is not a folder; give a study's results folder (studies/<scale>/results)")
-    print(main(Path(args[0]), ratio), end="")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A study's results table (Markdown) from its collected run folders.")
+    parser.add_argument("results", type=Path, help="a study's results folder (studies/<scale>/results)")
+    parser.add_argument("--ratio", help="the mask ratio to tabulate (default: the training ratio; 0: unmasked)")
+    args = parser.parse_args()
+    if not args.results.is_dir():
+        parser.exit(2, f"error: {args.results} is not a folder; give a study's results folder "
+                       "(studies/<scale>/results)\n")
+    print(main(args.results, args.ratio), end="")
