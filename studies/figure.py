@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from stats import t_half_width
+from table import token_block
 
 
 def _block(run: Path) -> tuple[dict, dict] | None:
@@ -33,7 +34,7 @@ def _block(run: Path) -> tuple[dict, dict] | None:
     res = json.loads(path.read_text())["results"]
     if res.get("scheme") != "tokens":
         return None
-    return res, res["tokens"][res["ratios"][0]]
+    return res, token_block(res, None)
 
 
 def main(folder: Path) -> Path:
