@@ -108,7 +108,8 @@ def _differences(ax, folder: Path, means: dict[str, tuple[str, dict[str, float]]
         xs = [float(a) for a in alphas]
         ax.plot(xs, [mean[a] - base[a] for a in alphas], "-", marker="o", ms=3, color=color, label=arm)
         if arm == "b-imae":
-            diffs = [[c["token_r2_sub"][a]["diff"] for c in _compares(folder)] for a in alphas]
+            compares = _compares(folder)
+            diffs = [[c["token_r2_sub"][a]["diff"] for c in compares] for a in alphas]
             if diffs and len(diffs[0]) > 1:
                 half = [t_half_width(d) for d in diffs]
                 centre = [statistics.fmean(d) for d in diffs]
