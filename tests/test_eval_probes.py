@@ -171,7 +171,7 @@ def test_fixed_l2_skips_the_search_and_is_what_the_head_is_fitted_with(monkeypat
     monkeypatch.setattr(linear, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
     x, y = _cancelling_signal(200)
     _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))
-    assert rec == {"l2": 0.5, "l2_selection": None} and seen == [0.5]
+    assert rec == {"l2": 0.5, "l2_rule": "given", "l2_selection": None} and seen == [0.5]
     seen.clear()
     _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig())
     # one batched search over the grid, then the refit on all of x with the choice
@@ -210,13 +210,98 @@ def test_linprobe_command_chooses_l2_on_training_features_only(tmp_path_factory,
     monkeypatch.setattr(linear, "fit_cached_many", lambda xs, *a, **k: fitted.extend(xs) or real_fit(xs, *a, **k))
     res = evaluate("linprobe", run, sets=[f"{k}={v}" for k, v in FAST.items()])["results"]
     train, test = extracted["training"], extracted["evaluation"]
-    assert len(fitted) == len(res["l2_selection"]["grid"]) + 1
+    grid = sorted(float(v) for v in res["l2_selection"]["grid"])
+    # the search (grid on the fit part), the refit, then the curve (grid on all training rows): all training rows
+    assert len(fitted) == 2 * len(grid) + 1
     for x in fitted:
         rows_in_train = (x[:, None, :] == train[None]).all(-1).any(1)
         rows_in_test = (x[:, None, :] == test[None]).all(-1).any(1)
         assert bool(rows_in_train.all()) and not bool(rows_in_test.any())
-    assert [x.shape[0] for x in fitted] == [res["l2_selection"]["fit_images"]] * (len(fitted) - 1) + [len(train)]
+    fit_images = res["l2_selection"]["fit_images"]
+    assert [x.shape[0] for x in fitted] == [fit_images] * len(grid) + [len(train)] * (len(grid) + 1)
     assert res["l2"] in res["l2_selection"]["grid"] and res["train_images"] == len(train)
+    assert res["l2_rule"] == "one_se_on_validation"
+    curve = res["l2_curve"]
+    assert curve["grid"] == grid and len(curve["top1"]) == len(grid)
+    assert all(0.0 <= a <= 1.0 for a in curve["top1"])
     fitted.clear()
     fixed = evaluate("linprobe", run, sets=[f"{k}={v}" for k, v in FAST.items()] + ["linprobe.l2=0.03"])["results"]
-    assert fixed["l2"] == 0.03 and fixed["l2_selection"] is None and len(fitted) == 1  # no search
+    assert fixed["l2"] == 0.03 and fixed["l2_selection"] is None and fixed["l2_rule"] == "given"
+    assert len(fitted) == 1 + len(grid)  # no search: the head, then the curve
+    assert len(fixed["l2_curve"]["top1"]) == len(grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# models are compared at one penalty fixed before looking at them; every grid point's accuracy is reported
+
+
+def test_fit_probe_records_which_rule_chose_its_l2(monkeypatch):
+    import imae.eval.linear as linear
+
+    seen = []
+    real = linear.fit_cached_many
+    monkeypatch.setattr(linear, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
+    x, y = _cancelling_signal(200)
+    rule = "shared: chosen on the reference's validation split"
+    # an l2 from the caller overrides linprobe.l2 and skips the search
+    fit, rec = linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5), l2=0.01, rule=rule)
+    assert rec == {"l2": 0.01, "l2_rule": rule, "l2_selection": None} and seen == [0.01]
+    same = fit_cached(x, y, 2, LinearProbeConfig(), l2=0.01).head.fc.weight
+    assert torch.equal(fit.head.fc.weight, same)
+    seen.clear()
+    assert linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))[1]["l2_rule"] == "given" and seen == [0.5]
+    _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig())
+    assert rec["l2_rule"] == "one_se_on_validation" and rec["l2_selection"] is not None
+    with pytest.raises(ValueError):
+        linear.fit_probe(x, y, 2, LinearProbeConfig(), rule=rule)  # a rule with no penalty to describe
+
+
+def test_accuracy_curve_is_the_top1_of_one_head_per_grid_point_on_all_training_rows():
+    from imae.eval.linear import accuracy_curve, curve_hits
+
+    x, y = _cancelling_signal(600)
+    xf, yf, xt, yt = _split(x, y, 400)
+    cfg = LinearProbeConfig(l2_grid=[10.0, 1e-4, 1.0, 1e-2])  # unsorted on purpose
+    curve = accuracy_curve(xf, yf, xt, yt, 2, cfg)
+    assert curve["grid"] == [1e-4, 1e-2, 1.0, 10.0] and len(curve["top1"]) == 4
+    for g, acc in zip(curve["grid"], curve["top1"]):
+        alone = fit_cached(xf, yf, 2, cfg, l2=g)
+        assert acc == pytest.approx(topk_accuracy(predict(alone.head, xt)[:, 0], yt), abs=1e-6)
+    assert curve["top1"][0] > 0.95 and curve["top1"][-1] < 0.8  # the curve does move along the grid
+    hits = curve_hits(xf, yf, xt, yt, 2, cfg)
+    assert hits.shape == (4, 200) and hits.dtype == torch.bool
+    assert hits.float().mean(1).tolist() == pytest.approx(curve["top1"], abs=1e-6)
+
+
+def test_search_and_curve_share_one_batched_fit_chunked_by_batched_elements(monkeypatch):
+    import imae.eval.linear as linear
+
+    calls = []
+    real = linear.fit_cached_many
+    monkeypatch.setattr(linear, "fit_cached_many", lambda xs, *a, **k: calls.append(k["l2"]) or real(xs, *a, **k))
+    x, y = _cancelling_signal(200)
+    cfg = LinearProbeConfig(l2_grid=[1e-3, 1e-1, 1e-2])
+    # two heads of all 200 rows (2 features) per batch, three of the 170-row fit part
+    monkeypatch.setattr(linear, "BATCHED_ELEMENTS", 3 * 170 * 2)
+    linear.accuracy_curve(x, y, x, y, 2, cfg)
+    assert calls == [[1e-3, 1e-2], [1e-1]]
+    calls.clear()
+    linear.select_l2(x, y, 2, cfg)
+    assert calls == [[1e-3, 1e-2, 1e-1]]  # the fit part (85% of the rows) is smaller: one batch
+
+
+def test_a_shared_l2_gives_nearly_identical_features_nearly_identical_accuracy():
+    from imae.eval.linear import fit_probe
+
+    x, y = planted_features(n=3000, dim=32, classes=10, spread=2.0)
+    xf, yf, xt, yt = _split(x, y, 2000)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(11)) * 1e-6
+    xf2, xt2 = xf + noise[:2000], xt + noise[2000:]
+    shared = 1e-2
+    acc = []
+    for a, b in ((xf, xt), (xf2, xt2)):
+        fit, rec = fit_probe(a, yf, 10, LinearProbeConfig(), l2=shared, rule="shared")
+        assert rec["l2"] == shared and rec["l2_rule"] == "shared"
+        acc.append(topk_accuracy(predict(fit.head, b)[:, 0], yt))
+    assert 0.3 < acc[0] < 0.99  # not a trivially perfect task
+    assert abs(acc[0] - acc[1]) <= 0.002

@@ -4,10 +4,20 @@ Two ways to train it:
 - :func:`fit_cached` (the fast path): full-batch L-BFGS to convergence on cached features, loss
   cross-entropy + l2/2 |W|^2. With the whole set as one batch, BatchNorm's statistics are exactly the
   training set's mean and variance, i.e. the head is multinomial logistic regression on standardised
-  features. Deterministic; seconds for CIFAR-10. :func:`fit_probe` chooses ``l2`` first on a validation
-  share of the training features (never the test split) and refits on all of them.
+  features. Deterministic; seconds for CIFAR-10.
 - :func:`train_head`: MAE's ``main_linprobe.py`` schedule (LARS, linear warmup, half-cycle cosine) over
   batches the caller supplies (augmented images through the encoder: ``linprobe.mode=full``).
+
+The cached probe's L2 penalty, and the rule that chose it (``l2_rule`` in every record :func:`fit_probe` returns):
+- ``"given"``: ``linprobe.l2`` set by the user;
+- ``"one_se_on_validation"``: ``linprobe.l2`` unset, chosen by :func:`select_l2` (one-standard-error rule on a
+  validation share of the training features, never the test split), then refitted on all of them;
+- the caller's own rule string when the caller passes ``l2`` (a penalty fixed before looking at the models,
+  e.g. one shared by all models of a comparison). The one-SE choice can flip between neighbouring grid
+  points from run to run, so models are compared at ONE penalty, never each at its own choice.
+:func:`accuracy_curve` / :func:`curve_hits` give the test top-1 (per-item hits) at every point of
+``linprobe.l2_grid``, each head fitted on the whole training split, so that a result shows how much hangs
+on the penalty. :func:`fit_grid` is the one batched fit over a grid that the search and the curve share.
 
 The head can predict K labels at once (``outputs=K``: K softmaxes over the same classes); the separability
 scheme predicts the subordinate's and the dominant's class of a mixture with one head.
@@ -178,6 +188,50 @@ def fit_cached_many(xs: list[torch.Tensor], y: torch.Tensor, num_classes: int, c
     return [HeadFit(h, losses[-1:], seconds / a) for h in heads]
 
 
+def l2_grid(cfg: LinearProbeConfig) -> list[float]:
+    """``cfg.l2_grid`` as sorted floats: the order of every search, curve and hits tensor over it."""
+    return sorted(float(v) for v in cfg.l2_grid)
+
+
+def fit_grid(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, grid: Sequence[float], *,
+             seed: int = 0, device: torch.device | str = "cpu") -> list[HeadFit]:
+    """One head per penalty of ``grid``, all on the same x [N, D], y: fitted as batched problems of at most
+    :data:`BATCHED_ELEMENTS` feature floats (so an ImageNet-sized set is not copied len(grid) times at once)."""
+    grid = [float(v) for v in grid]
+    per_batch = max(1, BATCHED_ELEMENTS // max(x.numel(), 1))
+    fits: list[HeadFit] = []
+    for i in range(0, len(grid), per_batch):
+        part = grid[i:i + per_batch]
+        fits += fit_cached_many([x] * len(part), y, num_classes, cfg, seed=seed, device=device, l2=part)
+    return fits
+
+
+def curve_hits(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+               num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per grid point and test item, whether the head fitted on ALL of x_train [N, D] (labels y_train [N]) with
+    that penalty classifies the item right (top-1): [G, N_test] bool, rows in the order of :func:`l2_grid`.
+    Two models' hits on the same items give a paired difference (and its bootstrap) at every penalty."""
+    fits = fit_grid(x_train, y_train, num_classes, cfg, l2_grid(cfg), seed=seed, device=device)
+    y_test = y_test.view(-1).cpu()
+    return torch.stack([predict(f.head, x_test)[:, 0].argmax(-1) == y_test for f in fits])
+
+
+def accuracy_curve(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                   num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Test top-1 of the probe at every penalty of ``cfg.l2_grid``, each head fitted on all of x_train:
+    {"grid": sorted l2 values, "top1": one accuracy per value} (see :func:`curve_hits`)."""
+    hits = curve_hits(x_train, y_train, x_test, y_test, num_classes, cfg, seed=seed, device=device)
+    return curve_from_hits(l2_grid(cfg), hits)
+
+
+def curve_from_hits(grid: Sequence[float], hits: torch.Tensor) -> dict[str, Any]:
+    """{"grid", "top1"} from a :func:`curve_hits` tensor [G, N] (NaN top-1 for an empty test set)."""
+    top1 = [float(h.float().mean()) if h.numel() else float("nan") for h in hits]
+    return {"grid": [float(v) for v in grid], "top1": top1}
+
+
 def validation_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (fit, validation) of a seeded split of labels y [N]: ``fraction`` of each class (rounded,
     at least one image of each class stays in the fit part) goes to validation."""
@@ -204,13 +258,9 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearPro
     if val_idx.numel() == 0 or fit_idx.numel() < 2:
         raise ConfigError(f"{y.shape[0]} training images are too few to choose linprobe.l2 on a validation share "
                           f"of {cfg.l2_val_fraction:g}; set linprobe.l2=VALUE")
-    grid = sorted(float(v) for v in cfg.l2_grid)
-    xf, yf, xv, yv = x[fit_idx], y[fit_idx], x[val_idx], y[val_idx]
-    per_batch = max(1, BATCHED_ELEMENTS // max(xf.numel(), 1))
-    fits: list[HeadFit] = []
-    for i in range(0, len(grid), per_batch):
-        part = grid[i:i + per_batch]
-        fits += fit_cached_many([xf] * len(part), yf, num_classes, cfg, seed=seed, device=device, l2=part)
+    grid = l2_grid(cfg)
+    xv, yv = x[val_idx], y[val_idx]
+    fits = fit_grid(x[fit_idx], y[fit_idx], num_classes, cfg, grid, seed=seed, device=device)
     acc = [topk_accuracy(predict(f.head, xv)[:, 0], yv) for f in fits]
     best = max(acc)
     se = math.sqrt(best * (1 - best) / val_idx.numel())
@@ -221,18 +271,27 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearPro
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
-              device: torch.device | str = "cpu") -> tuple[HeadFit, dict[str, Any]]:
-    """The cached probe: l2 as configured, or chosen by :func:`select_l2` on the training features alone;
-    then one head fitted on all of x [N, D] with it. Returns (fit, {"l2", "l2_selection": record or None})."""
+              device: torch.device | str = "cpu", l2: float | None = None,
+              rule: str | None = None) -> tuple[HeadFit, dict[str, Any]]:
+    """The cached probe: one head fitted on all of x [N, D] with a penalty that is, in this order,
+    ``l2`` (fixed by the caller, e.g. shared by the models of a comparison; ``rule`` says how it was chosen),
+    ``cfg.l2`` (set by the user), or chosen by :func:`select_l2` on the training features alone.
+    Returns (fit, {"l2", "l2_rule", "l2_selection": the search's record or None}); ``l2_rule`` is ``rule``
+    (default "given by the caller"), "given" or "one_se_on_validation" respectively."""
     t0 = time.perf_counter()
     selection = None
-    l2 = cfg.l2
-    if l2 is None:
+    if l2 is not None:
+        l2, how = float(l2), rule or "given by the caller"
+    elif rule is not None:
+        raise ValueError("fit_probe: a rule without an l2 to go with it")
+    elif cfg.l2 is not None:
+        l2, how = cfg.l2, "given"
+    else:
         selection = select_l2(x, y, num_classes, cfg, seed=seed, device=device)
-        l2 = selection.pop("l2")
+        l2, how = selection.pop("l2"), "one_se_on_validation"
     fit = fit_cached(x, y, num_classes, cfg, seed=seed, device=device, l2=l2)
     fit.seconds = time.perf_counter() - t0
-    return fit, {"l2": l2, "l2_selection": selection}
+    return fit, {"l2": l2, "l2_rule": how, "l2_selection": selection}
 
 
 @torch.no_grad()

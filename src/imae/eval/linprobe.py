@@ -1,14 +1,20 @@
 """The linear probe (MAE's protocol): frozen encoder, BatchNorm without affine + linear head.
 
 ``linprobe.mode=cached`` (default, the fast path): clean training features are extracted once (cached)
-and the head is fitted on them by L-BFGS, its l2 chosen on a validation share of the training split
-(``imae.eval.linear.fit_probe``). ``linprobe.mode=full``: MAE's ``main_linprobe.py`` recipe,
-RandomResizedCrop + flip images through the frozen encoder at every step, LARS, warmup + cosine for
-``linprobe.epochs``. Both are scored on the clean evaluation split's cached features.
+and the head is fitted on them by L-BFGS (``imae.eval.linear.fit_probe``), its l2 either ``linprobe.l2``
+(``l2_rule`` "given") or chosen on a validation share of the training split by the one-standard-error rule
+(``l2_rule`` "one_se_on_validation"). That choice can flip between neighbouring grid points from run to run,
+so the result also holds ``l2_curve``: the test top-1 at every point of ``linprobe.l2_grid``, each head fitted
+on the whole training split (``imae.eval.linear.accuracy_curve``); models are compared at one shared penalty
+(``imae compare``), never at their own choices. ``linprobe.mode=full``: MAE's ``main_linprobe.py`` recipe,
+RandomResizedCrop + flip images through the frozen encoder at every step, LARS with ``linprobe.weight_decay``
+(no l2, no curve), warmup + cosine for ``linprobe.epochs``. Both are scored on the clean evaluation split's
+cached features.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -18,8 +24,10 @@ from imae.data.loader import build_train_loader
 from imae.errors import DataError
 from imae.eval.data import Split
 from imae.eval.features import FeatureCache, encode, eval_precision, extract_split
-from imae.eval.linear import HeadFit, fit_probe, predict, topk_accuracy, train_head
+from imae.eval.linear import HeadFit, accuracy_curve, fit_probe, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
+
+FULL_L2_RULE = "none (LARS with linprobe.weight_decay)"  # linprobe.mode=full's l2_rule
 
 
 def probe_scores(fit: HeadFit, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:
@@ -43,12 +51,17 @@ def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *
         ftr = extract_split(subject, train, cfg, which="training", **kw)
         extract_s += ftr.seconds
         # l2 is chosen on a validation share of the training features; the test split is only scored
-        fit, penalty = fit_probe(ftr.pooled(pool), train.labels, train.num_classes, p, seed=cfg.seed, device=device)
-        fit_s = fit.seconds
+        xtr = ftr.pooled(pool)
+        fit, penalty = fit_probe(xtr, train.labels, train.num_classes, p, seed=cfg.seed, device=device)
+        t0 = time.perf_counter()
+        # the test top-1 at every l2 of the grid, so that the result shows what hangs on the choice
+        penalty["l2_curve"] = accuracy_curve(xtr, train.labels, fte.pooled(pool), test.labels, train.num_classes, p,
+                                             seed=cfg.seed, device=device)
+        fit_s = fit.seconds + time.perf_counter() - t0
     else:
         fit = train_full(subject, train, cfg, device=device, show_progress=show_progress)
         fit_s = fit.seconds  # the full protocol's encoder passes count as fitting
-        penalty = {}  # LARS with linprobe.weight_decay; no l2
+        penalty = {"l2_rule": FULL_L2_RULE}  # no l2 and no curve
     results = {"mode": p.mode, "pool": pool, **probe_scores(fit, fte.pooled(pool), test.labels), **penalty,
                "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
                "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}

@@ -1,6 +1,7 @@
 """Degree of semantics (METHOD.md section 4): how much class information the frozen latent holds.
 
-On clean images: linear-probe accuracy (cached fast path), weighted kNN accuracy, and the NMI between
+On clean images: linear-probe accuracy (cached fast path; with its ``l2_rule`` and its ``l2_curve``, the
+test top-1 at every point of ``linprobe.l2_grid``, as ``imae linprobe``), weighted kNN accuracy, and the NMI between
 k-means clusters (k = number of classes, on L2-normalised evaluation features) and the labels. On
 mixtures: the separability schemes on pairs drawn with P(same class) = ``semantics.same_class_p``
 (default 0.5, so that both kinds are well represented), reported separately for same-class and
@@ -21,7 +22,7 @@ from imae.errors import DataError
 from imae.eval.data import Split
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.knn import knn_accuracy
-from imae.eval.linear import fit_probe
+from imae.eval.linear import accuracy_curve, fit_probe
 from imae.eval.linprobe import probe_scores
 from imae.eval.pairs import make_pairs
 from imae.eval.separability import run_separability
@@ -50,9 +51,11 @@ def run_semantics(subject: Subject, reference: Subject, train: Split, test: Spli
     t0 = time.perf_counter()
     fit, penalty = fit_probe(ftr.pooled(pool), train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed,
                              device=device)  # l2 chosen on the training split only
+    curve = accuracy_curve(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
+                           cfg.linprobe, seed=cfg.seed, device=device)  # the test top-1 at every l2 of the grid
     results: dict[str, Any] = {
         "pool": pool,
-        "linprobe": {**probe_scores(fit, fte.pooled(pool), test.labels), **penalty},
+        "linprobe": {**probe_scores(fit, fte.pooled(pool), test.labels), **penalty, "l2_curve": curve},
         "knn": {"k": cfg.knn.k, "temperature": cfg.knn.temperature,
                 **knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
                                cfg.knn.k, cfg.knn.temperature)},
