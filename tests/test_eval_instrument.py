@@ -60,7 +60,7 @@ def cifar_test(cifar10_dir):
     return load_eval_split(cfg, "eval", 32, progress=False)
 
 
-def _measure(cifar_test, model, reference, monkeypatch=None, side_by_side=False, **sep_over):
+def _measure(cifar_test, model, reference, monkeypatch=None, side_by_side=False, echo=False, p="random", **sep_over):
     cfg = EvalConfig()
     cfg.separability.alphas = ALPHAS
     cfg.separability.mask_ratio = 0.75
@@ -74,7 +74,11 @@ def _measure(cifar_test, model, reference, monkeypatch=None, side_by_side=False,
             ts, td = (sep.encoder_tokens(model, x, noise, ratio, pos) for x in (xs, xd))
             return tuple(torch.cat([a, b], -1) for a, b in zip(ts, td))
         monkeypatch.setattr(sep, "mixture_tokens", both)
-    pairs = make_pairs(cifar_test.labels, seed=0)
+    if echo:  # a pair look-up: the "mixture" tokens are the reference's tokens of the dominant image
+        def dominant(model, xs, xd, alpha, noise, ratio, pos):
+            return sep.encoder_tokens(reference, xd, noise, ratio, pos)
+        monkeypatch.setattr(sep, "mixture_tokens", dominant)
+    pairs = make_pairs(cifar_test.labels, same_class_p=p, seed=0)
     ref = _subject(reference, "ref")
     ref.identity = lambda evaluated: {"label": "ref"}
     return sep.measure(_subject(model, "E"), ref, cifar_test, pairs, cfg, device=torch.device("cpu"),
@@ -82,9 +86,11 @@ def _measure(cifar_test, model, reference, monkeypatch=None, side_by_side=False,
 
 
 def _r2(m, who="sub", ratio="0.75", predictor="encoder"):
-    block = m.results["tokens"][ratio]
-    values = block[predictor] if predictor == "encoder" else block["baselines"][predictor]
-    return {a: values["distill"][who][f"{a:g}"]["r2"] for a in ALPHAS}
+    return {a: m.result.r2(who, a, predictor=predictor, ratio=ratio)["r2"] for a in ALPHAS}
+
+
+def _gain(m, who="sub", ratio="0.75", predictor="encoder"):
+    return {a: m.result.gain(who, a, predictor=predictor, ratio=ratio) for a in ALPHAS}
 
 
 def test_superposed_features_score_on_the_superposition_line(cifar_test):
@@ -95,15 +101,28 @@ def test_superposed_features_score_on_the_superposition_line(cifar_test):
             assert abs(r2 - sep.superposition(a)) < 0.03, (ratio, a, r2)
         for a, r2 in _r2(m, "dom", ratio).items():
             assert abs(r2 - (1 - sep.superposition(a))) < 0.03, (ratio, a, r2)
+        # class-independent partners: the partner alone says next to nothing, so the gain is the mixture's R^2
+        for a, g in _gain(m, ratio=ratio).items():
+            assert abs(g["partner"]) < 0.02 and abs(g["gain"] - sep.superposition(a)) < 0.04, (ratio, a, g)
+
+
+def test_a_partner_echo_gains_nothing_though_same_class_r2_credits_it(cifar_test, monkeypatch):
+    planted = Planted()  # E alone is the reference; E of the "mixture" is the reference of the dominant image
+    m = _measure(cifar_test, planted, planted, monkeypatch, echo=True, p=1.0, baselines=[], unmasked=False)
+    pairs = m.results["pairs"]
+    assert pairs["test_same"] > 0.95 * pairs["test"]  # disjoint same-class matching leaves a few mixed pairs
+    for a, g in _gain(m).items():
+        assert g["mixture"] > 0  # what the mixture R^2 of same-class pairs alone would credit
+        lo, hi = g["ci"]
+        assert lo <= 0.0 <= hi and abs(g["gain"]) < 1e-9, (a, g)
 
 
 def test_side_by_side_sources_are_recovered_almost_fully(cifar_test, monkeypatch):
     planted = Planted()
     m = _measure(cifar_test, planted, planted, monkeypatch, side_by_side=True, baselines=[], unmasked=False)
-    sub, dom = _r2(m), _r2(m, "dom")
+    sub, dom = _gain(m), _gain(m, "dom")
     for a in ALPHAS:
-        assert sub[a] > 0.95 and dom[a] > 0.95
-        assert m.results["tokens"]["0.75"]["encoder"]["distill"]["sum"][f"{a:g}"]["r2"] > 1.9
+        assert sub[a]["gain"] > 0.9 and dom[a]["gain"] > 0.9 and sub[a]["ci"][0] > 0.9
 
 
 def test_an_encoder_that_ignores_its_input_scores_zero_below_the_pixel_baseline(cifar_test):
@@ -112,8 +131,10 @@ def test_an_encoder_that_ignores_its_input_scores_zero_below_the_pixel_baseline(
     for a, r2 in _r2(m).items():
         assert abs(r2) < 0.03 and r2 < pixels[a], (a, r2, pixels[a])
         assert a < 0.3 or r2 < pixels[a] - 0.05  # the pixels of the mixture hold the subordinate's share
-        lo, hi = m.results["tokens"]["0.75"]["encoder"]["distill"]["sub"][f"{a:g}"]["ci"]
+        lo, hi = m.result.r2("sub", a)["ci"]
         assert lo <= 0.0 + 0.03 and hi >= 0.0 - 0.03
+    for a, g in _gain(m).items():
+        assert abs(g["gain"]) < 0.03 and g["ci"][0] < 0.03 and g["ci"][1] > -0.03, (a, g)
 
 
 def test_no_test_pair_reaches_a_fit_or_a_penalty_choice(cifar_test, monkeypatch):
@@ -126,10 +147,10 @@ def test_no_test_pair_reaches_a_fit_or_a_penalty_choice(cifar_test, monkeypatch)
 
     monkeypatch.setattr(sep, "fit_tokens", spy)
     planted = Planted()
-    m = _measure(cifar_test, planted, planted, baselines=["pixels", "partner_only"], unmasked=False)
+    m = _measure(cifar_test, planted, planted, baselines=["pixels"], unmasked=False)
     pairs = m.scorer.pairs
     test_images = set(torch.cat([pairs.sub[m.scorer.test], pairs.dom[m.scorer.test]]).tolist())
-    assert len(seen) == 1 + 2 * len(ALPHAS)  # partner_only once, encoder and pixels per alpha
+    assert len(seen) == 2 * 2 + 2 * len(ALPHAS)  # partner-only (sub, dom) once, mixture per alpha; E and pixels
     for fit_rows, val_rows, test_rows in seen:
         assert torch.equal(test_rows, m.scorer.test)
         used = torch.cat([fit_rows, val_rows])
@@ -181,7 +202,7 @@ def test_own_branch_r2_equals_the_distillation_loss_over_the_target_variance(run
     from imae.eval.token_ridge import position_means
     from imae.eval.tokens import pair_noise, positions
 
-    rec = evaluate("separability", runs["imae"], overrides={"output_dir": str(tmp_path)},
+    rec = evaluate("separability", runs["imae"], reference=str(runs["mae"]), overrides={"output_dir": str(tmp_path)},
                    sets=[f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3]}.items()])
     r = rec["results"]
     assert r["reference"]["is_teacher"]
@@ -190,8 +211,8 @@ def test_own_branch_r2_equals_the_distillation_loss_over_the_target_variance(run
     student, teacher = load_subject(runs["imae"]).model, load_subject(runs["mae"]).model
     student.attach_teacher(teacher)
     split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=12), "eval", 16, progress=False)
-    s = EvalConfig().separability  # the pairs the command drew: its default parts, p of the i-MAE's training
-    pairs = make_pairs(split.labels, s.fractions, 1.0, 0, s.max_images)
+    s = EvalConfig().separability  # the pairs the command drew: its default parts, class-independent partners
+    pairs = make_pairs(split.labels, s.fractions, "random", 0, s.max_images)
     noise = pair_noise(len(pairs), student.arch.num_patches, 0)
     d = split.data
 
@@ -216,17 +237,54 @@ def test_compare_of_identical_checkpoints_is_zero_and_swapping_flips_the_sign(ru
     sets = [f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3], "separability.bootstrap": 200}.items()]
 
     def metrics(a, b, out):
-        return compare_checkpoints(a, b, overrides={"output_dir": str(tmp_path / out)}, sets=sets)["results"]
+        return compare_checkpoints(a, b, reference=str(runs["mae"]), overrides={"output_dir": str(tmp_path / out)},
+                                   sets=sets)["results"]
 
     same = metrics(runs["imae"], runs["imae"], "same")["metrics"]
-    for name in ("token_r2_sub", "r2_sum", "branch_r2_sub", "sub_class_acc"):
+    for name in ("gain_sub", "gain_dom", "r2_sub", "branch_r2_sub", "sub_class_acc"):
         d = same[name]["0.3"]
         assert d["diff"] == 0 and d["ci"][0] <= 0 <= d["ci"][1]
     assert same["linprobe"]["diff"] == 0 and same["knn"]["ci"] == [0.0, 0.0]
+    assert all(d["diff"] == 0 for d in same["linprobe_curve"].values())
     ab, ba = metrics(runs["mae"], runs["imae"], "ab"), metrics(runs["imae"], runs["mae"], "ba")
-    assert ab["reference"]["label"] == ba["reference"]["label"] == "mae"  # the i-MAE's teacher, both ways
-    for name in ("token_r2_sub", "r2_sum", "sub_class_acc"):
+    assert ab["reference"]["b"]["note"] == "scored against its own teacher" and ab["reference"]["a"]["role"] == "self"
+    for name in ("gain_sub", "gain_dom", "r2_sub", "sub_class_acc"):
         x, y = ab["metrics"][name]["0.3"], ba["metrics"][name]["0.3"]
         assert x["diff"] == pytest.approx(-y["diff"], abs=1e-12)
         assert x["ci"] == pytest.approx([-y["ci"][1], -y["ci"][0]], abs=1e-9)
+    assert ab["metrics"]["linprobe"]["l2"] == ba["metrics"]["linprobe"]["l2"]  # chosen on the reference alone
     assert (tmp_path / "ab" / "compare.json").is_file()
+
+
+def test_compare_refuses_a_teacher_as_the_default_reference_and_labels_an_explicit_one(runs, tmp_path, capsys):
+    from imae.cli import main
+
+    args = ["compare", str(runs["mae"]), str(runs["imae"]), "--output-dir", str(tmp_path)]
+    args += sum((["--set", f"{k}={v}"] for k, v in {**FAST, "separability.alphas": [0.3]}.items()), [])
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "compare needs a referee: --reference" in err[0]
+    assert "the teacher" in err[0] and not (tmp_path / "compare.json").exists()
+    main(args + ["--reference", str(runs["mae"])])
+    out = capsys.readouterr().out
+    assert "scored against its own teacher" in out and (tmp_path / "compare.json").is_file()
+
+
+def test_encoders_a_1e_6_perturbation_apart_get_one_probe_penalty_and_the_same_accuracy(runs, tmp_path):
+    from imae.engine import checkpoint as ckpt
+    from imae.eval.run import compare_checkpoints
+
+    ck = ckpt.load(runs["mae"])
+    g = torch.Generator().manual_seed(0)
+    model = {k: v + 1e-6 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in ck["model"].items()}
+    torch.save({k: v for k, v in ck.items() if not k.startswith("_")} | {"model": model}, tmp_path / "nudged.pth")
+    sets = [f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3], "separability.bootstrap": 200}.items()]
+    res = compare_checkpoints(runs["mae"], tmp_path / "nudged.pth", reference=str(runs["imae"]),
+                              overrides={"output_dir": str(tmp_path / "out")}, sets=sets)["results"]["metrics"]
+    assert res["linprobe"]["l2_rule"].startswith("shared") and res["linprobe"]["l2"] > 0
+    assert abs(res["linprobe"]["diff"]) <= 0.002
+    # the curve's heads are fitted as one batched L-BFGS problem, which stops short of each head's own optimum:
+    # a nudge may move one of the 120 test digits at a grid point, never more
+    assert all(abs(d["diff"]) <= 1 / 120 + 1e-9 for d in res["linprobe_curve"].values())

@@ -16,8 +16,9 @@ from imae.config.tree import Settings, at_least, check_device
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
-# the separability scheme's baselines beside the analytic superposition line (imae.eval.separability)
-SEPARABILITY_BASELINES = ("pixels", "reference_on_mixture", "random_init", "partner_only")
+# the separability scheme's baseline predictors beside the analytic superposition line (imae.eval.separability);
+# the partner-only predictor is no option: it is half of the un-mixing gain, always computed
+SEPARABILITY_BASELINES = ("pixels", "reference_on_mixture", "random_init")
 
 
 @dataclass
@@ -53,16 +54,17 @@ class SeparabilityConfig:
     """Token-level separability (``imae.eval.separability``); every default is what docs/evaluation.md defines."""
 
     alphas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.45])
-    same_class_p: float | str | None = None  # partners: None = the run's training p if a number, else random
+    same_class_p: float | str = "random"  # partners: random = independent of class; a number = P(same class)
     fractions: tuple[float, float, float] = (0.4, 0.2, 0.4)  # fit / validation / test share of the images
-    max_images: int | None = 5000  # use at most N evaluation images (a seeded subset): 2,000 test pairs
+    max_images: int | None = 10000  # at most N evaluation images (a seeded subset), paired disjointly: 2,000 test
+    # pairs from CIFAR's 10,000 test images
     mask_ratio: float | None = None  # one seeded mask per pair; None: the evaluated run's training ratio (0.75)
     unmasked: bool = False  # also score ratio 0: the encoder sees every patch, tokens read at the same positions
     baselines: list[str] = field(default_factory=lambda: list(SEPARABILITY_BASELINES))
     pooled: list[str] = field(default_factory=list)  # also pooled variants (cls, mean) of the same passes
     penalties: list[float] = field(default_factory=lambda: [10.0**k for k in range(-6, 4)])  # x mean eigenvalue
     pixel_size: int = 16  # classification's pixel baseline: the mixture average-pooled to at most this per side
-    reference: str | None = None  # reference encoder; None: the run's teacher (i-MAE) or the model itself
+    reference: str | None = None  # the referee (an MAE no evaluated model was trained towards); None: see --reference
     classify: bool = True  # also the classification scheme (linear heads for both source classes)
     bootstrap: int = 1000  # paired-bootstrap resamples of the test pairs
     ci: float = 0.95  # confidence level of every interval
@@ -141,8 +143,7 @@ class EvalConfig(Settings):
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {s.alphas}")
         from imae.data.pairing import parse_p
 
-        if s.same_class_p is not None:
-            s.same_class_p = parse_p(s.same_class_p)
+        s.same_class_p = parse_p(s.same_class_p if s.same_class_p is not None else "random")
         if s.same_class_p == "self":
             raise ConfigError("separability.same_class_p=self would mix each image with itself; use a number or random")
         if len(s.fractions) != 3 or min(s.fractions) <= 0 or abs(sum(s.fractions) - 1.0) > 1e-6:
@@ -152,6 +153,9 @@ class EvalConfig(Settings):
             raise ConfigError(f"separability.penalties must be positive numbers, got {s.penalties}")
         if s.mask_ratio is not None and not 0.0 <= s.mask_ratio < 1.0:
             raise ConfigError(f"separability.mask_ratio must lie in [0, 1), got {s.mask_ratio}")
+        if "partner_only" in s.baselines:
+            raise ConfigError("separability.baselines: partner_only is half of the un-mixing gain and always computed; "
+                              "drop it from the list")
         if unknown := [b for b in s.baselines if b not in SEPARABILITY_BASELINES]:
             raise ConfigError(f"separability.baselines: unknown {unknown}; choose from "
                               f"{', '.join(SEPARABILITY_BASELINES)}")

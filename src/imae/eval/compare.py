@@ -1,16 +1,21 @@
 """``imae compare A B``: B minus A on identical test items, with paired-bootstrap intervals.
 
-Both checkpoints are scored against one reference (``--reference``, else the teacher of the first i-MAE
-among them, else A), on the same pairs, masks and bootstrap resamples. The headline metrics:
+Both checkpoints are scored against one reference, a *referee* named with ``--reference`` (there is no default:
+a compared i-MAE's teacher, or A itself, would favour the model that resembles it; naming the teacher is
+allowed and the output says so), on the same disjoint pairs, masks and bootstrap resamples. The metrics:
 
-- ``token_r2_sub``: token-level R^2 of the subordinate's reference tokens (distillation space) at the
-  training mask ratio, per alpha; ``r2_sum``: R^2(sub) + R^2(dom);
+- ``gain_sub``, ``gain_dom``: the un-mixing gain (R^2 from the mixture minus R^2 from the partner alone) of
+  each source at the training mask ratio, per alpha, in the headline space (distillation, else encoder);
+  ``r2_sub``: the mixture R^2 it is the first term of; ``partner_r2_sub``: the second (alpha-free);
 - ``branch_r2_sub``: the i-MAE's own branch map, nothing refitted (only when both have branches);
-- ``sub_class_acc``: the subordinate's class from the pooled mixture latent, per alpha;
-- ``linprobe`` and ``knn``: top-1 on the clean evaluation split (resampled over its images).
+- ``sub_class_acc``: the subordinate's class from the pooled mixture latent, on different-class pairs;
+- ``linprobe`` and ``knn``: top-1 on the clean evaluation split (resampled over its images). The probe's
+  penalty is **one** for both models, chosen before either is looked at: ``linprobe.l2`` when set, else by
+  the one-standard-error rule on a validation share of the *reference's* training features. ``linprobe_curve``
+  gives both models' top-1 (and the difference) at every penalty of ``linprobe.l2_grid``.
 
-A difference whose interval excludes 0 is a difference the test items support at that level; the
-interval says nothing about seeds (see ``imae report`` groups for that).
+A difference whose interval excludes 0 is a difference the test items support at that level; the interval says
+nothing about seeds or teachers (see ``imae report`` groups and ``studies/`` for that).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from imae.errors import ConfigError
 from imae.eval.bootstrap import Resampler
 from imae.eval.features import extract_split
 from imae.eval.knn import knn_predict
-from imae.eval.linear import fit_probe, predict
+from imae.eval.linear import curve_hits, fit_probe, predict, select_l2
 from imae.eval.pairs import make_pairs
 from imae.eval.separability import Measurement, measure
 from imae.eval.subject import Subject, load_subject, separability_defaults, shared_reference
+
+SHARED_L2_RULE = "shared: one_se_on_validation of the reference's training features"
 
 
 def _diff(rs: Resampler, a: float, b: float, draws_a: torch.Tensor, draws_b: torch.Tensor) -> dict[str, Any]:
@@ -36,45 +43,82 @@ def _diff(rs: Resampler, a: float, b: float, draws_a: torch.Tensor, draws_b: tor
 
 
 def separability_diffs(ma: Measurement, mb: Measurement, alphas: list[float]) -> dict[str, dict[str, Any]]:
-    """Per alpha: token R^2(sub), the R^2 sum, branch R^2(sub) and sub-class accuracy, B minus A."""
+    """Per alpha: the gain of each source, the mixture and partner-only R^2(sub), branch R^2(sub) and sub-class
+    accuracy on different-class pairs, B minus A."""
     rs = ma.scorer.rs
-    rk = ma.results["ratios"][0]
-    space = "distill" if ma.results["targets"]["distill"] and mb.results["targets"]["distill"] else "encoder"
-    out: dict[str, dict[str, Any]] = {"token_r2_sub": {}, "r2_sum": {}, "branch_r2_sub": {}, "sub_class_acc": {}}
+    head = ma.result.head
+    rk, space = head["ratio"], head["space"]
+    if mb.result.head["space"] != space:  # a reference without a distillation space in one of them: encoder space
+        space = "encoder"
+
+    def draws(m: Measurement, key: tuple) -> tuple[float, torch.Tensor]:
+        e = m.raw[key]
+        return e.r2, rs.r2_draws(e.sse, e.sst)
+
+    def gain(m: Measurement, who: str, ak: str) -> tuple[float, torch.Tensor]:
+        r2m, dm = draws(m, ("mixture", rk, "encoder", space, who, ak))
+        r2p, dp = draws(m, ("partner", rk, "encoder", space, who))
+        return r2m - r2p, dm - dp
+
+    out: dict[str, dict[str, Any]] = {"gain_sub": {}, "gain_dom": {}, "r2_sub": {}, "branch_r2_sub": {},
+                                      "sub_class_acc": {}}
+    diff_pairs = ~ma.scorer.same
     for alpha in alphas:
         ak = f"{alpha:g}"
-        ea, eb = (m.raw[("r2", rk, "encoder", space, "sub", ak)] for m in (ma, mb))
-        da, db = rs.r2_draws(ea.sse, ea.sst), rs.r2_draws(eb.sse, eb.sst)
-        out["token_r2_sub"][ak] = _diff(rs, ea.r2, eb.r2, da, db)
-        doms = [m.raw[("r2", rk, "encoder", space, "dom", ak)] for m in (ma, mb)]
-        sa = da + rs.r2_draws(doms[0].sse, doms[0].sst)
-        sb = db + rs.r2_draws(doms[1].sse, doms[1].sst)
-        out["r2_sum"][ak] = _diff(rs, ea.r2 + doms[0].r2, eb.r2 + doms[1].r2, sa, sb)
-        key = ("r2", rk, "branches", "distill", "sub", ak)
+        for who in ("sub", "dom"):
+            (ga, da), (gb, db) = gain(ma, who, ak), gain(mb, who, ak)
+            out[f"gain_{who}"][ak] = _diff(rs, ga, gb, da, db)
+        (ra, da), (rb, db) = (draws(m, ("mixture", rk, "encoder", space, "sub", ak)) for m in (ma, mb))
+        out["r2_sub"][ak] = _diff(rs, ra, rb, da, db)
+        key = ("branch", rk, "sub", ak)
         if key in ma.raw and key in mb.raw:
-            ba, bb = ma.raw[key], mb.raw[key]
-            out["branch_r2_sub"][ak] = _diff(rs, ba.r2, bb.r2, rs.r2_draws(ba.sse, ba.sst), rs.r2_draws(bb.sse, bb.sst))
+            (ra, da), (rb, db) = draws(ma, key), draws(mb, key)
+            out["branch_r2_sub"][ak] = _diff(rs, ra, rb, da, db)
         key = ("acc", "sub", ak)
-        if key in ma.raw and key in mb.raw:
-            ha, hb = ma.raw[key], mb.raw[key]
+        if key in ma.raw and key in mb.raw and int(diff_pairs.sum()):
+            ha, hb = ma.raw[key][diff_pairs], mb.raw[key][diff_pairs]
             out["sub_class_acc"][ak] = _diff(rs, float(ha.double().mean()), float(hb.double().mean()),
-                                             rs.mean_draws(ha), rs.mean_draws(hb))
-    out["token_r2_sub_space"] = {"space": space, "ratio": rk}
+                                             rs.mean_draws(ma.raw[key], diff_pairs),
+                                             rs.mean_draws(mb.raw[key], diff_pairs))
+    (pa, da), (pb, db) = (draws(m, ("partner", rk, "encoder", space, "sub")) for m in (ma, mb))
+    out["partner_r2_sub"] = _diff(rs, pa, pb, da, db)
+    out["where"] = {"space": space, "ratio": rk, "headline_alpha": head["alpha"],
+                    "sub_class_acc_pairs": int(diff_pairs.sum())}
     return {k: v for k, v in out.items() if v}
 
 
-def clean_hits(subject: Subject, train, test, cfg: EvalConfig, *, device, cache,
-               show_progress: bool) -> dict[str, torch.Tensor]:
-    """Per test image, whether the linear probe (``imae linprobe``'s cached probe, l2 chosen on the training split)
-    and the kNN classify it right: {"linprobe", "knn"} -> [N] bool."""
+def clean_features(subject: Subject, train, test, cfg: EvalConfig, *, device, cache,
+                   show_progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled clean features (training [N, D], evaluation [M, D]), cached as ``imae linprobe`` caches them."""
     kw = dict(device=device, cache=cache, show_progress=show_progress)
     pool = cfg.features.pool
     ftr = extract_split(subject, train, cfg, which="training", **kw).pooled(pool)
     fte = extract_split(subject, test, cfg, which="evaluation", **kw).pooled(pool)
-    fit, _ = fit_probe(ftr, train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device)  # as linprobe
+    return ftr, fte
+
+
+def shared_l2(reference: Subject, train, test, cfg: EvalConfig, **kw) -> tuple[float, str]:
+    """The one probe penalty of a comparison, fixed before the compared models are looked at: ``linprobe.l2``
+    when set, else chosen on a validation share of the reference's training features. Returns (l2, rule)."""
+    if cfg.linprobe.l2 is not None:
+        return float(cfg.linprobe.l2), "given"
+    ftr, _ = clean_features(reference, train, test, cfg, **kw)
+    return select_l2(ftr, train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=kw["device"])["l2"], \
+        SHARED_L2_RULE
+
+
+def clean_hits(subject: Subject, train, test, cfg: EvalConfig, l2: float, *, device, cache,
+               show_progress: bool) -> dict[str, torch.Tensor]:
+    """Per test image, whether the linear probe (penalty ``l2``) and the kNN classify it right ({"linprobe",
+    "knn"} -> [N] bool), and the probe's hits at every penalty of the grid ("curve" -> [G, N] bool)."""
+    ftr, fte = clean_features(subject, train, test, cfg, device=device, cache=cache, show_progress=show_progress)
+    fit, _ = fit_probe(ftr, train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device, l2=l2,
+                       rule="shared")
     probe = predict(fit.head, fte)[:, 0].argmax(-1) == test.labels
     knn = knn_predict(ftr, train.labels, fte, train.num_classes, cfg.knn.k, cfg.knn.temperature).argmax(1)
-    return {"linprobe": probe, "knn": knn == test.labels}
+    curve = curve_hits(ftr, train.labels, fte, test.labels, train.num_classes, cfg.linprobe, seed=cfg.seed,
+                       device=device)
+    return {"linprobe": probe, "knn": knn == test.labels, "curve": curve}
 
 
 def compare(session, b_spec: str | Path, reference: str | None, cfg: EvalConfig) -> dict[str, Any]:
@@ -84,8 +128,8 @@ def compare(session, b_spec: str | Path, reference: str | None, cfg: EvalConfig)
     if b.model.arch.num_patches != a.model.arch.num_patches or b.model.arch.img_size != a.model.arch.img_size:
         raise ConfigError(f"{a.label} and {b.label} see images of different sizes or patch grids; compare models "
                           f"of the same image and patch size (their masks must cover the same patches)")
-    b.model.to(session.device)
     ref = shared_reference([a, b], reference, cfg.num_heads)
+    b.model.to(session.device)
     ref.model.to(session.device)
     separability_defaults(cfg, a, b)
     test = session.split("eval")
@@ -94,32 +138,49 @@ def compare(session, b_spec: str | Path, reference: str | None, cfg: EvalConfig)
     kw = dict(device=session.device, show_progress=session.show_progress)
     ma, mb = measure(a, ref, test, pairs, cfg, **kw), measure(b, ref, test, pairs, cfg, **kw)
     metrics = separability_diffs(ma, mb, s.alphas)
-    results: dict[str, Any] = {"a": a.describe(), "b": b.describe(), "reference": ref.identity(b),
+    results: dict[str, Any] = {"a": a.describe(), "b": b.describe(),
+                               "reference": {"a": ma.result.reference, "b": mb.result.reference},
                                "pairs": ma.results["pairs"], "mask_ratio": ma.results["mask_ratio"],
                                "bootstrap": ma.results["bootstrap"], "metrics": metrics}
     if test.has_labels:
         train = session.split("train")
-        hits = [clean_hits(m, train, test, cfg, device=session.device, cache=session.cache,
-                           show_progress=session.show_progress) for m in (a, b)]
+        kw = dict(device=session.device, cache=session.cache, show_progress=session.show_progress)
+        l2, rule = shared_l2(ref, train, test, cfg, **kw)
+        hits = [clean_hits(m, train, test, cfg, l2, **kw) for m in (a, b)]
         rs = Resampler.draw(len(test), s.bootstrap, cfg.seed + 1, s.ci)
         for name in ("linprobe", "knn"):
             ha, hb = hits[0][name], hits[1][name]
             metrics[name] = _diff(rs, float(ha.double().mean()), float(hb.double().mean()), rs.mean_draws(ha),
                                   rs.mean_draws(hb))
+        metrics["linprobe"].update(l2=l2, l2_rule=rule)
+        grid = sorted(float(v) for v in cfg.linprobe.l2_grid)
+        metrics["linprobe_curve"] = {
+            f"{v:g}": _diff(rs, float(ca.double().mean()), float(cb.double().mean()), rs.mean_draws(ca),
+                            rs.mean_draws(cb))
+            for v, ca, cb in zip(grid, hits[0]["curve"], hits[1]["curve"])}
         results["test_images"] = len(test)
     return results
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The comparison as aligned text lines: metric, alpha, A, B, B - A [CI]."""
+    """The comparison as aligned text lines: metric, alpha (the probe curve: l2), A, B, B - A [CI], then the
+    reference and what it is to each model."""
     a, b = results["a"]["label"], results["b"]["label"]
-    lines = [f"{'metric':<16} {'alpha':>5}  {a[:12]:>12}  {b[:12]:>12}  {'B - A':>8}  {'95% CI':>18}"]
+    lines = [f"{'metric':<16} {'α/l2':>6}  {a[:12]:>12}  {b[:12]:>12}  {'B - A':>8}  {'95% CI':>18}"]
     for metric, rows in results["metrics"].items():
-        if metric == "token_r2_sub_space":
+        if metric == "where":
             continue
         items = rows.items() if "diff" not in rows else [("", rows)]
         for ak, r in items:
             lo, hi = r["ci"]
             ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "n/a"
-            lines.append(f"{metric:<16} {ak:>5}  {r['a']:>12.3f}  {r['b']:>12.3f}  {r['diff']:>+8.3f}  {ci:>18}")
+            lines.append(f"{metric:<16} {ak:>6}  {r['a']:>12.3f}  {r['b']:>12.3f}  {r['diff']:>+8.3f}  {ci:>18}")
+    lines.append(reference_line(results))
     return "\n".join(lines)
+
+
+def reference_line(results: dict[str, Any]) -> str:
+    """Which reference both were scored against, and any role it has for them ("its own teacher")."""
+    ref = results["reference"]
+    notes = [f"{results[k]['label']}: {ref[k]['note']}" for k in ("a", "b") if ref[k].get("note")]
+    return (f"reference: {ref['b']['label']} (" + ("; ".join(notes) if notes else "a referee for both") + ")")

@@ -20,10 +20,10 @@ from imae.errors import ConfigError
 from imae.eval.data import Split, load_eval_split
 from imae.eval.features import FeatureCache
 from imae.eval.results import write_result
+from imae.eval.separability_result import SeparabilityResult
 from imae.eval.subject import Subject, load_reference, load_subject, separability_defaults
 
 EVALUATIONS = ("separability", "semantics", "linprobe", "knn")
-SEPARABILITY_HEADLINE_ALPHA = "0.3"
 
 
 def main_process() -> bool:
@@ -169,16 +169,23 @@ def headline(command: str, results: dict[str, Any]) -> str:
     if command == "semantics":
         return (f"linear probe top-1 {results['linprobe']['top1']:.3f}, kNN top-1 {results['knn']['top1']:.3f}, "
                 f"NMI {results['nmi']:.3f}")
-    ak = SEPARABILITY_HEADLINE_ALPHA if SEPARABILITY_HEADLINE_ALPHA in map(lambda a: f"{a:g}", results["alphas"]) \
-        else f"{results['alphas'][0]:g}"
-    rk = results["ratios"][0]
-    block = results["tokens"][rk]
-    space = "distill" if "distill" in block["encoder"] else "encoder"
-    parts = [f"token R²(sub) at alpha {ak}, mask {rk}: {ci(block['encoder'][space]['sub'][ak], 'r2')}"]
-    for name in ("pixels", "random_init"):
-        if name in block["baselines"]:
-            parts.append(f"{name} {block['baselines'][name][space]['sub'][ak]['r2']:.3f}")
-    parts.append(f"superposition {results['superposition'][ak]['sub']:.3f}")
+    return separability_line(SeparabilityResult.from_json(results))
+
+
+def separability_line(r: SeparabilityResult) -> str:
+    """The un-mixing gain at the headline alpha with its interval, the two R^2 it is the difference of, the
+    trivial predictors' gains and the reference's role."""
+    def num(v, fmt="+.3f"):
+        return "n/a" if v is None else format(v, fmt)
+
+    h = r.headline()
+    lo, hi = h["gain_ci"]
+    parts = [f"un-mixing gain ({h['source']}, α={h['alpha']}, mask {h['ratio']}) {num(h['gain'])} "
+             f"[{num(lo)}, {num(hi)}] = R² from the mixture {num(h['r2_mixture'], '.3f')} - from the partner alone "
+             f"{num(h['r2_partner'], '.3f')}"]
+    parts += [f"{name} gain {num(h[f'{name}_gain'])}" for name in ("pixels", "random_init")
+              if h[f"{name}_gain"] is not None]
+    parts.append(f"reference {h['reference']}" + (f" ({h['reference_note']})" if h["reference_note"] else ""))
     return "; ".join(parts)
 
 

@@ -1,30 +1,38 @@
-"""Linear separability of the latent space (METHOD.md section 4): token-level, objective-matched, with
-baselines and bootstrap intervals.
+"""Linear separability of the latent space (METHOD.md section 4): the un-mixing gain, against a referee, on
+disjoint class-independent pairs, with baselines and bootstrap intervals.
 
 For every held-out pair (:mod:`imae.eval.pairs`) and one seeded mask per pair (:mod:`imae.eval.tokens`):
 
-- the evaluated encoder E encodes the mixture ``alpha * x_sub + (1 - alpha) * x_dom`` under the mask;
-- the reference R (one fixed MAE for every model of a comparison; default the i-MAE run's teacher)
-  encodes each *clean* source under the same mask. Targets: R's tokens in the distillation space
-  (``decoder_embed`` output, what i-MAE distils towards: ``distill``) and R's encoder tokens (``encoder``);
-- one ridge map shared by every token position, tokens centred per position (:mod:`imae.eval.token_ridge`),
-  penalty chosen on the validation pairs, variance-weighted R^2 on the test pairs;
+- the evaluated encoder E encodes the mixture ``alpha * x_sub + (1 - alpha) * x_dom`` under the mask, and
+  each source alone under the same mask;
+- the reference R (one fixed MAE for every model of a comparison: by default a *referee*, an MAE none of
+  them was trained towards) encodes each *clean* source under the same mask. Targets: R's tokens in the
+  distillation space (``decoder_embed`` output: ``distill``) and R's encoder tokens (``encoder``);
+- two ridges per target, fitted the same way (one map shared by every token position, tokens centred per
+  position, :mod:`imae.eval.token_ridge`; penalty chosen on the validation pairs; variance-weighted R^2 on
+  the test pairs): one from E's tokens of the **mixture**, one from E's tokens of the **partner alone** (for
+  the subordinate's target the dominant image by itself, and the reverse);
+- **gain** = R^2(target | mixture) - R^2(target | partner alone): what the mixture's latent says about a
+  source beyond what its partner alone says. Class correlation between the partners and closeness of E to
+  R both appear in the two terms alike and cancel. "E un-mixes" means the gain's interval lies above 0;
 - for an i-MAE, ``branches``: its own branch maps (and adapter) applied to E's tokens, nothing refitted.
 
-Scored at the training mask ratio (the headline) and at ratio 0 (E sees every patch, tokens read at the
-same positions). Baselines on the same pairs and masks: ``superposition`` (the line
-alpha^2 / (alpha^2 + (1-alpha)^2) that a linear mix of two independent, equal-variance sources gives),
-``pixels`` (the mixture's own patch pixels), ``reference_on_mixture`` (R applied to the mixture: a model
-never trained on mixtures), ``random_init`` (an untrained encoder of E's architecture) and
-``partner_only`` (E on the dominant image alone: the floor set by class confounds in same-class pairs).
-R^2(sub) + R^2(dom) above the superposition sum (1) means the encoder un-mixes.
+Scored at the training mask ratio (the headline) and, with ``separability.unmasked``, at ratio 0 (E sees
+every patch, tokens read at the same positions). The same mixture / partner / gain triple is computed for
+the baselines on the same pairs and masks: ``pixels`` (the images' own patch pixels), ``reference_on_mixture``
+(R itself: a model never trained on mixtures) and ``random_init`` (an untrained encoder of E's
+architecture); ``superposition`` is the analytic line alpha^2 / (alpha^2 + (1-alpha)^2) of two independent,
+equal-variance sources (only that case: real partners are correlated).
 
-Classification: one linear head per alpha on E's pooled mixture latent (at ratio 0 when it is scored,
-else at the training ratio) predicts the subordinate's and the dominant's class; baselines ``pixels``
-(pooled mixture pixels), ``partner_only`` (E on the dominant image) and majority-class chance.
+Classification: one linear head per alpha on E's pooled mixture latent (at ratio 0 when it is scored, else
+at the training ratio) predicts the subordinate's and the dominant's class; the subordinate's accuracy means
+something only on different-class pairs (on same-class pairs it is the dominant's class), so every accuracy
+is also given per subset. Baselines: ``pixels`` (pooled mixture pixels), ``partner_only`` (E on the
+dominant image alone) and majority-class chance.
 
-Every score carries a 95% paired-bootstrap interval over test pairs (:mod:`imae.eval.bootstrap`) and is
-also given for same-class and different-class test pairs, with their counts.
+Every score carries a 95% paired-bootstrap interval over the (disjoint, hence independent) test pairs
+(:mod:`imae.eval.bootstrap`) and is also given for same-class and different-class test pairs, with counts.
+The numbers are read through :class:`imae.eval.separability_result.SeparabilityResult`.
 """
 
 from __future__ import annotations
@@ -47,16 +55,11 @@ from imae.eval.bootstrap import Resampler
 from imae.eval.data import Split
 from imae.eval.linear import fit_cached_many, predict
 from imae.eval.pairs import PairSet
+from imae.eval.separability_result import SOURCES, VERSION, SeparabilityResult, alpha_key, headline_alpha
 from imae.eval.subject import Subject
 from imae.eval.threads import threads_for
 from imae.eval.token_ridge import PairErrors, direct_errors, fit_tokens
 from imae.eval.tokens import distill_map, encoder_tokens, pair_noise, pixel_tokens, positions, random_encoder
-
-SOURCES = ("sub", "dom")
-
-
-def alpha_key(alpha: float) -> str:
-    return f"{alpha:g}"
 
 
 def superposition(alpha: float) -> float:
@@ -89,14 +92,23 @@ class Scorer:
             out.update(penalty=e.penalty, val_r2=e.val_r2)
         for tag, keep in self.subsets():
             n = int(keep.sum())
-            out[tag] = None if n < 2 else {
-                "r2": float(1 - e.sse[keep].sum() / e.sst[keep].sum().clamp_min(1e-300)),
-                "ci": self.rs.interval(self.rs.r2_draws(e.sse, e.sst, keep)), "n": n}
+            draws = self.rs.r2_draws(e.sse, e.sst, keep)
+            out[tag] = None if n < 2 else {"r2": _r2(e, keep), "ci": self.rs.interval(draws), "n": n}
         return out
 
-    def r2_sum(self, a: PairErrors, b: PairErrors) -> dict[str, Any]:
-        draws = self.rs.r2_draws(a.sse, a.sst) + self.rs.r2_draws(b.sse, b.sst)
-        return {"r2": a.r2 + b.r2, "ci": self.rs.interval(draws)}
+    def gain(self, mixture: PairErrors, partner: PairErrors) -> dict[str, Any]:
+        """R^2(mixture) - R^2(partner alone) with its paired interval, overall and per subset."""
+        def draws(keep=None):
+            return (self.rs.r2_draws(mixture.sse, mixture.sst, keep)
+                    - self.rs.r2_draws(partner.sse, partner.sst, keep))
+
+        out: dict[str, Any] = {"gain": mixture.r2 - partner.r2, "ci": self.rs.interval(draws()),
+                               "mixture": mixture.r2, "partner": partner.r2}
+        for tag, keep in self.subsets():
+            n = int(keep.sum())
+            out[tag] = None if n < 2 else {"gain": _r2(mixture, keep) - _r2(partner, keep),
+                                           "ci": self.rs.interval(draws(keep)), "n": n}
+        return out
 
     def accuracy(self, correct: torch.Tensor) -> dict[str, Any]:
         out: dict[str, Any] = {"acc": float(correct.double().mean()),
@@ -108,16 +120,25 @@ class Scorer:
         return out
 
 
+def _r2(e: PairErrors, keep: torch.Tensor) -> float:
+    return float(1 - e.sse[keep].sum() / e.sst[keep].sum().clamp_min(1e-300))
+
+
 @dataclass
 class Measurement:
-    """A separability evaluation: the JSON ``results``, its ``timing``, and the per-test-pair ``raw`` scores
-    that :mod:`imae.eval.compare` pairs across models (``("r2", ratio, predictor, space, source, alpha)`` ->
-    PairErrors; ``("acc", source, alpha)`` -> correctness [n_test])."""
+    """A separability evaluation: the typed ``result``, its ``timing``, and the per-test-pair ``raw`` scores that
+    :mod:`imae.eval.compare` pairs across models: ``("mixture", ratio, predictor, space, source, alpha)`` and
+    ``("partner", ratio, predictor, space, source)`` -> PairErrors; ``("branch", ratio, source, alpha)`` ->
+    PairErrors; ``("acc", source, alpha)`` -> correctness [n_test]."""
 
-    results: dict[str, Any]
+    result: SeparabilityResult
     timing: dict[str, float]
     raw: dict[tuple, Any]
     scorer: Scorer
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.result.to_json()
 
 
 class _Passes:
@@ -156,8 +177,9 @@ def mixture_tokens(model, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float
     return encoder_tokens(model, mix(x_sub, x_dom, alpha), noise, ratio, pos)
 
 
-def _pooled(tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor], pool: str) -> torch.Tensor:
-    return tokens[1] if pool == "cls" else tokens[2]
+# the token prefix of each predictor in the passes' outputs (of the mixture: mx[prefix]; of one source alone:
+# src[prefix_sub], src[prefix_dom]); ``enc`` are the reference's own tokens
+PREFIX = {"encoder": "E", "pixels": "pix", "reference_on_mixture": "enc", "random_init": "rand"}
 
 
 def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
@@ -172,11 +194,12 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
     scorer = Scorer(pairs, Resampler.draw(int(pairs.rows("test").numel()), s.bootstrap, cfg.seed, s.ci), s.penalties)
     passes = _Passes(split, pairs, noise, pos, cfg.features.batch_size, device, show_progress)
     dmap = distill_map(ref)
-    baselines = [b for b in BASELINES if b in s.baselines]
-    rand = random_encoder(model.arch, s.random_init_seed).to(device) if "random_init" in baselines else None
+    predictors = ["encoder"] + [b for b in BASELINES if b in s.baselines]
+    rand = random_encoder(model.arch, s.random_init_seed).to(device) if "random_init" in predictors else None
     ratios = [ratio] + ([0.0] if s.unmasked and ratio > 0 else [])
     cls_ratio = ratios[-1]  # classification on the unmasked mixture when it is scored
-    pool = cfg.features.pool
+    pool = "cls" if cfg.features.pool == "cls" else "mean"
+    spaces = (["distill"] if dmap is not None else []) + ["encoder"]
     fit_s = 0.0
     raw: dict[tuple, Any] = {}
     tokens: dict[str, Any] = {}
@@ -192,32 +215,50 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
                 out[f"enc_{who}"], out[f"cls_{who}"], out[f"mean_{who}"] = t
                 if dmap is not None:
                     out[f"distill_{who}"] = dmap(t[0])
-            e = encoder_tokens(model, xd, nz, r, ps)  # partner_only: E on the dominant image alone
-            out["partner"], out["partner_pool"] = e[0], _pooled(e, pool)
+                e = encoder_tokens(model, x, nz, r, ps)  # E on one source alone: the partner-only predictor
+                out[f"E_{who}"], out[f"Ecls_{who}"], out[f"Emean_{who}"] = e
+                if "pixels" in predictors:
+                    out[f"pix_{who}"] = pixel_tokens(model, x, ps)
+                if rand is not None:
+                    out[f"rand_{who}"] = encoder_tokens(rand, x, nz, r, ps)[0]
             return out
 
-        src = passes.run(sources, f"reference on clean sources (mask ratio {rk})")
-        spaces = (["distill"] if dmap is not None else []) + ["encoder"]
+        src = passes.run(sources, f"sources alone (mask ratio {rk})")
         y, groups = _target_table(src, spaces, "distill", "enc")
         t0 = time.perf_counter()
-        block: dict[str, Any] = {"encoder": {}, "baselines": {b: {} for b in baselines}}
-        if "partner_only" in baselines:
-            errs = _fit(src["partner"], y, pos, groups, scorer)
-            block["baselines"]["partner_only"] = _by_space(errs, scorer, raw, (rk, "partner_only"), None)
+        block: dict[str, Any] = {"mixture": {}, "partner": {}, "gain": {}}
+        partner = {name: _partner_fit(src[f"{PREFIX[name]}_dom"], src[f"{PREFIX[name]}_sub"], y, pos, groups, scorer)
+                   for name in predictors}
+        for name, errs in partner.items():
+            for group, e in errs.items():
+                space, who = group.split("/")
+                block["partner"].setdefault(name, {}).setdefault(space, {})[who] = scorer.r2(e)
+                raw[("partner", rk, name, space, who)] = e
+        pooled_targets = {p: _pooled_targets(src, p, dmap) for p in s.pooled}
+        pooled_partner = {p: _partner_fit(src[f"E{p}_dom"].unsqueeze(1), src[f"E{p}_sub"].unsqueeze(1),
+                                          pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1], scorer)
+                          for p in s.pooled}
+        for p, errs in pooled_partner.items():
+            dest = pooled.setdefault(p, {}).setdefault(rk, {"mixture": {}, "partner": {}, "gain": {}})
+            for group, e in errs.items():
+                space, who = group.split("/")
+                dest["partner"].setdefault("encoder", {}).setdefault(space, {})[who] = scorer.r2(e)
         fit_s += time.perf_counter() - t0
         if r == cls_ratio:
-            cls_inputs["partner"] = src["partner_pool"]
+            cls_inputs["partner"] = src[f"E{pool}_dom"]
         for alpha in s.alphas:
             ak = alpha_key(alpha)
 
             def mixtures(xs, xd, nz, ps, r=r, alpha=alpha):
                 m = mix(xs, xd, alpha)
                 e = mixture_tokens(model, xs, xd, alpha, nz, r, ps)
-                out = {"enc": e[0], "cls": e[1], "mean": e[2], "pix": pixel_tokens(model, m, ps)}
+                out = {"E": e[0], "cls": e[1], "mean": e[2]}
+                if "pixels" in predictors:
+                    out["pix"] = pixel_tokens(model, m, ps)
                 if r == cls_ratio:
                     out["pix_pool"] = F.adaptive_avg_pool2d(m, min(s.pixel_size, m.shape[-1])).flatten(1)
-                if "reference_on_mixture" in baselines:
-                    out["ref"] = encoder_tokens(ref, m, nz, r, ps)[0]
+                if "reference_on_mixture" in predictors:
+                    out["enc"] = encoder_tokens(ref, m, nz, r, ps)[0]
                 if rand is not None:
                     out["rand"] = encoder_tokens(rand, m, nz, r, ps)[0]
                 if subject.kind == "imae" and dmap is not None:
@@ -229,32 +270,27 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
 
             mx = passes.run(mixtures, f"mixtures alpha={ak} (mask ratio {rk})")
             t0 = time.perf_counter()
-            _put_alpha(block["encoder"], ak, _by_space(_fit(mx["enc"], y, pos, groups, scorer), scorer, raw,
-                                                       (rk, "encoder"), ak))
-            for name, key in (("pixels", "pix"), ("reference_on_mixture", "ref"), ("random_init", "rand")):
-                if name in baselines:
-                    errs = _fit(mx[key], y, pos, groups, scorer)
-                    _put_alpha(block["baselines"][name], ak, _by_space(errs, scorer, raw, (rk, name), ak))
-            branches = _branch_scores(mx, src, pos, scorer, raw, rk, ak)
-            if branches:
-                for who, entry in branches.items():
-                    block.setdefault("branches", {}).setdefault(who, {})[ak] = entry
+            for name in predictors:
+                errs = _fit(mx[PREFIX[name]], y, pos, groups, scorer)
+                _record(block, name, errs, partner[name], scorer, raw, rk, ak)
+            for who, entry in _branch_scores(mx, src, pos, scorer, raw, rk, ak).items():
+                block.setdefault("branches", {}).setdefault(who, {})[ak] = entry
             for p in s.pooled:
-                target = _pooled_targets(src, p, dmap)
-                errs = _fit(mx[p].unsqueeze(1), target[0], torch.zeros(len(pairs), 1, dtype=torch.long),
-                            target[1], scorer)
-                _put_alpha(pooled.setdefault(p, {}).setdefault(rk, {}), ak,
-                           _by_space(errs, scorer, raw, (rk, f"pooled_{p}"), ak))
+                errs = _fit(mx[p].unsqueeze(1), pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1], scorer)
+                _record(pooled[p][rk], "encoder", errs, pooled_partner[p], scorer, raw, rk, ak, key=f"pooled_{p}")
             if r == cls_ratio:
-                cls_inputs[f"enc/{ak}"] = mx["cls" if pool == "cls" else "mean"]
+                cls_inputs[f"enc/{ak}"] = mx[pool]
                 cls_inputs[f"pix/{ak}"] = mx["pix_pool"]
             fit_s += time.perf_counter() - t0
         tokens[rk] = block
     results: dict[str, Any] = {
         "scheme": "tokens",
+        "version": VERSION,
         "alphas": [float(a) for a in s.alphas],
         "mask_ratio": ratio,
         "ratios": [alpha_key(r) for r in ratios],
+        "headline": {"alpha": headline_alpha(s.alphas), "ratio": alpha_key(ratio), "space": spaces[0],
+                     "source": "sub"},
         "pairs": {**pairs.summary(), "same_class_p": s.same_class_p, "test_same": int(scorer.same.sum()),
                   "test_diff": int((~scorer.same).sum())},
         "reference": reference.identity(subject),
@@ -270,7 +306,7 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
         results["classification"] = _classify(cls_inputs, split, scorer, cfg, device, raw)
         results["classification"]["ratio"] = alpha_key(cls_ratio)
         fit_s += time.perf_counter() - t0
-    return Measurement(results, {"extract_s": passes.seconds, "fit_s": fit_s}, raw, scorer)
+    return Measurement(SeparabilityResult(results), {"extract_s": passes.seconds, "fit_s": fit_s}, raw, scorer)
 
 
 def run_separability(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
@@ -278,6 +314,10 @@ def run_separability(subject: Subject, reference: Subject, split: Split, pairs: 
     """The ``results`` and ``timing`` of :func:`measure` (what ``imae separability`` writes)."""
     m = measure(subject, reference, split, pairs, cfg, device=device, show_progress=show_progress)
     return {"results": m.results, "timing": m.timing}
+
+
+def _zeros(n: int) -> torch.Tensor:
+    return torch.zeros(n, 1, dtype=torch.long)  # pooled predictors: one token at position 0
 
 
 def _target_table(src: dict[str, torch.Tensor], spaces: list[str], distill: str,
@@ -310,24 +350,25 @@ def _fit(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, groups: dict[str, 
         return fit_tokens(x, y, pos, scorer.fit, scorer.val, scorer.test, groups, scorer.penalties)
 
 
-def _by_space(errs: dict[str, PairErrors], scorer: Scorer, raw: dict, key: tuple,
-              ak: str | None) -> dict[str, dict[str, Any]]:
-    """{space: {"sub": entry, "dom": entry, "sum": entry}} of one predictor at one alpha (or alpha-free)."""
-    out: dict[str, dict[str, Any]] = {}
+def _partner_fit(of_dom: torch.Tensor, of_sub: torch.Tensor, y: torch.Tensor, pos: torch.Tensor,
+                 groups: dict[str, slice], scorer: Scorer) -> dict[str, PairErrors]:
+    """The partner-only ridges: the predictor's tokens of the dominant image alone -> the subordinate's targets,
+    of the subordinate alone -> the dominant's."""
+    errs: dict[str, PairErrors] = {}
+    for x, who in ((of_dom, "sub"), (of_sub, "dom")):
+        errs.update(_fit(x, y, pos, {g: c for g, c in groups.items() if g.endswith(f"/{who}")}, scorer))
+    return errs
+
+
+def _record(block: dict[str, Any], name: str, errs: dict[str, PairErrors], partner: dict[str, PairErrors],
+            scorer: Scorer, raw: dict, rk: str, ak: str, key: str | None = None) -> None:
+    """Store one predictor's mixture R^2 and gain at one alpha: block["mixture"|"gain"][name][space][source][ak]."""
     for group, e in errs.items():
         space, who = group.split("/")
-        out.setdefault(space, {})[who] = scorer.r2(e)
-        raw[("r2", *key, space, who, ak)] = e
-    for space, entries in out.items():
-        entries["sum"] = scorer.r2_sum(errs[f"{space}/sub"], errs[f"{space}/dom"])
-    return out
-
-
-def _put_alpha(dest: dict, ak: str, by_space: dict[str, dict[str, Any]]) -> None:
-    """Store one alpha's {space: {source: entry}} as dest[space][source][alpha]."""
-    for space, entries in by_space.items():
-        for who, entry in entries.items():
-            dest.setdefault(space, {}).setdefault(who, {})[ak] = entry
+        block["mixture"].setdefault(name, {}).setdefault(space, {}).setdefault(who, {})[ak] = scorer.r2(e)
+        gains = block["gain"].setdefault(name, {}).setdefault(space, {}).setdefault(who, {})
+        gains[ak] = scorer.gain(e, partner[group])
+        raw[("mixture", rk, key or name, space, who, ak)] = e
 
 
 def _branch_scores(mx, src, pos, scorer: Scorer, raw: dict, rk: str, ak: str) -> dict[str, Any]:
@@ -338,7 +379,7 @@ def _branch_scores(mx, src, pos, scorer: Scorer, raw: dict, rk: str, ak: str) ->
         if pred is None or target is None or pred.shape[-1] != target.shape[-1]:
             continue
         e = direct_errors(pred, target, pos, scorer.fit, scorer.test)
-        raw[("r2", rk, "branches", "distill", who, ak)] = e
+        raw[("branch", rk, who, ak)] = e
         out[who] = scorer.r2(e)
     return out
 
@@ -346,7 +387,8 @@ def _branch_scores(mx, src, pos, scorer: Scorer, raw: dict, rk: str, ak: str) ->
 def _classify(inputs: dict[str, torch.Tensor], split: Split, scorer: Scorer, cfg: EvalConfig,
               device: torch.device, raw: dict) -> dict[str, Any]:
     """Linear heads predicting (subordinate class, dominant class) from each pooled input, fitted on the fit +
-    validation pairs, scored on the test pairs."""
+    validation pairs, scored on the test pairs. Every head has the same fixed penalty (``linprobe.l2``, else
+    :data:`imae.eval.linear.DEFAULT_L2`), whatever the model."""
     pairs = scorer.pairs
     train = torch.cat([scorer.fit, scorer.val])
     y = torch.stack([split.labels[pairs.sub], split.labels[pairs.dom]], dim=1)  # [P, 2]
@@ -371,6 +413,8 @@ def _classify(inputs: dict[str, torch.Tensor], split: Split, scorer: Scorer, cfg
             else:
                 out["baselines"]["partner_only"] = entry
     out["chance"] = {who: _majority_rate(y_test[:, k]) for k, who in enumerate(SOURCES)}
+    diff = ~scorer.same  # where the subordinate's class is not the dominant's: the only pairs its accuracy means
+    out["chance_diff"] = {who: _majority_rate(y_test[diff, k]) for k, who in enumerate(SOURCES)}
     return out
 
 

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imae.engine import checkpoint as ckpt
-from imae.errors import CheckpointError
+from imae.errors import CheckpointError, ConfigError
 from imae.models.loading import model_from_checkpoint
 from imae.models.mae import MaskedAutoencoder
 
 if TYPE_CHECKING:
     from imae.config.evaluate import EvalConfig
+
+ROLE_NOTES = {"referee": "", "self": "scored against itself", "teacher": "scored against its own teacher",
+              "start": "scored against the checkpoint it started from"}
 
 
 @dataclass
@@ -70,16 +73,23 @@ class Subject:
         """The teacher named in an i-MAE run's configuration."""
         return ((self.train_config or {}).get("imae") or {}).get("teacher") if self.kind == "imae" else None
 
-    def training_setting(self, section: str, key: str) -> Any:
-        """A value of the run's training configuration (None for checkpoints that carry none)."""
-        return ((self.train_config or {}).get(section) or {}).get(key)
+    def training_setting(self, section: str, key: str | None) -> Any:
+        """A value of the run's training configuration (``key`` None: a top-level value such as ``init_from``;
+        None for checkpoints that carry none)."""
+        value = (self.train_config or {}).get(section)
+        return value if key is None else (value or {}).get(key)
 
     def identity(self, evaluated: Subject) -> dict[str, Any]:
-        """What a result records about this checkpoint as the reference of ``evaluated``."""
-        teacher = evaluated.teacher
-        is_teacher = bool(teacher) and Path(teacher).exists() and _same_file(Path(teacher), self)
-        return {"path": str(self.path), "label": self.label, "sha256": self.sha256, "is_self": self is evaluated,
-                "is_teacher": is_teacher}
+        """What a result records about this checkpoint as the reference of ``evaluated``: its ``role`` ("referee":
+        none of the below; "self"; "teacher": the one ``evaluated`` distils towards; "start": the checkpoint it
+        was initialised from) and, for any role but referee, the ``note`` tables print beside the row."""
+        is_self = self is evaluated or _same_file(self.path, evaluated)
+        is_teacher = bool(evaluated.teacher) and _names(Path(evaluated.teacher), self)
+        start = evaluated.training_setting("init_from", None) if evaluated.train_config else None
+        is_start = bool(start) and _names(Path(start), self)
+        role = "self" if is_self else "teacher" if is_teacher else "start" if is_start else "referee"
+        return {"path": str(self.path), "label": self.label, "sha256": self.sha256, "role": role,
+                "is_self": is_self, "is_teacher": is_teacher, "note": ROLE_NOTES[role]}
 
     def describe(self) -> dict[str, Any]:
         """What a result file records about the checkpoint."""
@@ -110,20 +120,20 @@ def load_subject(spec: str | Path, num_heads: int | None = None) -> Subject:
                    int(epoch) + 1 if isinstance(epoch, int) else None)
 
 
+REFEREE_HOW = ("an MAE none of the evaluated models was trained towards, e.g. one trained like the teacher with "
+               "another seed (imae pretrain --preset <the teacher's preset> --seed 1)")
+
+
 def reference_spec(subject: Subject, explicit: str | None) -> str | None:
-    """The reference encoder of the feature targets: ``explicit``, else an i-MAE run's teacher, else None
-    (the subject itself). The teacher path is read from the run's configuration."""
+    """The reference encoder of one evaluated model: ``explicit``, else the model itself (an MAE). An i-MAE is
+    never scored against its teacher by default: it is trained towards it, so closeness would count as
+    separability; it needs an explicit ``--reference`` (a referee, or the teacher, then labelled so)."""
     if explicit:
         return explicit
-    if subject.kind != "imae" or subject.train_config is None:
-        return None
-    teacher = subject.teacher
-    if not teacher:
-        return None
-    if not Path(teacher).exists():
-        raise CheckpointError(f"the reference encoder defaults to the run's teacher {teacher}, which does not "
-                              f"exist (any more, or relative to another folder); pass --reference CKPT")
-    return teacher
+    if subject.teacher:
+        raise ConfigError(f"{subject.label} is an i-MAE: score it against a referee with --reference CKPT, "
+                          f"{REFEREE_HOW}; --reference {subject.teacher} scores it against its own teacher (labelled)")
+    return None
 
 
 def load_reference(subject: Subject, explicit: str | None, num_heads: int | None = None) -> Subject:
@@ -140,34 +150,36 @@ def load_reference(subject: Subject, explicit: str | None, num_heads: int | None
 
 def _same_file(spec: Path, subject: Subject) -> bool:
     """Whether ``spec`` names what the subject was loaded from, or the subject's checkpoint file."""
-    if not spec.exists():
+    if spec is None or subject.path is None or not spec.exists():
         return False
     return spec.resolve() in (subject.source.resolve(), subject.path.resolve())
 
 
+def _names(spec: Path, subject: Subject) -> bool:
+    """Whether ``spec`` (a teacher or start as a run records it) names ``subject``: its file, or its run folder."""
+    return _same_file(spec, subject) or (spec.is_dir() and subject.path.resolve().parent == spec.resolve())
+
+
 def shared_reference(subjects: list[Subject], explicit: str | None, num_heads: int | None = None) -> Subject:
-    """The one reference of a comparison: ``explicit``, else the teacher of the first i-MAE, else the first."""
-    spec = explicit or next((x.teacher for x in subjects if x.teacher), None)
-    if spec is None:
-        return subjects[0]
+    """The one reference of a comparison: ``explicit`` (one of the subjects if it names one). There is no default:
+    the would-be defaults (a compared i-MAE's teacher, or the first model) are each what a compared model
+    resembles by construction, so a comparison against them is refused in one line."""
+    if not explicit:
+        teacher = next((x for x in subjects if x.teacher), None)
+        would = (f"the teacher {teacher.teacher} that {teacher.label} distils towards" if teacher
+                 else f"{subjects[0].label} itself")
+        raise ConfigError(f"compare needs a referee: --reference CKPT, {REFEREE_HOW} (--reference may also name "
+                          f"the teacher; the output then says so); the default would be {would}")
     for x in subjects:
-        if _same_file(Path(spec), x):
+        if _same_file(Path(explicit), x):
             return x
-    return load_subject(spec, num_heads if explicit else None)
+    return load_subject(explicit, num_heads)
 
 
 def separability_defaults(cfg: EvalConfig, *subjects: Subject) -> None:
-    """Fill what ``separability`` leaves to the evaluated run(s): the mask ratio (the first run's training
-    ratio; 0.75 for official checkpoints) and the partners' same-class rate (the training p of the first
-    i-MAE among ``subjects`` where it is a number, else random), so that compared runs share pairs."""
+    """Fill the mask ratio that ``separability`` leaves to the evaluated run(s): the first run's training ratio
+    (0.75 for official checkpoints), so that compared runs share masks."""
     s = cfg.separability
     if s.mask_ratio is None:
         ratio = subjects[0].training_setting("train", "mask_ratio")
         s.mask_ratio = float(ratio) if ratio is not None else 0.75
-    if s.same_class_p is None:
-        s.same_class_p = "random"
-        for subject in subjects:
-            p = subject.training_setting("imae", "same_class_p") if subject.kind == "imae" else None
-            if isinstance(p, (int, float)) and not isinstance(p, bool):
-                s.same_class_p = float(p)
-                break
