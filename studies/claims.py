@@ -5,7 +5,8 @@
 
 1. **i-MAE's latents are more linearly separable than MAE's.** Per seed, ``imae compare`` gives (b) i-MAE
    minus (a) MAE continued in token R²(sub) at alpha 0.1 / 0.3 / 0.45 with a paired-bootstrap 95% interval;
-   across seeds the mean difference gets a 95% t-interval. The verdict reads alpha 0.3.
+   across seeds the mean difference gets a 95% t-interval. The verdict reads the headline alpha of (b)'s
+   separability result (``SeparabilityResult.head``: 0.3).
 2. **They carry more semantics.** The same for linear-probe and kNN top-1 (compare.json) and NMI
    (semantics.json, across seeds only). The verdict reads the linear probe.
 3. **Same-class pairing (p) changes the semantics learned.** (d) p = 0 and (e) p = random against (b)
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from stats import t95, t_half_width
+from table import ALPHAS, separability
 
 
 def t_interval(xs: list[float]) -> dict:
@@ -46,6 +48,15 @@ def _results(path: Path) -> dict | None:
     return json.loads(path.read_text())["results"] if path.is_file() else None
 
 
+def _headline_alpha(folder: Path, seeds: list[str]) -> str:
+    """The alpha claim 1 is read at: the headline alpha of (b)'s separability result."""
+    for s in seeds:
+        res = separability(folder / f"b-imae-s{s}")
+        if res:
+            return res.head["alpha"]
+    sys.exit(f"error: {folder}: no b-imae-s<seed> run with a token-level eval/separability.json")
+
+
 def main(folder: Path) -> dict:
     seeds = sorted(p.name.rsplit("-s", 1)[1] for p in folder.glob("b-imae-s*")
                    if (p / "eval" / "compare.json").is_file())
@@ -58,14 +69,16 @@ def main(folder: Path) -> dict:
         return {"per_seed": {s: {"a": v["a"], "b": v["b"], "diff": v["diff"], "ci": v["ci"]} for s, v in per.items()},
                 "across_seeds": across, "verdict": verdict(across["ci"])}
 
-    out["separability"] = {f"token_r2_sub@{a}": diffs("token_r2_sub", a) for a in ("0.1", "0.3", "0.45")}
+    head = _headline_alpha(folder, seeds)
+    out["separability"] = {f"token_r2_sub@{a}": diffs("token_r2_sub", a)
+                           for a in (ALPHAS if head in ALPHAS else (*ALPHAS, head))}
     out["separability"]["space"] = compares[seeds[0]]["token_r2_sub_space"] if seeds else None
     out["semantics"] = {"linprobe": diffs("linprobe", None), "knn": diffs("knn", None)}
     nmi = {s: (_results(folder / f"b-imae-s{s}" / "eval" / "semantics.json")["nmi"]
                - _results(folder / f"a-mae-continued-s{s}" / "eval" / "semantics.json")["nmi"]) for s in seeds}
     out["semantics"]["nmi"] = {"per_seed": nmi, "across_seeds": t_interval(list(nmi.values())),
                                "verdict": verdict(t_interval(list(nmi.values()))["ci"])}
-    out["claims"] = {"1 separability": out["separability"]["token_r2_sub@0.3"]["verdict"],
+    out["claims"] = {"1 separability": out["separability"][f"token_r2_sub@{head}"]["verdict"],
                      "2 semantics": out["semantics"]["linprobe"]["verdict"]}
 
     probe = {s: _results(folder / f"b-imae-s{s}" / "eval" / "semantics.json")["linprobe"]["top1"] for s in seeds}

@@ -4,10 +4,12 @@
     python studies/figure.py studies/digits/results       # writes headline.png there
 
 Left: one line per arm (run folders ``<arm>-s<seed>``; plus ``untrained``): the mean over its seeds of
-token R²(sub) at the training mask ratio in the reference's distillation space, with a band: the 95%
-t-interval across seeds where an arm has several, else the run's 95% pair-bootstrap interval. Dashed
-lines: the baselines of the first arm's result on the same pairs (superposition, pixels, reference on the
-mixture, partner only).
+token R²(sub) at the headline mask ratio and space of its separability results, read through
+:class:`imae.eval.separability_result.SeparabilityResult` (the training ratio; the reference's distillation
+space where it has one), with a band: the 95% t-interval across seeds where an arm has several, else the
+run's 95% pair-bootstrap interval. Dashed lines: the baselines of the first arm's result on the same pairs
+(superposition, pixels, reference on the mixture, partner only: the second term of that arm's un-mixing gain,
+which ``table.py`` tabulates per arm).
 
 Right: the same means minus arm (a)'s (``a-mae-continued``, the compute-matched MAE), so that arms a few
 thousandths apart can be told apart; the reference on the mixture as a dashed line. The band on (b) is
@@ -24,17 +26,9 @@ import sys
 from pathlib import Path
 
 from stats import t_half_width
-from table import token_block
+from table import separability
 
-
-def _block(run: Path) -> tuple[dict, dict] | None:
-    path = run / "eval" / "separability.json"
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())["results"]
-    if res.get("scheme") != "tokens":
-        return None
-    return res, token_block(res, None)
+from imae.eval.separability_result import SeparabilityResult
 
 
 def main(folder: Path) -> Path:
@@ -47,27 +41,25 @@ def main(folder: Path) -> Path:
     for run in sorted(p.parent.parent for p in folder.glob("*/eval/separability.json")):
         arms.setdefault(re.sub(r"-s\d+$", "", run.name), []).append(run)
     fig, (ax, dax) = plt.subplots(1, 2, figsize=(12, 4.6))
-    first = None
+    first: SeparabilityResult | None = None
     means: dict[str, tuple[str, dict[str, float]]] = {}  # arm -> (its colour, {alpha: mean})
     for i, (arm, runs) in enumerate(arms.items()):
-        blocks = [b for b in map(_block, runs) if b]
-        if not blocks:
+        results = [r for r in map(separability, runs) if r]
+        if not results:
             continue
-        res, block = blocks[0]
-        first = first or (res, block)
-        space = "distill" if "distill" in block["encoder"] else "encoder"
-        alphas = [a for a in (f"{x:g}" for x in res["alphas"]) if a in block["encoder"][space]["sub"]]
+        first = first or results[0]
+        alphas = [a for a in results[0].alphas if results[0].r2("sub", a)]
         xs = [float(a) for a in alphas]
-        per = [[b["encoder"][space]["sub"][a] for _, b in blocks] for a in alphas]
+        per = [[r.r2("sub", a) for r in results] for a in alphas]
         mean = [statistics.fmean(e["r2"] for e in es) for es in per]
-        if len(blocks) > 1:
+        if len(results) > 1:
             half = [t_half_width([e["r2"] for e in es]) for es in per]
             lo, hi = [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)]
         else:
             lo, hi = [es[0]["ci"][0] for es in per], [es[0]["ci"][1] for es in per]
         color = f"C{i % 10}"
         style = "-" if arm != "untrained" else ":"
-        ax.plot(xs, mean, style, marker="o", ms=3, color=color, label=f"{arm} ({len(blocks)} seed(s))")
+        ax.plot(xs, mean, style, marker="o", ms=3, color=color, label=f"{arm} ({len(results)} seed(s))")
         ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
         means[arm] = (color, dict(zip(alphas, mean)))
     if first and "a-mae-continued" in means:
@@ -75,19 +67,18 @@ def main(folder: Path) -> Path:
     else:
         dax.set_visible(False)
     if first:
-        res, block = first
-        space = "distill" if "distill" in block["encoder"] else "encoder"
-        alphas = [f"{x:g}" for x in res["alphas"]]
+        alphas = first.alphas
         xs = [float(a) for a in alphas]
-        ax.plot(xs, [res["superposition"][a]["sub"] for a in alphas], "k--", lw=1, label="superposition")
+        ax.plot(xs, [first.superposition("sub", a) for a in alphas], "k--", lw=1, label="superposition")
+        partner = first.partner("sub")
         for name, c in (("pixels", "0.5"), ("reference_on_mixture", "tab:olive"), ("partner_only", "tab:pink")):
-            base = block["baselines"].get(name, {}).get(space, {}).get("sub")
-            if not base:
+            base = [partner] * len(alphas) if name == "partner_only" else \
+                [first.r2("sub", a, predictor=name) for a in alphas]
+            if None in base:
                 continue
-            ys = [base[a]["r2"] for a in alphas] if "r2" not in base else [base["r2"]] * len(alphas)
-            ax.plot(xs, ys, "--", color=c, lw=1, label=name.replace("_", " "))
-        ax.set_title(f"token R²(sub), mask ratio {res['ratios'][0]}, {space} space; bands: 95% intervals",
-                     fontsize=9)
+            ax.plot(xs, [e["r2"] for e in base], "--", color=c, lw=1, label=name.replace("_", " "))
+        ax.set_title(f"token R²(sub), mask ratio {first.head['ratio']}, {first.head['space']} space; "
+                     "bands: 95% intervals", fontsize=9)
     ax.set_xlabel("α (weight of the subordinate)")
     ax.set_ylabel("token R² of the subordinate")
     ax.grid(alpha=0.3)
@@ -98,7 +89,7 @@ def main(folder: Path) -> Path:
     return out
 
 
-def _differences(ax, folder: Path, means: dict[str, tuple[str, dict[str, float]]], first: tuple[dict, dict]) -> None:
+def _differences(ax, folder: Path, means: dict[str, tuple[str, dict[str, float]]], first: SeparabilityResult) -> None:
     """Each arm's mean token R²(sub) minus arm (a)'s, per alpha; (b) with claim 1's interval."""
     base_color, base = means["a-mae-continued"]
     for arm, (color, mean) in means.items():
@@ -115,12 +106,9 @@ def _differences(ax, folder: Path, means: dict[str, tuple[str, dict[str, float]]
                 centre = [statistics.fmean(d) for d in diffs]
                 ax.fill_between(xs, [c - h for c, h in zip(centre, half)], [c + h for c, h in zip(centre, half)],
                                 color=color, alpha=0.25, label=f"b − a: 95% interval over {len(diffs[0])} seeds")
-    res, block = first
-    space = "distill" if "distill" in block["encoder"] else "encoder"
-    ref = block["baselines"].get("reference_on_mixture", {}).get(space, {}).get("sub")
+    ref = {a: e["r2"] for a in base if (e := first.r2("sub", a, predictor="reference_on_mixture"))}
     if ref:
-        alphas = [a for a in base if a in ref]
-        ax.plot([float(a) for a in alphas], [ref[a]["r2"] - base[a] for a in alphas], "--", color="tab:olive", lw=1,
+        ax.plot([float(a) for a in ref], [ref[a] - base[a] for a in ref], "--", color="tab:olive", lw=1,
                 label="reference on mixture")
     ax.axhline(0, color=base_color, lw=1, label="a-mae-continued (0)")
     ax.set_title("minus (a) MAE continued, mean over its seeds", fontsize=9)

@@ -4,17 +4,21 @@
     python studies/table.py studies/digits/results > studies/digits/results/table.md
     python studies/table.py studies/cifar10-cpu/results --ratio 0 > studies/cifar10-cpu/results/table-unmasked.md
 
-Rows: the arms (run folders named ``<arm>-s<seed>``, ``teacher``, ``untrained``), each as the mean over its
-seeds ± the half-width of a 95% t-interval across seeds (one seed: the value with its 95% pair-bootstrap
-interval in brackets), then the baselines of the first arm's separability result. Columns: token R²(sub)
-at alpha 0.1 / 0.3 / 0.45 (the training mask ratio, or ``--ratio`` R, one of the ratios the separability
-runs scored, e.g. 0 for unmasked; distillation space; the one reference of the study),
-R²(sub) + R²(dom) at 0.3, the own branch maps' R²(sub) at 0.3 (i-MAE arms that distil; without
-distillation the maps were never trained on the reference's tokens), the subordinate's class accuracy at
-0.3 (at the ratio the separability result's ``classification.ratio`` names, whatever ``--ratio`` is),
-linear probe, kNN, NMI and training images/s: the run's fastest epoch, since on a shared machine an
-epoch is only ever slowed by other jobs, and the fastest is the least disturbed (an undisturbed epoch
-varies by about 10%).
+Every separability number is read through :class:`imae.eval.separability_result.SeparabilityResult` (its
+headline alpha, mask ratio and space; either scheme version). Rows: the arms (run folders named
+``<arm>-s<seed>``, ``teacher``, ``untrained``), each as the mean over its seeds ± the half-width of a 95%
+t-interval across seeds (one seed: the value with its 95% pair-bootstrap interval in brackets, where the
+result has one), then the baselines of the first arm's separability result. Columns: token R²(sub) at alpha
+0.1 / 0.3 / 0.45 (the headline mask ratio, the training one, or ``--ratio`` R, one of the ratios the
+separability runs scored, e.g. 0 for unmasked; the headline space; the one reference of the study); the
+subordinate's un-mixing gain at the headline alpha (R²(sub) from the mixture minus R²(sub) from the partner
+image alone; a point value in results of the old scheme, which have no interval for it); the own branch
+maps' R²(sub) at the headline alpha (i-MAE arms that distil; without distillation the maps were never
+trained on the reference's tokens); the subordinate's class accuracy at the headline alpha on all test pairs
+(at the ratio the separability result's ``classification.ratio`` names, whatever ``--ratio`` is); linear
+probe, kNN, NMI and training images/s: the run's fastest epoch, since on a shared machine an epoch is only
+ever slowed by other jobs, and the fastest is the least disturbed (an undisturbed epoch varies by about 10%).
+There is no R² sum column: a sum above 1 is not evidence of un-mixing.
 """
 
 from __future__ import annotations
@@ -27,11 +31,32 @@ from pathlib import Path
 
 from stats import t_half_width
 
+from imae.eval.separability_result import PREDICTORS, SeparabilityResult
+
 ALPHAS = ("0.1", "0.3", "0.45")
+OLD_SCHEME = ("Measured by the old scheme (against the teacher, same-class pairs sharing images); "
+              "see issue 'The paper's three questions, again'. The gain is a point value: that scheme gives "
+              "it no interval.")
 
 
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text())["results"] if path.is_file() else None
+
+
+def separability(run: Path) -> SeparabilityResult | None:
+    """The separability result of one run folder (None without one, or without token-level scores)."""
+    results = _json(run / "eval" / "separability.json")
+    try:
+        return SeparabilityResult.from_json(results) if results else None
+    except ValueError:  # an older, not token-level result
+        return None
+
+
+def checked_ratio(res: SeparabilityResult, ratio: str | None) -> str | None:
+    """``ratio`` when the result scored it (None, the headline ratio, always); else exit with the scored ones."""
+    if ratio is not None and ratio not in res.ratios:
+        sys.exit(f"error: --ratio {ratio}: the separability results scored mask ratios {', '.join(res.ratios)}")
+    return ratio
 
 
 def _distils(run: Path) -> bool:
@@ -41,34 +66,25 @@ def _distils(run: Path) -> bool:
     return (cfg.get("imae") or {}).get("distill", True) is not False
 
 
-def token_block(sep: dict, ratio: str | None) -> dict:
-    """The token results of one separability result at ``ratio`` (None: the first, the training ratio)."""
-    ratio = sep["ratios"][0] if ratio is None else ratio
-    if ratio not in sep["tokens"]:
-        sys.exit(f"error: --ratio {ratio}: the separability results scored mask ratios {', '.join(sep['ratios'])}")
-    return sep["tokens"][ratio]
-
-
 def run_values(run: Path, ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
     """{column: (value, pair-bootstrap ci or None)} of one run folder."""
     out: dict[str, tuple[float, list | None]] = {}
-    sep = _json(run / "eval" / "separability.json")
-    if sep and sep.get("scheme") == "tokens":
-        block = token_block(sep, ratio)
-        space = "distill" if "distill" in block["encoder"] else "encoder"
+    res = separability(run)
+    if res:
+        ratio = checked_ratio(res, ratio)
         for a in ALPHAS:
-            if a in block["encoder"][space]["sub"]:
-                e = block["encoder"][space]["sub"][a]
+            e = res.r2("sub", a, ratio=ratio)
+            if e:
                 out[f"r2 {a}"] = (e["r2"], e["ci"])
-        if "0.3" in block["encoder"][space]["sum"]:
-            e = block["encoder"][space]["sum"]["0.3"]
-            out["sum 0.3"] = (e["r2"], e["ci"])
-        branch = block.get("branches", {}).get("sub", {}).get("0.3")
+        gain = res.gain("sub", ratio=ratio)
+        if gain:
+            out["gain"] = (gain["gain"], gain["ci"])
+        branch = res.branch("sub", ratio=ratio)
         if branch and _distils(run):  # without distillation the branch maps were never trained on these targets
-            out["branch 0.3"] = (branch["r2"], branch["ci"])
-        cls = (sep.get("classification") or {}).get("encoder", {}).get("0.3")
-        if cls:
-            out["acc 0.3"] = (cls["sub"]["acc"], cls["sub"]["ci"])
+            out["branch"] = (branch["r2"], branch["ci"])
+        acc = res.class_accuracy("sub", subset=None)
+        if acc:
+            out["acc"] = (acc["acc"], acc["ci"])
     sem = _json(run / "eval" / "semantics.json")
     if sem:
         out["linprobe"] = (sem["linprobe"]["top1"], None)
@@ -83,9 +99,13 @@ def run_values(run: Path, ratio: str | None = None) -> dict[str, tuple[float, li
     return out
 
 
-COLUMNS = [*(f"r2 {a}" for a in ALPHAS), "sum 0.3", "branch 0.3", "acc 0.3", "linprobe", "knn", "nmi", "img/s"]
-HEADER = [*(f"token R²(sub) α={a}" for a in ALPHAS), "R² sum α=0.3", "own branch R²(sub)", "sub class acc. α=0.3",
-          "linear probe", "kNN", "NMI", "train img/s"]
+COLUMNS = [*(f"r2 {a}" for a in ALPHAS), "gain", "branch", "acc", "linprobe", "knn", "nmi", "img/s"]
+
+
+def header(alpha: str) -> list[str]:
+    """The column titles; ``alpha``: the headline alpha the gain, branch and accuracy columns are read at."""
+    return [*(f"token R²(sub) α={a}" for a in ALPHAS), f"gain(sub) α={alpha}", "own branch R²(sub)",
+            f"sub class acc. α={alpha}", "linear probe", "kNN", "NMI", "train img/s"]
 
 
 def cell(values: list[tuple[float, list | None]], column: str) -> str:
@@ -100,30 +120,43 @@ def cell(values: list[tuple[float, list | None]], column: str) -> str:
     return f"{statistics.fmean(xs):.{digits}f} ± {half:.{digits}f}"
 
 
+def baseline_rows(res: SeparabilityResult, ratio: str | None) -> dict[str, dict[str, tuple[float, list | None]]]:
+    """{baseline: {column: (value, ci)}} of one separability result: the superposition line, the trivial
+    predictors on the mixture (with their gain where the result has it) and the partner image alone."""
+    rows = {"superposition": {f"r2 {a}": (res.superposition("sub", a), None) for a in ALPHAS if a in res.alphas}}
+    for name in PREDICTORS[1:]:
+        values = {f"r2 {a}": (e["r2"], e["ci"]) for a in ALPHAS
+                  if (e := res.r2("sub", a, predictor=name, ratio=ratio))}
+        gain = res.gain("sub", predictor=name, ratio=ratio)
+        if gain:
+            values["gain"] = (gain["gain"], gain["ci"])
+        if values:
+            rows[name] = values
+    partner = res.partner("sub", ratio=ratio)
+    if partner:
+        rows["partner_only"] = {f"r2 {a}": (partner["r2"], partner["ci"]) for a in ALPHAS}
+    return rows
+
+
 def main(folder: Path, ratio: str | None = None) -> str:
     arms: dict[str, list[dict]] = {}
     for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
         arm = re.sub(r"-s\d+$", "", run.name)
         arms.setdefault(arm, []).append(run_values(run, ratio))
-    lines = ["| arm | seeds | " + " | ".join(HEADER) + " |", "|" + " --- |" * (len(HEADER) + 2)]
+    scored = {run: res for run in sorted(p.parent.parent for p in folder.glob("*/eval/separability.json"))
+              if (res := separability(run))}
+    first, res = next(iter(scored.items()), (None, None))
+    titles = header(res.head["alpha"] if res else "–")
+    lines = ["| arm | seeds | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
+    if any(r.legacy for r in scored.values()):
+        lines = [OLD_SCHEME, "", *lines]
     for arm, runs in arms.items():
         cells = [cell([r[c] for r in runs if c in r], c) for c in COLUMNS]
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
-    first = next((p.parent.parent for p in sorted(folder.glob("*/eval/separability.json"))), None)
-    sep = _json(first / "eval" / "separability.json") if first else None
-    if sep and sep.get("scheme") == "tokens":
-        block = token_block(sep, ratio)
-        space = "distill" if "distill" in block["encoder"] else "encoder"
-        rows = {"superposition": {a: (sep["superposition"][a]["sub"], None) for a in ALPHAS
-                                  if a in sep["superposition"]}}
-        for name, b in block["baselines"].items():
-            values = b[space]["sub"]
-            rows[name] = {a: (values[a]["r2"], values[a]["ci"]) for a in ALPHAS if a in values} if "r2" not in values \
-                else {a: (values["r2"], values["ci"]) for a in ALPHAS}
-        for name, values in rows.items():
-            cells = [cell([values[a]], f"r2 {a}") if a in values else "–" for a in ALPHAS]
-            lines.append(f"| baseline: {name.replace('_', ' ')} ({first.name}) | | " + " | ".join(cells)
-                         + " |" + " – |" * (len(HEADER) - len(ALPHAS)))
+    if res:
+        for name, values in baseline_rows(res, checked_ratio(res, ratio)).items():
+            cells = [cell([values[c]], c) if c in values else "–" for c in COLUMNS]
+            lines.append(f"| baseline: {name.replace('_', ' ')} ({first.name}) | | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

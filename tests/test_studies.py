@@ -34,7 +34,15 @@ def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_commit
     assert tab == (committed / "table.md").read_text()
     for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
         assert f"| baseline: {baseline} (a-mae-continued-s0) |" in tab  # the trivial models on the same pairs
-    assert "| teacher | 1 | – | – | – | – | – | – | 0." in tab  # where every arm starts: its semantics, scored
+    assert "| teacher | 1 | – | – | – | – | – | – | 0." in tab  # where every arm starts: semantics, scored
+    # the committed results are of the old scheme, read through SeparabilityResult: said so, no R² sum; the gain
+    # is the point value mixture R² minus partner-only R² at the headline alpha
+    assert tab.startswith(table.OLD_SCHEME + "\n\n| arm |") and "R² sum" not in tab
+    res = table.separability(results / "b-imae-s0")
+    assert res.legacy and res.head["alpha"] == "0.3"
+    row = next(line for line in tab.splitlines() if line.startswith("| f-imae-sub |")).split(" | ")
+    sub = table.separability(results / "f-imae-sub-s0")
+    assert row[5] == f"{sub.r2('sub')['r2'] - sub.partner('sub')['r2']:.3f}"
     if (committed / "table-unmasked.md").is_file():
         assert table.main(results, "0") == (committed / "table-unmasked.md").read_text()
     recomputed = claims.main(results)
@@ -45,6 +53,34 @@ def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_commit
                     *recomputed["semantics"].values()):
         lo, hi = measure["across_seeds"]["ci"]
         assert measure["verdict"] == ("holds" if lo > 0 else "does not hold" if hi < 0 else "cannot tell")
+
+
+def test_table_reads_a_new_scheme_result_with_its_gain_interval_and_no_old_scheme_line(tmp_path):
+    import table
+
+    from imae.eval.separability_result import SeparabilityResult
+
+    out = tmp_path / "results"
+    shutil.copytree(ROOT / "studies" / "digits" / "results", out)
+    for path in out.glob("*/eval/separability.json"):  # the committed results in version 2's layout, with intervals
+        rec = json.loads(path.read_text())
+        data = SeparabilityResult.from_json(rec["results"]).to_json()
+        del data["legacy"]
+        for block in data["tokens"].values():
+            for by_space in block["gain"].values():
+                for by_source in by_space.values():
+                    for by_alpha in by_source.values():
+                        for e in by_alpha.values():
+                            e["ci"] = [e["gain"] - 0.01, e["gain"] + 0.01]
+        rec["results"] = data
+        path.write_text(json.dumps(rec))
+    tab = table.main(out)
+    assert tab.startswith("| arm |") and table.OLD_SCHEME not in tab
+    res = table.separability(out / "c-imae-nodistill-s0")
+    assert not res.legacy
+    g = res.gain("sub")["gain"]
+    row = next(line for line in tab.splitlines() if line.startswith("| c-imae-nodistill |")).split(" | ")
+    assert row[5] == f"{g:.3f} [{g - 0.01:.3f}, {g + 0.01:.3f}]"
 
 
 def test_plateau_test_uses_the_last_tenth_of_the_epochs(results):
