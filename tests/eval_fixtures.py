@@ -17,7 +17,8 @@ _RUNS: dict[str, Path] = {}
 
 
 def digits_runs(tmp_path_factory) -> dict[str, Path]:
-    """{"mae": run dir, "imae": run dir}: trained once per test session (a few seconds)."""
+    """{"mae": run dir, "imae": run dir, "referee": run dir}: trained once per test session (a few seconds). The
+    referee is the MAE's recipe with another seed: what neither run was trained towards nor started from."""
     if not _RUNS:
         from imae.engine.train import pretrain
 
@@ -25,7 +26,8 @@ def digits_runs(tmp_path_factory) -> dict[str, Path]:
         mae = pretrain(tiny_config(root / "mae", **ONE_EPOCH))
         imae = pretrain(tiny_config(root / "imae", preset="digits-imae",
                                     **{"imae.teacher": str(mae), "init_from": str(mae), **ONE_EPOCH}))
-        _RUNS.update(mae=mae, imae=imae)
+        referee = pretrain(tiny_config(root / "referee", seed=1, **ONE_EPOCH))
+        _RUNS.update(mae=mae, imae=imae, referee=referee)
     return dict(_RUNS)
 
 

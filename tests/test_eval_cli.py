@@ -26,7 +26,8 @@ def official(runs, tmp_path_factory):
 
 @pytest.mark.parametrize("command", ["separability", "semantics", "linprobe", "knn"])
 def test_each_command_writes_its_json_and_prints_the_path(command, runs, tmp_path, capsys):
-    code, out, err = run_cli([command, str(runs["imae"]), "--output-dir", str(tmp_path), *fast_sets()], capsys)
+    ref = ["--reference", str(runs["referee"])] if command in ("separability", "semantics") else []
+    code, out, err = run_cli([command, str(runs["imae"]), "--output-dir", str(tmp_path), *fast_sets(), *ref], capsys)
     assert code == 0, err
     path = tmp_path / f"{command}.json"
     assert out.strip() == str(path)
@@ -108,18 +109,21 @@ def test_options_change_the_numbers(runs, tmp_path, capsys):
     assert base["classification"]["pool"] == "cls" and mean_sep["classification"]["pool"] == "mean"
     assert base["classification"]["encoder"] != mean_sep["classification"]["encoder"]
     assert base["tokens"] == mean_sep["tokens"]  # pooling is the classification's, tokens are tokens
+    enc = ("tokens", "0.75", "mixture", "encoder", "distill", "sub", "0.3")
     small = run("separability", "--set", "separability.pixel_size=4")
     assert small["classification"]["baselines"]["pixels"] != base["classification"]["baselines"]["pixels"]
     half = run("separability", "--set", "separability.mask_ratio=0.5", "--set", "separability.unmasked=false")
     assert half["ratios"] == ["0.5"] and half["mask_ratio"] == 0.5
-    assert half["tokens"]["0.5"]["encoder"] != base["tokens"]["0.75"]["encoder"]
+    assert half["tokens"]["0.5"]["mixture"]["encoder"] != base["tokens"]["0.75"]["mixture"]["encoder"]
     few = run("separability", "--set", "separability.baselines=[pixels]", "--set", "separability.pooled=[mean]")
-    assert set(few["tokens"]["0.75"]["baselines"]) == {"pixels"} and set(few["pooled"]) == {"mean"}
+    assert set(few["tokens"]["0.75"]["gain"]) == {"encoder", "pixels"} and set(few["pooled"]) == {"mean"}
+    assert set(few["pooled"]["mean"]["0.75"]["gain"]["encoder"]["distill"]) == {"sub", "dom"}
     other = run("separability", "--set", "separability.random_init_seed=1", "--set", "separability.bootstrap=50")
-    rand = ("tokens", "0.75", "baselines", "random_init", "distill", "sub", "0.3", "r2")
+    rand = ("tokens", "0.75", "gain", "random_init", "distill", "sub", "0.3", "gain")
     assert _get(other, rand) != _get(base, rand)
-    enc = ("tokens", "0.75", "encoder", "distill", "sub", "0.3")
     assert _get(other, enc)["r2"] == _get(base, enc)["r2"] and _get(other, enc)["ci"] != _get(base, enc)["ci"]
+    p1 = run("separability", "--set", "separability.same_class_p=1")
+    assert p1["pairs"]["same_class_rate"] > 0.7 > 0.3 > base["pairs"]["same_class_rate"]
     knn20, knn1 = run("knn"), run("knn", "--set", "knn.k=1")
     assert knn1["k"] == 1 and (knn1["top1"], knn1["top5"]) != (knn20["top1"], knn20["top5"])
     full = run("linprobe", "--set", "linprobe.mode=full", "--epochs", "2", "--set", "linprobe.batch_size=64",
@@ -144,12 +148,14 @@ def test_a_pretraining_preset_names_the_data_set_of_an_official_checkpoint(offic
 
 def test_compare_prints_the_difference_table_and_writes_compare_json(runs, tmp_path, capsys):
     code, out, err = run_cli(["compare", str(runs["mae"]), str(runs["imae"]), "--output-dir", str(tmp_path),
-                              *fast_sets(), "--set", "separability.alphas=[0.3]", "--set", "separability.bootstrap=50"],
-                             capsys)
+                              "--reference", str(runs["referee"]), *fast_sets(), "--set", "separability.alphas=[0.3]",
+                              "--set", "separability.bootstrap=50"], capsys)
     assert code == 0, err
     rec = json.loads((tmp_path / "compare.json").read_text())
-    d = rec["results"]["metrics"]["token_r2_sub"]["0.3"]
-    line = next(x for x in out.splitlines() if x.startswith("token_r2_sub"))
+    assert rec["results"]["reference"]["b"]["role"] == "referee"
+    assert "reference: referee (a referee for both)" in out
+    d = rec["results"]["metrics"]["gain_sub"]["0.3"]
+    line = next(x for x in out.splitlines() if x.startswith("gain_sub"))
     assert line.split()[1:] == ["0.3", f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['diff']:+.3f}",
                                 f"[{d['ci'][0]:+.3f},", f"{d['ci'][1]:+.3f}]"]
     assert out.strip().splitlines()[-1] == str(tmp_path / "compare.json")

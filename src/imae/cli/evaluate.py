@@ -43,6 +43,8 @@ _HELP = {
 def _common(p: argparse.ArgumentParser, command: str | None) -> None:
     h = _HELP.get(command, dict(epochs=None, example="data.eval_per_class=100"))
     usage = f"runs/c10-imae --set {h['example']}"
+    if command in ("separability", "semantics"):  # an i-MAE is scored against a referee
+        usage = f"runs/c10-imae --reference runs/c10-referee --set {h['example']}"
     if command == "finetune":
         usage = f"runs/c10-imae --preset finetune/cifar10-tiny --epochs 100 --set {h['example']}"
     add_common(p, output_default="an eval/ folder inside the run directory", usage=usage, **h)
@@ -51,8 +53,9 @@ def _common(p: argparse.ArgumentParser, command: str | None) -> None:
 def _with_reference(p: argparse.ArgumentParser, command: str | None = None) -> None:
     _ckpt(p)
     p.add_argument("--reference", metavar="CKPT",
-                   help="reference encoder of the feature targets (default: an i-MAE run's teacher, else the "
-                        "evaluated model itself)")
+                   help="the referee whose tokens are the targets: an MAE the evaluated model was not trained "
+                        "towards (e.g. the teacher's recipe with another seed); required for an i-MAE (naming its "
+                        "teacher is allowed and labelled so); default for an MAE: itself")
     _common(p, command)
 
 
@@ -70,7 +73,8 @@ def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Pa
     return Path(record["_path"])
 
 
-@command("separability", "linear separability of mixtures' latents: ridge R^2 and classification per alpha")(
+@command("separability", "linear separability of mixtures' latents: the un-mixing gain (R^2 from the mixture minus "
+                         "from the partner alone) and classification per alpha")(
     partial(_with_reference, command="separability"))
 def cmd_separability(args: argparse.Namespace) -> Path:
     return _evaluate(args, "separability", None)
@@ -152,8 +156,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="A", help="the baseline checkpoint or run directory (e.g. the compute-matched MAE)")
     p.add_argument("b", metavar="B", help="the checkpoint compared with it (e.g. the i-MAE)")
     p.add_argument("--reference", metavar="CKPT",
-                   help="the one reference encoder both are scored against (default: the teacher of the first "
-                        "i-MAE among A and B, else A)")
+                   help="the one referee both are scored against (required): an MAE neither was trained towards "
+                        "nor started from, e.g. the teacher's recipe with another seed; naming the teacher is "
+                        "allowed and the output says so")
     add_common(p, output_default="B's eval/ folder", epochs=None, example="separability.alphas=[0.3]",
                usage="runs/c10-mae-continued runs/c10-imae --set separability.alphas=[0.3]")
 
