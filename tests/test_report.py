@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import html
+import json
+import math
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +17,15 @@ from imae.eval.run import evaluate
 from imae.viz.report import fmt, summary, write_report
 from test_cli import assert_one_line_error, run_cli
 
+LEGACY = Path(__file__).resolve().parents[1] / "studies" / "digits-quickstart" / "mae" / "eval" / "separability.json"
+
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     runs = digits_runs(tmp_path_factory)
     sets = [f"{k}={v}" for k, v in FAST.items()]
-    for run in runs.values():  # the i-MAE's pairs (p=1) for both, so that their rows are comparable
-        evaluate("separability", run, sets=[*sets, "separability.same_class_p=1.0"])
+    for run in (runs["mae"], runs["imae"]):  # both against the MAE (one reference): the i-MAE's own teacher, labelled
+        evaluate("separability", run, reference=str(runs["mae"]), sets=sets)
         evaluate("linprobe", run, sets=sets)
     from imae.viz.figures import make_figures
 
@@ -36,26 +43,51 @@ def test_html_is_self_contained_and_holds_every_runs_numbers_and_figures(evaluat
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     for run in ("mae", "imae"):
         s = summary(evaluated[run])
-        assert fmt(s["sep_r2_sub"]) in page and fmt(s["linprobe"]) in page
+        assert fmt(s["sep_gain"]) in page and fmt(s["linprobe"]) in page  # the probe's own top-1 in the run's card
     assert "own branch map, no refit (sub)" in page and "train:" in page  # the i-MAE's branch row, the configuration
-    assert "separability against α" in page and "⚠" not in page  # headline figure; one reference, no flag
+    assert "encoder (sub): un-mixing gain" in page and "R² sum" not in page and "(sum)" not in page
+    assert "separability against α" in page and "not comparable" not in page  # headline figure; one reference
     # the same figure as a file beside the page, for a README
     assert paths["headline"] == tmp_path / "headline.png"
     assert base64.b64encode(paths["headline"].read_bytes()).decode() in images
 
 
+def _md_rows(md: str) -> list[dict[str, str]]:
+    """The rows of report.md's table (the lines above it are warnings and captions), by column title."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    return [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in lines[2:]]
+
+
+def _curve_at(s: dict, l2: float) -> float:
+    return next(t for g, t in zip(s["linprobe_curve"]["grid"], s["linprobe_curve"]["top1"]) if math.isclose(g, l2))
+
+
 def test_markdown_table_has_one_row_per_run_with_its_numbers(evaluated, tmp_path):
-    md = write_report([evaluated["mae"], evaluated["imae"]], tmp_path)["md"].read_text().splitlines()
-    assert len(md) == 4 and md[1].startswith("|")
-    header = [c.strip() for c in md[0].strip("|").split("|")]
-    for line, run in zip(md[2:], ("mae", "imae")):
-        cells = dict(zip(header, [c.strip() for c in line.strip("|").split("|")]))
+    md = write_report([evaluated["mae"], evaluated["imae"]], tmp_path)["md"].read_text()
+    rows = _md_rows(md)
+    assert len(rows) == 2 and "R² sum" not in md and "sum above 1" not in md
+    first_l2 = summary(evaluated["mae"])["linprobe_l2"]
+    differ = summary(evaluated["imae"])["linprobe_l2"] != first_l2
+    assert ("the runs' probes chose different l2 penalties" in md) == differ
+    for cells, run in zip(rows, ("mae", "imae")):
         s = summary(evaluated[run])
-        assert cells["run"] == run and cells["kind"] == run
-        assert cells["token R²(sub) α=0.3"] == fmt(s["sep_r2_sub"]) != "–"
-        lo, hi = s["sep_r2_sub_ci"]
-        assert cells["95% CI"] == f"[{lo:.3f}, {hi:.3f}]" and lo < s["sep_r2_sub"] < hi
-        assert cells["linear probe"] == fmt(s["linprobe"]) != "–"
+        assert cells["run"] == run and cells["kind"] == run and cells["headline α"] == "0.3"
+        assert cells["un-mixing gain (sub)"] == fmt(s["sep_gain"]) != "–"
+        lo, hi = s["sep_gain_ci"]
+        assert cells["95% CI"] == f"[{lo:+.3f}, {hi:+.3f}]" and lo < s["sep_gain"] < hi
+        assert s["sep_gain"] == pytest.approx(s["sep_r2_mixture"] - s["sep_r2_partner"])
+        assert cells["R²(sub) from mixture"] == fmt(s["sep_r2_mixture"])
+        assert cells["R²(sub) from partner alone"] == fmt(s["sep_r2_partner"])
+        assert cells["pixels gain"] == fmt(s["sep_pixels_gain"]) != "–"
+        assert cells["random-init gain"] == fmt(s["sep_random_init_gain"]) != "–"
+        # the probe at one l2 for both (the first run's), whatever each chose
+        assert cells["probe l2"] == f"{first_l2:g}"
+        assert cells["linear probe"] == fmt(_curve_at(s, first_l2) if differ else s["linprobe"]) != "–"
+    assert rows[0]["reference"] == "mae (scored against itself)"
+    assert rows[1]["reference"] == "mae (scored against its own teacher)"
+    assert rows[1]["own branch R²(sub)"] == fmt(summary(evaluated["imae"])["sep_branch_r2_sub"]) != "–"
 
 
 def test_report_command_defaults_to_the_runs_eval_folder_and_rejects_missing_runs(evaluated, tmp_path, capsys):
@@ -69,13 +101,43 @@ def test_report_command_defaults_to_the_runs_eval_folder_and_rejects_missing_run
 def test_a_row_scored_against_another_reference_is_flagged(evaluated, tmp_path):
     other = tmp_path / "other-ref"
     evaluate("separability", evaluated["mae"], reference=str(evaluated["imae"]),
-             overrides={"output_dir": str(other / "eval")},
-             sets=[f"{k}={v}" for k, v in FAST.items()] + ["separability.same_class_p=1.0"])
+             overrides={"output_dir": str(other / "eval")}, sets=[f"{k}={v}" for k, v in FAST.items()])
     (other / "config.yaml").write_text((evaluated["mae"] / "config.yaml").read_text())
     paths = write_report([evaluated["imae"], other], tmp_path / "report")
     page, md = paths["html"].read_text(), paths["md"].read_text()
     assert "⚠ other-ref: separability scored against reference imae" in page
-    assert md.startswith("> ⚠ other-ref: separability scored against reference imae")
+    assert "> ⚠ other-ref: separability scored against reference imae" in md
+    assert "its gain is not comparable" in md
+    assert "other-ref: scored against" not in md  # the i-MAE is a referee for the MAE: no note
+
+
+def test_a_row_scored_against_its_own_teacher_is_flagged_with_that_note(evaluated, tmp_path):
+    paths = write_report([evaluated["mae"], evaluated["imae"]], tmp_path)
+    page, md = paths["html"].read_text(), paths["md"].read_text()
+    for text in (page, md):
+        assert "⚠ imae: scored against its own teacher (reference mae, not a referee)" in text
+        assert "⚠ mae: scored against itself" in text  # an MAE's default reference is itself
+    assert "mae (scored against its own teacher)" in page  # the note beside the row, and in the i-MAE's card
+    assert "reference <b>mae</b> (sha256" in _card(page, "imae") and "scored against its own teacher" in _card(
+        page, "imae")
+
+
+def test_a_separability_result_of_the_old_scheme_is_read_and_flagged(evaluated, tmp_path):
+    old = tmp_path / "old-mae"
+    (old / "eval").mkdir(parents=True)
+    shutil.copy(LEGACY, old / "eval" / "separability.json")
+    assert "version" not in json.loads(LEGACY.read_text())["results"]  # a version-1 result
+    paths = write_report([old, evaluated["mae"]], tmp_path / "report")
+    page, md = paths["html"].read_text(), paths["md"].read_text()
+    flag = "old-mae: separability measured by the old scheme (no un-mixing gain interval); rerun imae separability"
+    assert f"> ⚠ {flag}" in md and f"⚠ {flag}" in page
+    assert "old-mae: scored against itself" in md  # a version-1 reference that was the model itself
+    assert "mae: separability scored against reference mae" in md  # another file than the old run's
+    row = _md_rows(md)[0]
+    s = summary(old)
+    assert s["sep_legacy"] and s["sep_gain"] == pytest.approx(s["sep_r2_mixture"] - s["sep_r2_partner"])
+    assert row["un-mixing gain (sub)"] == fmt(s["sep_gain"]) != "–" and row["95% CI"] == "–"
+    assert "headline" in paths  # the old result is drawn too (without a band)
 
 
 def test_runs_that_differ_only_in_the_seed_form_a_group_with_mean_and_spread(evaluated, tmp_path):
@@ -93,18 +155,68 @@ def test_runs_that_differ_only_in_the_seed_form_a_group_with_mean_and_spread(eva
         runs.append(d)
     lin = (runs[1] / "eval" / "linprobe.json")
     lin.write_text(lin.read_text().replace('"top1": ', '"top1": 0.5, "was": ', 1))
-    md = write_report(runs, tmp_path / "report")["md"].read_text().splitlines()
-    header = [c.strip() for c in md[0].strip("|").split("|")]
-    group = dict(zip(header, [c.strip() for c in md[-1].strip("|").split("|")]))
+    group = _md_rows(write_report(runs, tmp_path / "report")["md"].read_text())[-1]
     first = summary(runs[0])
     assert group["run"] == "a (mean of 2 seeds)"
     assert group["linear probe"] == fmt((first["linprobe"] + 0.5) / 2)
-    assert group["token R²(sub) α=0.3"] == fmt(first["sep_r2_sub"]) and group["sd over seeds"] == fmt(0.0)
+    assert group["un-mixing gain (sub)"] == fmt(first["sep_gain"]) and group["sd over seeds"] == fmt(0.0)
+    lo, hi = first["sep_gain_ci"]
+    assert group["mean CI half-width"] == fmt((hi - lo) / 2)
     # the same configuration and seed twice (a teacher and an untrained copy of it) is no seed group
     cfg = yaml.safe_load((runs[1] / "config.yaml").read_text())
     (runs[1] / "config.yaml").write_text(yaml.safe_dump({**cfg, "seed": 0}))
     md = write_report(runs, tmp_path / "report2")["md"].read_text()
     assert "mean of" not in md
+
+
+def _probe_copy(evaluated, root: Path, name: str, l2_index: int, curve: bool = True) -> Path:
+    """A copy of the MAE run whose probe chose the ``l2_index``-th penalty of its grid (and kept its curve)."""
+    run = root / name
+    shutil.copytree(evaluated["mae"], run)
+    path = run / "eval" / "linprobe.json"
+    rec = json.loads(path.read_text())
+    r = rec["results"]
+    r["l2"], r["top1"] = r["l2_curve"]["grid"][l2_index], 0.999  # its own choice: never what the table shows
+    if not curve:
+        del r["l2_curve"]
+    path.write_text(json.dumps(rec))
+    return run
+
+
+def test_probes_that_chose_different_penalties_are_shown_at_the_first_runs_penalty(evaluated, tmp_path):
+    a = _probe_copy(evaluated, tmp_path / "runs", "p-a", 3)
+    b = _probe_copy(evaluated, tmp_path / "runs", "p-b", 1)
+    paths = write_report([a, b], tmp_path / "out")
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    l2 = summary(a)["linprobe_l2"]
+    rows = _md_rows(md)
+    assert [r["probe l2"] for r in rows] == [f"{l2:g}"] * 2
+    assert [r["linear probe"] for r in rows] == [fmt(_curve_at(summary(x), l2)) for x in (a, b)]
+    caption = f"the table shows every run's top-1 at one shared l2, p-a's {l2:g}, read from each run's l2_curve"
+    assert caption in md and html.escape(caption) in page and "0.999" in md  # the own choices are named in the caption
+    # a probe without a curve cannot be read at the shared penalty: flagged, never compared silently
+    c = _probe_copy(evaluated, tmp_path / "runs", "p-c", 1, curve=False)
+    md = write_report([a, c], tmp_path / "out2")["md"].read_text()
+    assert "> ⚠ p-c: its linear probe's penalty" in md and "its top-1 is not comparable" in md
+
+
+def test_a_comparison_shows_the_new_metrics_the_probe_curve_and_the_references_role(evaluated, tmp_path):
+    from imae.eval.compare import reference_line
+    from imae.eval.run import compare_checkpoints
+    from imae.viz.separability_report import compare_html
+
+    rec = compare_checkpoints(evaluated["mae"], evaluated["imae"], reference=str(evaluated["mae"]),
+                              overrides={"output_dir": str(tmp_path)}, sets=[f"{k}={v}" for k, v in FAST.items()])
+    results = rec["results"]
+    page = compare_html(results)
+    for metric in ("gain sub", "gain dom", "r2 sub", "partner r2 sub", "sub class acc", "linprobe", "knn"):
+        assert f"<td>{metric}</td>" in page
+    assert "imae: scored against its own teacher" in reference_line(results)
+    assert reference_line(results) in page
+    assert f"<td>l2 {results['metrics']['linprobe']['l2']:g}</td>" in page
+    assert "linear probe top-1 at every l2 of the grid" in page
+    assert all(f"<td>{k}</td>" in page for k in results["metrics"]["linprobe_curve"])
+    assert "R² sum" not in page
 
 
 def _card(page: str, run: str) -> str:
@@ -168,9 +280,7 @@ def _other_dataset_run(evaluated, root):
 def test_report_across_data_sets_has_a_data_set_column(evaluated, tmp_path):
     other = _other_dataset_run(evaluated, tmp_path / "runs")
     paths = write_report([evaluated["mae"], other], tmp_path / "out")
-    md = paths["md"].read_text().splitlines()
-    header = [c.strip() for c in md[0].strip("|").split("|")]
-    rows = [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in md[2:]]
+    rows = _md_rows(paths["md"].read_text())
     assert [r["data set"] for r in rows] == ["digits", "cifar10"]
     page = paths["html"].read_text()
     assert "<th>data set</th>" in page and "different data sets" in page

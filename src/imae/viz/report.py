@@ -7,6 +7,14 @@ charts), the tables of its evaluation results (the JSON files under ``<run>/eval
 with captions (from ``figures.json``, written by ``imae figures``) and its configuration. Every image is
 embedded as base64. ``report.md`` holds one summary row per run, ready to paste into a README.
 
+Separability is read through :class:`imae.eval.separability_result.SeparabilityResult` (see
+:mod:`imae.viz.separability_report`): the un-mixing gain of the subordinate at the headline alpha with its
+interval, the R^2 from the mixture and from the partner alone, the pixels and random-init gains, and the
+reference with its note when it is not a referee; every such note, and every result of the old scheme, is
+flagged above the table. Linear probes that chose different penalties are not compared at their own choices:
+every run's top-1 is shown at one shared l2 (the first run's, read from each run's ``l2_curve``) and a line
+says so; a probe without a curve value there is flagged as not comparable.
+
 A RUN_DIR may also be a folder of runs (each subfolder that is a run is taken). Both files are written
 atomically; a full disk leaves the previous ones as they were (one-line error, exit 2).
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -117,10 +126,11 @@ def summary(run: Path) -> dict[str, Any]:
     elif _config(run).get("method") in ("mae", "imae"):
         row["kind"] = _config(run)["method"]
     row.update(sepr.summary(res.get("separability", {}).get("results", {})))
-    ci = row.get("sep_r2_sub_ci")
-    row["sep_r2_sub_ci_text"] = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else None
     lin = res.get("linprobe", {}).get("results") or res.get("semantics", {}).get("results", {}).get("linprobe")
     row["linprobe"] = lin.get("top1") if lin else None
+    if lin:  # the probe's penalty, the rule that chose it and its top-1 at every l2 of the grid (cached mode)
+        row.update(linprobe_l2=lin.get("l2"), linprobe_l2_text=_l2(lin.get("l2")), linprobe_rule=lin.get("l2_rule"),
+                   linprobe_curve=lin.get("l2_curve"))
     knn = res.get("knn", {}).get("results") or res.get("semantics", {}).get("results", {}).get("knn")
     row["knn"] = knn.get("top1") if knn else None
     row["nmi"] = res.get("semantics", {}).get("results", {}).get("nmi")
@@ -129,14 +139,58 @@ def summary(run: Path) -> dict[str, Any]:
     return row
 
 
+def _l2(v: Any) -> str | None:
+    return None if v is None else f"{v:g}"
+
+
 COLUMNS = [("run", "run"), ("kind", "kind"), ("dataset", "data set"), ("epochs", "epochs"),
-           ("final_loss", "final loss"),
-           ("sep_r2_sub", "token R²(sub) α=0.3"), ("sep_r2_sub_ci_text", "95% CI"), ("sep_r2_sub_sd", "sd over seeds"),
-           ("sep_r2_sum", "R² sum α=0.3"), ("sep_branch_r2_sub", "own branch R²(sub)"),
-           ("sep_pixels", "pixels R²(sub)"), ("sep_random_init", "random-init R²(sub)"),
-           ("sep_sub_class_acc", "sub class acc. α=0.3"),
-           ("linprobe", "linear probe"), ("knn", "kNN"), ("nmi", "NMI"), ("finetune", "fine-tune (last epoch)")]
-GROUPED = ["sep_r2_sub", "sep_r2_sum", "sep_branch_r2_sub", "sep_sub_class_acc", "linprobe", "knn", "nmi", "finetune"]
+           ("final_loss", "final loss"), ("sep_alpha", "headline α"),
+           ("sep_gain", "un-mixing gain (sub)"), ("sep_gain_ci_text", "95% CI"), ("sep_gain_sd", "sd over seeds"),
+           ("sep_gain_halfwidth", "mean CI half-width"),
+           ("sep_r2_mixture", "R²(sub) from mixture"), ("sep_r2_partner", "R²(sub) from partner alone"),
+           ("sep_pixels_gain", "pixels gain"), ("sep_random_init_gain", "random-init gain"),
+           ("sep_branch_r2_sub", "own branch R²(sub)"), ("sep_sub_class_acc", "sub class acc. (diff.-class pairs)"),
+           ("sep_reference_text", "reference"),
+           ("linprobe", "linear probe"), ("linprobe_l2_text", "probe l2"), ("knn", "kNN"), ("nmi", "NMI"),
+           ("finetune", "fine-tune (last epoch)")]
+GROUPED = ["sep_gain", "sep_r2_mixture", "sep_r2_partner", "sep_branch_r2_sub", "sep_sub_class_acc", "linprobe", "knn",
+           "nmi", "finetune"]
+
+
+def _curve_at(curve: dict[str, Any] | None, l2: float | None) -> float | None:
+    """The top-1 of an ``l2_curve`` at the grid point equal to ``l2`` (None if it has none)."""
+    if not curve or l2 is None:
+        return None
+    return next((t for g, t in zip(curve.get("grid", []), curve.get("top1", []))
+                 if math.isclose(g, l2, rel_tol=1e-6)), None)
+
+
+def shared_probe(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """When the rows' linear probes chose different penalties, every row's top-1 at ONE shared l2, the first
+    row's, read from each row's ``l2_curve`` (the grid point equal to it), in place of its own choice (rows are
+    changed in place: ``linprobe``, ``linprobe_l2``, ``linprobe_l2_text``). Returns (caption lines, warnings:
+    a row without a curve value at the shared l2 keeps its own top-1, flagged as not comparable)."""
+    probed = [r for r in rows if r.get("linprobe") is not None]
+    if len({_l2(r.get("linprobe_l2")) for r in probed}) < 2:
+        return [], []
+    first = probed[0]
+    l2 = first.get("linprobe_l2")
+    own = "; ".join(f"{r['run']}: l2 {_l2(r.get('linprobe_l2')) or 'none'}, top-1 {r['linprobe']:.3f}"
+                    for r in probed)
+    warnings, read = [], 0
+    for r in probed:
+        at = _curve_at(r.get("linprobe_curve"), l2)
+        if at is not None:
+            r.update(linprobe=at, linprobe_l2=l2, linprobe_l2_text=_l2(l2))
+            read += 1
+        elif _l2(r.get("linprobe_l2")) != _l2(l2):
+            warnings.append(f"{r['run']}: its linear probe's penalty (l2 {_l2(r.get('linprobe_l2')) or 'none'}, "
+                            f"{r.get('linprobe_rule') or 'rule not recorded'}) differs from {first['run']}'s (l2 "
+                            f"{_l2(l2) or 'none'}) and it has no l2_curve value there: its top-1 is not comparable")
+    captions = [f"linear probe: the runs' probes chose different l2 penalties ({own}); the table shows every run's "
+                f"top-1 at one shared l2, {first['run']}'s {_l2(l2)}, read from each run's l2_curve"] if read else \
+        [f"linear probe: the runs' probes chose different l2 penalties ({own}); no shared l2 could be read"]
+    return captions, warnings
 
 
 def fmt(v: Any) -> str:
@@ -196,7 +250,11 @@ def _probe_rows(r: dict[str, Any]) -> list[list[Any]]:
         sel = r.get("l2_selection")
         how = (f"chosen on {sel.get('val_images')} validation images of the training split"
                if isinstance(sel, dict) else "fixed (linprobe.l2)")
-        rows.append(["L2 penalty", f"{r['l2']:g}, {how}"])
+        rows.append(["L2 penalty", f"{r['l2']:g}, {how}" + (f" ({r['l2_rule']})" if r.get("l2_rule") else "")])
+    curve = r.get("l2_curve")
+    if curve:
+        rows.append(["top-1 at each l2 of the grid", ", ".join(f"{g:g}: {t:.3f}"
+                                                               for g, t in zip(curve["grid"], curve["top1"]))])
     return [row for row in rows if row[1] is not None]
 
 
@@ -333,11 +391,13 @@ def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, 
     return out
 
 
-def separability_overview(runs: list[Path], rows: list[dict[str, Any]]) -> tuple[str, list[str], bytes | None]:
-    """The warnings (rows scored against another reference or on other pairs), every ``imae compare`` table
-    found in the runs, and the headline figure (R²(sub) and sub-class accuracy against alpha; also returned
-    as PNG bytes, None without separability results)."""
-    warnings = sepr.flags(rows)
+def separability_overview(runs: list[Path], rows: list[dict[str, Any]],
+                          probe_warnings: tuple[str, ...] | list[str] = ()) -> tuple[str, list[str], bytes | None]:
+    """The warnings (rows scored against another reference or on other pairs, against a reference that is not a
+    referee, by the old scheme; then ``probe_warnings``), every ``imae compare`` table found in the runs, and the
+    headline figure (the un-mixing gain and sub-class accuracy against alpha; also returned as PNG bytes, None
+    without separability results)."""
+    warnings = sepr.flags(rows) + list(probe_warnings)
     parts = [f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings]
     results = [(r, read_results(r / "eval") if (r / "eval").is_dir() else {}) for r in runs]
     parts += [sepr.compare_html(res["compare"]["results"]) for _, res in results if "compare" in res]
@@ -345,10 +405,12 @@ def separability_overview(runs: list[Path], rows: list[dict[str, Any]]) -> tuple
                                    if "separability" in res])
     if figure is not None:
         parts.append("<h3>separability against α</h3>" + _figure(
-            figure, "Token R² of the subordinate's reference tokens (left) and accuracy of its class (right) "
-                    "against the mixing weight, each run with its 95% pair-bootstrap band; thin lines: the first "
-                    "run's baselines (superposition, pixels, untrained encoder, reference on the mixture, "
-                    "partner image only, majority class)."))
+            figure, "Un-mixing gain of the subordinate (R² of its reference tokens from the mixture minus R² "
+                    "from the partner image alone) against the mixing weight, each run with its 95% pair-bootstrap "
+                    "band (left); dashed: the first run's pixels and untrained-encoder gains; dotted: the "
+                    "superposition line, which holds for independent sources only. Right, where scored: accuracy "
+                    "of the subordinate's class on different-class pairs, with the pixels, partner-image-only and "
+                    "majority-class baselines."))
     return "".join(parts), warnings, figure
 
 
@@ -361,14 +423,16 @@ def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Pat
         out_dir = runs[0] / "eval" if len(runs) == 1 else \
             Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "report"
     rows = [summary(r) for r in runs]
+    captions, probe_warnings = shared_probe(rows)
     rows += seed_groups(runs, rows)
     table = markdown_table(rows)
     cols = present_columns(rows)
     summary_html = _table([t for _, t in cols], [[row.get(k) for k, _ in cols] for row in rows])
-    overview, warnings, headline = separability_overview(runs, rows)
+    summary_html += "".join(f"<p>{html.escape(c)}</p>" for c in captions)
+    overview, warnings, headline = separability_overview(runs, rows, probe_warnings)
     summary_html += overview
-    if warnings:
-        table = "".join(f"> ⚠ {w}\n" for w in warnings) + "\n" + table
+    if warnings or captions:
+        table = "".join(f"> ⚠ {w}\n\n" for w in warnings) + "".join(f"> {c}\n\n" for c in captions) + table
     own, shared = collect_figures(runs)
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
     intro = (f"<p>{len(runs)} run(s)" + (f" on {', '.join(datasets)}" if datasets else "")

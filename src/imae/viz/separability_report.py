@@ -1,10 +1,15 @@
-"""The separability part of ``imae report``: headline numbers, tables, the two headline figures, the check
-that every compared row was scored against one reference on the same pairs, and seed groups.
+"""The separability part of ``imae report``: headline numbers, tables, the headline figure, the checks that every
+compared row was scored against one reference on the same pairs (and what that reference is to each model), and
+seed groups.
 
-Headline: token R^2 of the subordinate in the distillation space at the training mask ratio and alpha 0.3,
-with its 95% pair-bootstrap interval. A *group* is a set of runs whose configurations differ only in the
-seed (and output folder); it is shown as the mean and the spread (sample standard deviation) over its
-seeds, beside the mean of its runs' pair-level intervals.
+Every number is read through :class:`imae.eval.separability_result.SeparabilityResult` (either scheme version;
+results written before the un-mixing gain are read as ``legacy`` and flagged). Headline: the **un-mixing gain**
+of the subordinate, R^2(target | mixture) - R^2(target | partner alone), at the result's headline alpha, mask
+ratio and space, with its 95% pair-bootstrap interval, beside the two R^2 it is the difference of and the gains
+of the trivial predictors (pixels, an untrained encoder). A reference that is not a referee (the model itself,
+its teacher, the checkpoint it started from) is named with its note. A *group* is a set of runs whose
+configurations differ only in the seed (and output folder); it is shown as the mean and the spread (sample
+standard deviation) over its seeds, beside the mean half-width of its runs' pair-level intervals of the gain.
 """
 
 from __future__ import annotations
@@ -14,64 +19,70 @@ import io
 import statistics
 from typing import Any
 
-HEADLINE_ALPHA = "0.3"
-BASELINE_STYLE = {"superposition": ("black", ":"), "pixels": ("tab:gray", "--"), "random_init": ("tab:brown", "--"),
-                  "reference_on_mixture": ("tab:olive", "-."), "partner_only": ("tab:pink", ":")}
+from imae.eval.separability_result import PREDICTORS, SOURCES, SeparabilityResult
+
+BASELINE_STYLE = {"superposition": ("black", ":"), "pixels": ("tab:gray", "--"), "random_init": ("tab:brown", "--")}
+LEGACY = "separability measured by the old scheme (no un-mixing gain interval); rerun imae separability"
+SELF_NOTE = "scored against itself"  # what a version-1 result's is_self reference is (it carries no note)
 
 
-def _space(block: dict[str, Any]) -> str:
-    return "distill" if "distill" in block.get("encoder", {}) else "encoder"
-
-
-def headline_block(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The token block at the headline (training) mask ratio, or None for an old (pooled-only) result."""
-    if results.get("scheme") != "tokens":
+def read(results: dict[str, Any] | None) -> SeparabilityResult | None:
+    """The typed result of a separability ``results`` (None for none, or for the pooled scheme of old versions)."""
+    if not results:
         return None
-    return results["tokens"][results["ratios"][0]]
-
-
-def _at(values: dict[str, Any], ak: str = HEADLINE_ALPHA) -> Any:
-    if not values:
+    try:
+        return SeparabilityResult.from_json(results)
+    except (ValueError, KeyError, TypeError):
         return None
-    return values.get(ak, values[sorted(values, key=float)[len(values) // 2]])
+
+
+def reference_note(result: SeparabilityResult) -> str:
+    """"" for a referee; else what the reference is to the evaluated model ("scored against its own teacher")."""
+    return result.reference_note or (SELF_NOTE if result.reference.get("is_self") else "")
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers of one separability result (keys prefixed ``sep_``; None where absent)."""
-    block = headline_block(results)
-    if block is None:
+    """Headline numbers of one separability result (keys prefixed ``sep_``; {} without a token-level result)."""
+    result = read(results)
+    if result is None:
         return {}
-    space = _space(block)
-    sub, total = _at(block["encoder"][space]["sub"]), _at(block["encoder"][space]["sum"])
-    row: dict[str, Any] = {"sep_r2_sub": sub["r2"], "sep_r2_sub_ci": sub["ci"], "sep_r2_sum": total["r2"],
-                           "sep_reference": results["reference"].get("sha256"),
-                           "sep_reference_label": results["reference"].get("label"),
-                           "sep_pairs": (results["pairs"].get("same_class_p"), results["pairs"].get("test"),
-                                         results.get("mask_ratio"))}
-    branch = block.get("branches", {}).get("sub")
-    row["sep_branch_r2_sub"] = _at(branch)["r2"] if branch else None
-    for name in ("pixels", "random_init"):
-        b = block["baselines"].get(name)
-        row[f"sep_{name}"] = _at(b[space]["sub"])["r2"] if b else None
-    cls = results.get("classification", {}).get("encoder")
-    row["sep_sub_class_acc"] = _at(cls)["sub"]["acc"] if cls else None
-    return row
+    h = result.headline()
+    lo, hi = h["gain_ci"]
+    note, label = reference_note(result), h["reference"]
+    return {"sep_alpha": h["alpha"], "sep_gain": h["gain"], "sep_gain_ci": [lo, hi],
+            "sep_gain_ci_text": f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else None,
+            "sep_r2_mixture": h["r2_mixture"], "sep_r2_partner": h["r2_partner"],
+            "sep_pixels_gain": h["pixels_gain"], "sep_random_init_gain": h["random_init_gain"],
+            "sep_branch_r2_sub": h["branch_r2"], "sep_sub_class_acc": h["sub_class_acc_diff"],
+            "sep_reference": result.reference.get("sha256"), "sep_reference_label": label,
+            "sep_reference_note": note, "sep_reference_text": f"{label} ({note})" if note else label,
+            "sep_legacy": result.legacy,
+            "sep_pairs": (result.pairs.get("same_class_p"), result.pairs.get("test"), h["ratio"]),
+            "sep_head": (h["alpha"], h["space"], h["source"])}
 
 
 def flags(rows: list[dict[str, Any]]) -> list[str]:
-    """One warning line per row scored against another reference, or on other pairs, than the first row."""
-    scored = [r for r in rows if r.get("sep_reference")]
-    if len(scored) < 2:
-        return []
-    first, out = scored[0], []
-    for r in scored[1:]:
-        if r["sep_reference"] != first["sep_reference"]:
+    """One warning line per row scored against another reference, on other pairs or at another headline than
+    the first row; per row whose reference is not a referee (its note: "scored against its own teacher"); and
+    per row measured by the old scheme."""
+    scored = [r for r in rows if "sep_pairs" in r]  # runs with a separability result (no group rows)
+    out: list[str] = []
+    first = scored[0] if scored else None
+    for r in scored:
+        if r is not first and r.get("sep_reference") != first.get("sep_reference"):
             out.append(f"{r['run']}: separability scored against reference {r['sep_reference_label']} "
-                       f"({r['sep_reference'][:12]}), not {first['sep_reference_label']} "
-                       f"({first['sep_reference'][:12]}) like {first['run']}: its R² is not comparable")
-        elif r["sep_pairs"] != first["sep_pairs"]:
+                       f"({str(r['sep_reference'])[:12]}), not {first['sep_reference_label']} "
+                       f"({str(first['sep_reference'])[:12]}) like {first['run']}: its gain is not comparable")
+        elif r is not first and r["sep_pairs"] != first["sep_pairs"]:
             out.append(f"{r['run']}: separability pairs (same-class p, test pairs, mask ratio) {r['sep_pairs']} differ "
                        f"from {first['run']}'s {first['sep_pairs']}")
+        elif r is not first and r["sep_head"] != first["sep_head"]:
+            out.append(f"{r['run']}: separability headline (α, space, source) {r['sep_head']} differs from "
+                       f"{first['run']}'s {first['sep_head']}")
+        if r.get("sep_reference_note"):
+            out.append(f"{r['run']}: {r['sep_reference_note']} (reference {r['sep_reference_label']}, not a referee)")
+        if r.get("sep_legacy"):
+            out.append(f"{r['run']}: {LEGACY}")
     return out
 
 
@@ -85,74 +96,83 @@ def groups(configs: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 
 def group_row(name: str, members: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
-    """Mean over the members of each numeric key, with ``<key>_sd`` the spread across them."""
+    """Mean over the members of each numeric key, with ``<key>_sd`` the spread across them, and
+    ``sep_gain_halfwidth`` the mean half-width of the members' intervals of the gain."""
     row: dict[str, Any] = {"run": f"{name} (mean of {len(members)} seeds)", "kind": members[0].get("kind")}
     for k in keys:
         vals = [m[k] for m in members if isinstance(m.get(k), (int, float))]
         if len(vals) == len(members) and vals:
             row[k] = statistics.fmean(vals)
             row[f"{k}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    cis = [m["sep_r2_sub_ci"] for m in members if m.get("sep_r2_sub_ci") and None not in m["sep_r2_sub_ci"]]
-    if cis:
-        row["sep_r2_sub_halfwidth"] = statistics.fmean((hi - lo) / 2 for lo, hi in cis)
+    cis = [m["sep_gain_ci"] for m in members if m.get("sep_gain_ci") and None not in m["sep_gain_ci"]]
+    if cis and len(cis) == len(members):
+        row["sep_gain_halfwidth"] = statistics.fmean((hi - lo) / 2 for lo, hi in cis)
     return row
 
 
-def _plot(ax, xs, ys, lo, hi, label, **style) -> None:
-    ax.plot(xs, ys, marker="o", label=label, **style)
-    if lo and all(v is not None for v in lo + hi):
-        ax.fill_between(xs, lo, hi, alpha=0.2, color=ax.lines[-1].get_color())
+def _plot(ax, xs, entries, key, label, **style) -> None:
+    """One line of ``entries[i][key]`` against xs with its interval band (where every entry has one)."""
+    ax.plot(xs, [e[key] for e in entries], marker="o", label=label, **style)
+    cis = [e.get("ci") or (None, None) for e in entries]
+    if all(lo is not None and hi is not None for lo, hi in cis):
+        ax.fill_between(xs, [c[0] for c in cis], [c[1] for c in cis], alpha=0.2, color=ax.lines[-1].get_color())
 
 
 def headline_figure(named: list[tuple[str, dict[str, Any]]]) -> bytes | None:
-    """PNG: token R^2(sub) against alpha (left) and sub-class accuracy against alpha (right), one line per
-    run with its 95% band, the baselines of the first run as grey lines."""
-    named = [(n, r) for n, r in named if headline_block(r) is not None]
-    if not named:
+    """PNG: the un-mixing gain of the subordinate against alpha (left; each run with its 95% band, the first
+    run's pixels and random-init gains dashed, the superposition line of independent sources dotted) and, where
+    scored, the accuracy of the subordinate's class on different-class pairs (right)."""
+    typed = [(n, r) for n, r in ((n, read(res)) for n, res in named) if r is not None]
+    if not typed:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r2, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
-    for name, res in named:
-        block = headline_block(res)
-        space, keys = _space(block), [f"{a:g}" for a in res["alphas"]]
-        xs = [float(k) for k in keys]
-        entries = [block["encoder"][space]["sub"][k] for k in keys]
-        _plot(ax_r2, xs, [e["r2"] for e in entries], [e["ci"][0] for e in entries], [e["ci"][1] for e in entries],
-              name)
-        cls = res.get("classification", {}).get("encoder")
-        if cls:
-            ce = [cls[k]["sub"] for k in keys]
-            _plot(ax_acc, xs, [e["acc"] for e in ce], [e["ci"][0] for e in ce], [e["ci"][1] for e in ce], name)
-    res = named[0][1]
-    block, keys = headline_block(res), [f"{a:g}" for a in res["alphas"]]
-    space, xs = _space(block), [float(k) for k in keys]
+    accuracy = [(n, r) for n, r in typed
+                if all(r.class_accuracy("sub", a) is not None for a in r.alphas)]
+    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(10 if accuracy else 5.5, 3.8), dpi=110,
+                             squeeze=False)
+    ax_gain = axes[0][0]
+    for name, res in typed:
+        entries = [res.gain("sub", a) for a in res.alphas]
+        keep = [(float(a), e) for a, e in zip(res.alphas, entries) if e is not None]
+        if keep:
+            _plot(ax_gain, [x for x, _ in keep], [e for _, e in keep], "gain", name)
+    res = typed[0][1]
+    xs = [float(a) for a in res.alphas]
     color, ls = BASELINE_STYLE["superposition"]
-    ax_r2.plot(xs, [res["superposition"][k]["sub"] for k in keys], color=color, linestyle=ls, label="superposition")
-    for name, b in block["baselines"].items():
-        color, ls = BASELINE_STYLE[name]
-        values = b[space]["sub"]
-        ys = [values[k]["r2"] for k in keys] if keys[0] in values else [values["r2"]] * len(keys)
-        ax_r2.plot(xs, ys, color=color, linestyle=ls, linewidth=1, label=name.replace("_", " "))
-    cls = res.get("classification")
-    if cls:
-        pix = cls["baselines"].get("pixels", {})
-        if pix:
-            ax_acc.plot(xs, [pix[k]["sub"]["acc"] for k in keys], color="tab:gray", linestyle="--", linewidth=1,
-                        label="pixels")
-        partner = cls["baselines"].get("partner_only")
-        if partner:
-            ax_acc.axhline(partner["sub"]["acc"], color="tab:pink", linestyle=":", linewidth=1, label="partner only")
-        ax_acc.axhline(cls["chance"]["sub"], color="black", linestyle=":", linewidth=1, label="majority class")
-    ratio = res["ratios"][0]
-    ax_r2.set(xlabel="α (weight of the subordinate)", ylabel="token R² of the subordinate",
-              title=f"separability (mask ratio {ratio}, {space} space)")
-    ax_acc.set(xlabel="α (weight of the subordinate)", ylabel="accuracy of the subordinate's class",
-               title="separability by classification")
-    for ax in (ax_r2, ax_acc):
+    ax_gain.plot(xs, [res.superposition("sub", a) for a in res.alphas], color=color, linestyle=ls,
+                 label="superposition (independent sources only)")
+    for name in ("pixels", "random_init"):
+        values = [res.gain("sub", a, predictor=name) for a in res.alphas]
+        if all(v is not None for v in values):
+            color, ls = BASELINE_STYLE[name]
+            ax_gain.plot(xs, [v["gain"] for v in values], color=color, linestyle=ls, linewidth=1,
+                         label=f"{name.replace('_', ' ')} gain")
+    ax_gain.axhline(0, color="black", linewidth=0.5)
+    h = res.head
+    ax_gain.set(xlabel="α (weight of the subordinate)", ylabel="gain: R²(mixture) − R²(partner alone)",
+                title=f"un-mixing gain of the subordinate (mask ratio {h['ratio']}, {h['space']} space)")
+    if accuracy:
+        ax_acc = axes[0][1]
+        for name, r in accuracy:
+            _plot(ax_acc, [float(a) for a in r.alphas], [r.class_accuracy("sub", a) for a in r.alphas], "acc", name)
+        res = accuracy[0][1]
+        xs = [float(a) for a in res.alphas]
+        pix = [res.class_accuracy("sub", a, predictor="pixels") for a in res.alphas]
+        if all(p is not None for p in pix):
+            ax_acc.plot(xs, [p["acc"] for p in pix], color="tab:gray", linestyle="--", linewidth=1, label="pixels")
+        partner = res.class_accuracy("sub", predictor="partner_only")
+        if partner is not None:
+            ax_acc.axhline(partner["acc"], color="tab:pink", linestyle=":", linewidth=1, label="partner only")
+        chance = ((res.data.get("classification") or {}).get("chance_diff") or {}).get("sub")
+        if chance is not None:
+            ax_acc.axhline(chance, color="black", linestyle=":", linewidth=1, label="majority class")
+        ax_acc.set(xlabel="α (weight of the subordinate)", ylabel="accuracy of the subordinate's class",
+                   title="subordinate's class, different-class pairs")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -166,76 +186,129 @@ def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-def _ci(entry: dict[str, Any] | None, key: str) -> str:
-    if not entry:
+def _ci(entry: dict[str, Any] | None, key: str, sign: str = "") -> str:
+    if not entry or entry.get(key) is None:
         return "–"
     lo, hi = entry.get("ci") or (None, None)
-    return f"{entry[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+    return format(entry[key], f"{sign}.3f") + (f" [{lo:{sign}.3f}, {hi:{sign}.3f}]" if lo is not None else "")
 
 
 def tables_html(results: dict[str, Any], title: str = "separability") -> str:
-    """Per mask ratio: R^2 per alpha of every predictor and baseline (subordinate, dominant, sum), the
-    same-/different-class split of the encoder's R^2(sub), and the classification accuracies."""
-    if results.get("scheme") != "tokens":
+    """Per mask ratio, in the headline space: per alpha, the un-mixing gain of each source with the R^2 from the
+    mixture and from the partner alone it is the difference of, the baselines' gains and R^2, the i-MAE's own
+    branch maps, and the gain on same- and different-class pairs; then the classification accuracies."""
+    result = read(results)
+    if result is None:
         return f"<h4>{html.escape(title)}</h4><p>a result of an older version (pooled scheme); rerun it</p>"
-    keys = [f"{a:g}" for a in results["alphas"]]
-    pairs, ref = results["pairs"], results["reference"]
-    head = ["predictor (source)", *[f"α={k}" for k in keys]]
-    p = html.escape(str(pairs["same_class_p"]))
-    parts = [f"<h4>{html.escape(title)}</h4><p>{pairs['test']} test pairs ({pairs['test_same']} same-class, "
-             f"{pairs['test_diff']} different-class; partners same-class with p={p}"
-             f"), reference <b>{html.escape(str(ref['label']))}</b> (sha256 {html.escape(str(ref['sha256'])[:12])}); "
-             f"every value with its 95% pair-bootstrap interval</p>"]
-    for rk in results["ratios"]:
-        block = results["tokens"][rk]
-        space = _space(block)
-        rows = [["superposition (sub)", *[_f(results["superposition"][k]["sub"]) for k in keys]]]
-        for who in ("sub", "dom", "sum"):
-            rows.append([f"encoder ({who})", *[_ci(block["encoder"][space][who].get(k), "r2") for k in keys]])
-        for who, values in block.get("branches", {}).items():
-            rows.append([f"own branch map, no refit ({who})", *[_ci(values.get(k), "r2") for k in keys]])
-        for name, b in block["baselines"].items():
-            values = b[space]["sub"]
-            rows.append([f"{name.replace('_', ' ')} (sub)",
-                         *([_ci(values.get(k), "r2") for k in keys] if keys[0] in values else
-                           [_ci(values, "r2")] * len(keys))])
-        for tag in ("same", "diff"):
-            rows.append([f"encoder (sub), {'same' if tag == 'same' else 'different'}-class pairs",
-                         *[_ci(block["encoder"][space]["sub"][k].get(tag), "r2") for k in keys]])
-        label = "training mask ratio" if rk == results["ratios"][0] else "unmasked"
-        parts.append(f"<p>token R², {space} space, mask ratio {rk} ({label})</p>" + _rows_html(head, rows))
-    cls = results.get("classification")
+    keys, pairs, ref, h = result.alphas, result.pairs, result.reference, result.head
+    head = ["predictor (source): score", *[f"α={k}" for k in keys]]
+    note = reference_note(result)
+    p = html.escape(str(pairs.get("same_class_p")))
+    parts = [f"<h4>{html.escape(title)}</h4>"]
+    if result.legacy:
+        parts.append(f"<p class=warn>⚠ {html.escape(LEGACY)}</p>")
+    parts.append(f"<p>{pairs.get('test')} test pairs ({pairs.get('test_same')} same-class, {pairs.get('test_diff')} "
+                 f"different-class; partners same-class with p={p}), reference <b>{html.escape(str(ref.get('label')))}"
+                 f"</b> (sha256 {html.escape(str(ref.get('sha256'))[:12])}"
+                 + (f"; <b>{html.escape(note)}</b>" if note else "; a referee") + "). Gain = R² of the source's "
+                 "reference tokens from the mixture minus R² from the partner image alone; every value with its "
+                 "95% pair-bootstrap interval (none for results of the old scheme).</p>")
+    for rk in result.ratios:
+        rows = [["superposition (sub, independent sources only)", *[_f(result.superposition("sub", k)) for k in keys]]]
+        for name in PREDICTORS:
+            for who in (SOURCES if name == "encoder" else ("sub",)):
+                label = f"{name.replace('_', ' ')} ({who})"
+                kw = dict(predictor=name, ratio=rk)
+                gains = [result.gain(who, k, **kw) for k in keys]
+                mixture = [result.r2(who, k, **kw) for k in keys]
+                partner = result.partner(who, **kw)
+                rows.append([f"{label}: un-mixing gain", *[_ci(g, "gain", "+") for g in gains]])
+                rows.append([f"{label}: R² from the mixture", *[_ci(m, "r2") for m in mixture]])
+                rows.append([f"{label}: R² from the partner alone", *[_ci(partner, "r2")] * len(keys)])
+        for who in SOURCES:
+            branch = [result.branch(who, k, ratio=rk) for k in keys]
+            if any(branch):
+                rows.append([f"own branch map, no refit ({who})", *[_ci(b, "r2") for b in branch]])
+        for tag, words in (("same", "same-class pairs"), ("diff", "different-class pairs")):
+            gains = [(result.gain("sub", k, ratio=rk) or {}).get(tag) for k in keys]
+            if any(gains):
+                rows.append([f"encoder (sub): un-mixing gain, {words}", *[_ci(g, "gain", "+") for g in gains]])
+        label = "training mask ratio" if rk == result.ratios[0] else "unmasked"
+        parts.append(f"<p>token R², {html.escape(h['space'])} space, mask ratio {rk} ({label})</p>"
+                     + _rows_html(head, rows))
+    cls = result.data.get("classification")
     if cls:
-        rows = [[f"encoder ({who})", *[_ci(cls["encoder"][k][who], "acc") for k in keys]] for who in ("sub", "dom")]
-        if cls["baselines"].get("pixels"):
-            rows.append(["pixels (sub)", *[_ci(cls["baselines"]["pixels"][k]["sub"], "acc") for k in keys]])
-        if cls["baselines"].get("partner_only"):
-            rows.append(["partner only (sub)", *[_ci(cls["baselines"]["partner_only"]["sub"], "acc")] * len(keys)])
-        rows.append(["majority class (sub)", *[_f(cls["chance"]["sub"])] * len(keys)])
-        parts.append(f"<p>class of each source from the pooled ({html.escape(cls['pool'])}) mixture latent, mask "
-                     f"ratio {cls['ratio']}</p>" + _rows_html(head, rows))
+        rows = []
+        for who in SOURCES:
+            rows.append([f"encoder ({who}), all pairs", *[_ci(result.class_accuracy(who, k, subset=None), "acc")
+                                                         for k in keys]])
+        rows.append(["encoder (sub), different-class pairs", *[_ci(result.class_accuracy("sub", k), "acc")
+                                                               for k in keys]])
+        pix = [result.class_accuracy("sub", k, predictor="pixels") for k in keys]
+        if any(pix):
+            rows.append(["pixels (sub), different-class pairs", *[_ci(v, "acc") for v in pix]])
+        partner = result.class_accuracy("sub", predictor="partner_only")
+        if partner:
+            rows.append(["partner only (sub), different-class pairs", *[_ci(partner, "acc")] * len(keys)])
+        chance = (cls.get("chance_diff") or {}).get("sub")
+        if chance is not None:
+            rows.append(["majority class (sub), different-class pairs", *[_f(chance)] * len(keys)])
+        parts.append(f"<p>class of each source from the pooled ({html.escape(str(cls.get('pool')))}) mixture latent, "
+                     f"mask ratio {cls.get('ratio')}; the subordinate's class means something only on "
+                     f"different-class pairs</p>" + _rows_html(head, rows))
     return "".join(parts)
 
 
 def _rows_html(header: list[str], rows: list[list[str]]) -> str:
+    rows = [r for r in rows if any(c != "–" for c in r[1:])]  # a score this result does not hold: no row
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _diff_cells(r: dict[str, Any]) -> list[str]:
+    """A, B, B - A and its interval of one ``imae compare`` difference."""
+    lo, hi = r.get("ci") or (None, None)
+    return [_f(r.get("a")), _f(r.get("b")), f"{r['diff']:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "–"]
+
+
+def _reference_line(results: dict[str, Any]) -> str:
+    ref = results.get("reference") or {}
+    if "a" in ref and "b" in ref:
+        from imae.eval.compare import reference_line
+
+        return reference_line(results)
+    return f"reference: {ref.get('label')} (sha256 {str(ref.get('sha256'))[:12]})"  # written before the roles
+
+
 def compare_html(results: dict[str, Any]) -> str:
-    """An ``imae compare`` result as a table: metric, alpha, A, B, B - A with its 95% interval."""
+    """An ``imae compare`` result: metric, alpha (the probe: its one l2), A, B, B - A with its 95% interval; the
+    probe's top-1 at every l2 of the grid as its own table; the reference both were scored against and what it
+    is to each."""
     a, b = results["a"]["label"], results["b"]["label"]
+    metrics = results["metrics"]
     rows = []
-    for metric, values in results["metrics"].items():
-        if metric == "token_r2_sub_space":
+    for metric, values in metrics.items():
+        if metric in ("where", "linprobe_curve") or not isinstance(values, dict):
             continue
-        for ak, r in ([("", values)] if "diff" in values else values.items()):
-            lo, hi = r["ci"]
-            rows.append([metric.replace("_", " "), ak, _f(r["a"]), _f(r["b"]), f"{r['diff']:+.3f}",
-                         f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "–"])
-    ref = results["reference"]
-    return (f"<h3>{html.escape(b)} minus {html.escape(a)}</h3><p>identical pairs ({results['pairs']['test']} test "
-            f"pairs) and masks (ratio {results['mask_ratio']:g}), reference {html.escape(str(ref['label']))} "
-            f"(sha256 {html.escape(str(ref['sha256'])[:12])}); paired-bootstrap 95% intervals</p>"
-            + _rows_html(["metric", "α", a, b, "B − A", "95% CI"], rows))
+        if "diff" in values:
+            key = f"l2 {values['l2']:g}" if values.get("l2") is not None else ""
+            rows.append([metric.replace("_", " "), key, *_diff_cells(values)])
+        else:
+            rows += [[metric.replace("_", " "), ak, *_diff_cells(r)] for ak, r in values.items()]
+    where = metrics.get("where") or {}
+    at = (f"; gains and R² in the {where['space']} space at mask ratio {where['ratio']}, headline α="
+          f"{where['headline_alpha']}" if where else "")
+    acc = (f"; sub class acc on {where['sub_class_acc_pairs']} different-class pairs"
+           if where.get("sub_class_acc_pairs") is not None else "")
+    out = (f"<h3>{html.escape(b)} minus {html.escape(a)}</h3><p>identical pairs ({results['pairs']['test']} test "
+           f"pairs) and masks (ratio {results['mask_ratio']:g}){html.escape(at + acc)}; paired-bootstrap 95% "
+           f"intervals. {html.escape(_reference_line(results))}</p>"
+           + _rows_html(["metric", "α / l2", a, b, "B − A", "95% CI"], rows))
+    curve = metrics.get("linprobe_curve")
+    if curve:
+        probe = metrics.get("linprobe") or {}
+        rule = f" (the comparison's l2 {probe['l2']:g}: {probe.get('l2_rule')})" if probe.get("l2") is not None else ""
+        out += (f"<p>linear probe top-1 at every l2 of the grid{html.escape(rule)}</p>"
+                + _rows_html(["l2", a, b, "B − A", "95% CI"], [[k, *_diff_cells(r)] for k, r in curve.items()]))
+    return out
