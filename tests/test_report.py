@@ -17,7 +17,9 @@ from imae.eval.run import evaluate
 from imae.viz.report import fmt, summary, write_report
 from test_cli import assert_one_line_error, run_cli
 
-LEGACY = Path(__file__).resolve().parents[1] / "studies" / "digits-quickstart" / "mae" / "eval" / "separability.json"
+# a result of the first scheme (version 1), as committed by the digits study
+LEGACY = Path(__file__).resolve().parents[1] / "studies" / "digits" / "results" / "a-mae-continued-s0" / "eval" / \
+    "separability.json"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_a_separability_result_of_the_old_scheme_is_read_and_flagged(evaluated, 
     page, md = paths["html"].read_text(), paths["md"].read_text()
     flag = "old-mae: separability measured by the old scheme (no un-mixing gain interval); rerun imae separability"
     assert f"> ⚠ {flag}" in md and f"⚠ {flag}" in page
-    assert "old-mae: scored against itself" in md  # a version-1 reference that was the model itself
+    assert "old-mae: reference's role not recorded (old scheme)" in md  # version 1 knew only self and teacher
     assert "mae: separability scored against reference mae" in md  # another file than the old run's
     row = _md_rows(md)[0]
     s = summary(old)

@@ -30,6 +30,10 @@ HEADLINE_ALPHA = 0.3  # the one headline mixing weight; a result without it repo
 PREDICTORS = ("encoder", "pixels", "reference_on_mixture", "random_init")
 SOURCES = ("sub", "dom")
 VERSION = 2
+# what a reference is to the evaluated model, and what tables print beside a row scored against it
+ROLE_NOTES = {"referee": "", "self": "scored against itself", "teacher": "scored against its own teacher",
+              "start": "scored against the checkpoint it started from",
+              "unknown": "reference's role not recorded (old scheme)"}
 
 
 def alpha_key(alpha: float | str) -> str:
@@ -197,9 +201,10 @@ def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     data["headline"] = {"alpha": headline_alpha(data["alphas"]), "ratio": data["ratios"][0],
                         "space": "distill" if "distill" in first else "encoder", "source": "sub"}
     data["version"], data["legacy"] = VERSION, True
-    ref = data.get("reference") or {}
-    if ref.get("is_teacher") and not ref.get("note"):
-        ref["note"] = "scored against its own teacher"
+    ref = data.get("reference")
+    if ref and "role" not in ref:  # version 1 recorded self and teacher only: any other reference is of unknown role
+        ref["role"] = "self" if ref.get("is_self") else "teacher" if ref.get("is_teacher") else "unknown"
+        ref["note"] = ROLE_NOTES[ref["role"]]
     return data
 
 

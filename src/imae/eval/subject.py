@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
+from imae.eval.separability_result import ROLE_NOTES
 from imae.models.loading import model_from_checkpoint
 from imae.models.mae import MaskedAutoencoder
 
 if TYPE_CHECKING:
     from imae.config.evaluate import EvalConfig
-
-ROLE_NOTES = {"referee": "", "self": "scored against itself", "teacher": "scored against its own teacher",
-              "start": "scored against the checkpoint it started from"}
 
 
 @dataclass

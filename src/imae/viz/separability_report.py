@@ -23,7 +23,6 @@ from imae.eval.separability_result import PREDICTORS, SOURCES, SeparabilityResul
 
 BASELINE_STYLE = {"superposition": ("black", ":"), "pixels": ("tab:gray", "--"), "random_init": ("tab:brown", "--")}
 LEGACY = "separability measured by the old scheme (no un-mixing gain interval); rerun imae separability"
-SELF_NOTE = "scored against itself"  # what a version-1 result's is_self reference is (it carries no note)
 
 
 def read(results: dict[str, Any] | None) -> SeparabilityResult | None:
@@ -36,11 +35,6 @@ def read(results: dict[str, Any] | None) -> SeparabilityResult | None:
         return None
 
 
-def reference_note(result: SeparabilityResult) -> str:
-    """"" for a referee; else what the reference is to the evaluated model ("scored against its own teacher")."""
-    return result.reference_note or (SELF_NOTE if result.reference.get("is_self") else "")
-
-
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers of one separability result (keys prefixed ``sep_``; {} without a token-level result)."""
     result = read(results)
@@ -48,7 +42,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         return {}
     h = result.headline()
     lo, hi = h["gain_ci"]
-    note, label = reference_note(result), h["reference"]
+    note, label = result.reference_note, h["reference"]
     return {"sep_alpha": h["alpha"], "sep_gain": h["gain"], "sep_gain_ci": [lo, hi],
             "sep_gain_ci_text": f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else None,
             "sep_r2_mixture": h["r2_mixture"], "sep_r2_partner": h["r2_partner"],
@@ -202,7 +196,7 @@ def tables_html(results: dict[str, Any], title: str = "separability") -> str:
         return f"<h4>{html.escape(title)}</h4><p>a result of an older version (pooled scheme); rerun it</p>"
     keys, pairs, ref, h = result.alphas, result.pairs, result.reference, result.head
     head = ["predictor (source): score", *[f"α={k}" for k in keys]]
-    note = reference_note(result)
+    note = result.reference_note
     p = html.escape(str(pairs.get("same_class_p")))
     parts = [f"<h4>{html.escape(title)}</h4>"]
     if result.legacy:
