@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -88,3 +89,15 @@ def tiny_cli_sets(**over) -> list[str]:
     for k, v in {**TINY_SETS, **over}.items():
         out += ["--set", f"{k}={v}"]
     return out
+
+
+@pytest.fixture
+def fault_case(request):
+    """Collects what a fault test injected and what survived; appended to $IMAE_FAULT_REPORT (JSON lines), which
+    ``scripts/reliability_report.py`` turns into docs/reliability.md."""
+    record = {"test": request.node.name}
+    yield record.update
+    path = os.environ.get("IMAE_FAULT_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")

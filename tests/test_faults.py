@@ -1,7 +1,8 @@
 """Fault injection: kills, pre-emption, failed writes, broken data, untrusted checkpoints, lost peers, NaNs.
 
-Each test records what it injected and what survived through the ``fault_case`` fixture;
-``scripts/reliability_report.py`` runs this file and turns the records into ``docs/reliability.md``.
+Each test records what it injected and what survived through the ``fault_case`` fixture (conftest.py);
+``scripts/reliability_report.py`` runs every ``tests/test_faults*.py`` file and turns the records into
+``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -29,16 +30,6 @@ from imae.errors import CheckpointError, ConfigError, TrainingError
 
 pytestmark = pytest.mark.faults
 
-
-@pytest.fixture
-def fault_case(request):
-    """Collects what a test injected and what survived; appended to $IMAE_FAULT_REPORT (JSON lines)."""
-    record = {"test": request.node.name}
-    yield record.update
-    path = os.environ.get("IMAE_FAULT_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 # 4 epochs x 6 steps of a small digits MAE; checkpoint-last every 2 optimiser steps
 RUN_SETS = {**TINY_SETS, "model.embed_dim": 64, "model.depth": 2, "train.epochs": 4, "train.save_every_steps": 2,
