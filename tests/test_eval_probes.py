@@ -305,3 +305,15 @@ def test_a_shared_l2_gives_nearly_identical_features_nearly_identical_accuracy()
         acc.append(topk_accuracy(predict(fit.head, b)[:, 0], yt))
     assert 0.3 < acc[0] < 0.99  # not a trivially perfect task
     assert abs(acc[0] - acc[1]) <= 0.002
+
+
+def test_a_large_head_fit_shows_progress_and_a_small_one_stays_quiet(monkeypatch, capsys):
+    from imae.eval import linear
+
+    x, y = planted_features(n=200, dim=8, classes=4)
+    cfg = LinearProbeConfig(max_iter=20)
+    linear.fit_cached(x, y, 4, cfg, l2=1e-3)
+    assert "L-BFGS" not in capsys.readouterr().err  # CIFAR-sized problems finish in seconds: no bar
+    monkeypatch.setattr(linear, "PROGRESS_MULTIPLIES", 0)  # as if it were 2,000 classes of ImageNet features
+    linear.fit_cached(x, y, 4, cfg, l2=1e-3)
+    assert "linear head (L-BFGS loss evaluations)" in capsys.readouterr().err
