@@ -363,3 +363,17 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(page.read_text().replace("</body>", "<script>no_such_function()</script></body>"))
     assert rr.main([str(broken), "--out", str(tmp_path / "broken.png")]) == 1
+
+
+def test_a_named_referee_flags_every_row_scored_against_something_else(evaluated, tmp_path, capsys):
+    ref = evaluated["referee"]
+    md = write_report([evaluated["mae"], evaluated["imae"]], tmp_path / "r", reference=ref)["md"].read_text()
+    for run in ("mae", "imae"):  # both were scored against the MAE (the i-MAE's teacher), not the referee
+        assert (f"{run}: separability scored against mae, not the referee referee; rescore it with imae "
+                f"separability <run> --reference {ref}") in md
+    md = write_report([evaluated["mae"], evaluated["imae"]], tmp_path / "m", reference=evaluated["mae"])["md"]
+    assert "not the referee" not in md.read_text()  # both rows were scored against the file named
+    code, out, err = run_cli(["report", str(evaluated["mae"]), "--reference", str(ref), "--output-dir",
+                              str(tmp_path / "cli")], capsys)
+    assert code == 0, err
+    assert "not the referee referee" in (tmp_path / "cli" / "report.md").read_text()

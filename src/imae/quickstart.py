@@ -79,7 +79,7 @@ def evaluate_runs(mae_dir: Path, cont_dir: Path | None, imae_dir: Path, referee_
     base_name = "MAE continued" if cont_dir else "MAE (teacher)"
     cmp = compare_checkpoints(ckpts[base_name], ckpts["i-MAE"], reference=str(referee), overrides=over)["results"]
     make_figures([ckpts["i-MAE"], ckpts["MAE (teacher)"]], overrides=over)
-    paths = write_report([d for _, d in named], out)
+    paths = write_report([d for _, d in named], out, reference=referee)
     head = rows[0]["head"]
     print("\n" + _table(rows, head["alpha"], l2))
     d = cmp["metrics"]["gain_sub"][head["alpha"]]

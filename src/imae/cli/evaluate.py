@@ -141,13 +141,17 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories (their eval/ results and figures)")
     p.add_argument("--output-dir", help="where to write report.html, report.md and headline.png (default: the "
                                         "run's eval/ folder; for several runs, report/ in their common parent folder)")
+    p.add_argument("--reference", metavar="CKPT",
+                   help="the referee every run's separability must have been scored against; a run scored against "
+                        "another reference (e.g. its own teacher) is flagged with the command that rescores it")
 
 
 @command("report", "one self-contained HTML page (and a Markdown table) comparing runs")(_report_args)
 def cmd_report(args: argparse.Namespace) -> Path:
     from imae.viz.report import write_report
 
-    paths = write_report([Path(r) for r in args.runs], Path(args.output_dir) if args.output_dir else None)
+    paths = write_report([Path(r) for r in args.runs], Path(args.output_dir) if args.output_dir else None,
+                         args.reference)
     print(paths["html"])
     return paths["html"]
 

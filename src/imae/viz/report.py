@@ -392,12 +392,13 @@ def seed_groups(runs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def separability_overview(runs: list[Path], rows: list[dict[str, Any]],
-                          probe_warnings: tuple[str, ...] | list[str] = ()) -> tuple[str, list[str], bytes | None]:
+                          probe_warnings: tuple[str, ...] | list[str] = (),
+                          referee: dict[str, str] | None = None) -> tuple[str, list[str], bytes | None]:
     """The warnings (rows scored against another reference or on other pairs, against a reference that is not a
     referee, by the old scheme; then ``probe_warnings``), every ``imae compare`` table found in the runs, and the
     headline figure (the un-mixing gain and sub-class accuracy against alpha; also returned as PNG bytes, None
     without separability results)."""
-    warnings = sepr.flags(rows) + list(probe_warnings)
+    warnings = sepr.flags(rows, referee) + list(probe_warnings)
     parts = [f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings]
     results = [(r, read_results(r / "eval") if (r / "eval").is_dir() else {}) for r in runs]
     parts += [sepr.compare_html(res["compare"]["results"]) for _, res in results if "compare" in res]
@@ -414,11 +415,19 @@ def separability_overview(runs: list[Path], rows: list[dict[str, Any]],
     return "".join(parts), warnings, figure
 
 
-def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Path]:
+def write_report(runs: list[Path], out_dir: Path | None = None, reference: str | Path | None = None) -> dict[str, Path]:
     """Write ``report.html`` and ``report.md`` (and ``headline.png``, the separability figure, when a run has
     separability results); default folder: ``<run>/eval`` for one run, else ``report/`` in the runs' common
-    parent folder. Nothing is written when no run is found."""
+    parent folder. ``reference``: the referee every run's separability must have been scored against (a row
+    scored against anything else is flagged with the command that rescores it). Nothing is written when no run
+    is found."""
     runs = find_runs([Path(r) for r in runs])
+    referee = None
+    if reference is not None:
+        from imae.eval.subject import load_subject
+
+        ref = load_subject(reference)
+        referee = {"sha256": ref.sha256, "label": ref.label, "path": str(reference)}
     if out_dir is None:
         out_dir = runs[0] / "eval" if len(runs) == 1 else \
             Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "report"
@@ -429,7 +438,7 @@ def write_report(runs: list[Path], out_dir: Path | None = None) -> dict[str, Pat
     cols = present_columns(rows)
     summary_html = _table([t for _, t in cols], [[row.get(k) for k, _ in cols] for row in rows])
     summary_html += "".join(f"<p>{html.escape(c)}</p>" for c in captions)
-    overview, warnings, headline = separability_overview(runs, rows, probe_warnings)
+    overview, warnings, headline = separability_overview(runs, rows, probe_warnings, referee)
     summary_html += overview
     if warnings or captions:
         table = "".join(f"> ⚠ {w}\n\n" for w in warnings) + "".join(f"> {c}\n\n" for c in captions) + table

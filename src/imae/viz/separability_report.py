@@ -55,15 +55,19 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "sep_head": (h["alpha"], h["space"], h["source"])}
 
 
-def flags(rows: list[dict[str, Any]]) -> list[str]:
-    """One warning line per row scored against another reference, on other pairs or at another headline than
-    the first row; per row whose reference is not a referee (its note: "scored against its own teacher"); and
-    per row measured by the old scheme."""
+def flags(rows: list[dict[str, Any]], referee: dict[str, str] | None = None) -> list[str]:
+    """One warning line per row scored against another reference (than ``referee`` {"sha256", "label", "path"}
+    when given, else than the first row), on other pairs or at another headline than the first row; per row
+    whose reference is not a referee (its note: "scored against its own teacher"); and per row measured by the
+    old scheme."""
     scored = [r for r in rows if "sep_pairs" in r]  # runs with a separability result (no group rows)
     out: list[str] = []
     first = scored[0] if scored else None
     for r in scored:
-        if r is not first and r.get("sep_reference") != first.get("sep_reference"):
+        if referee and r.get("sep_reference") != referee["sha256"]:
+            out.append(f"{r['run']}: separability scored against {r['sep_reference_label']}, not the referee "
+                       f"{referee['label']}; rescore it with imae separability <run> --reference {referee['path']}")
+        elif not referee and r is not first and r.get("sep_reference") != first.get("sep_reference"):
             out.append(f"{r['run']}: separability scored against reference {r['sep_reference_label']} "
                        f"({str(r['sep_reference'])[:12]}), not {first['sep_reference_label']} "
                        f"({str(first['sep_reference'])[:12]}) like {first['run']}: its gain is not comparable")
