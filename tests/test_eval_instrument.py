@@ -288,3 +288,43 @@ def test_encoders_a_1e_6_perturbation_apart_get_one_probe_penalty_and_the_same_a
     # the curve's heads are fitted as one batched L-BFGS problem, which stops short of each head's own optimum:
     # a nudge may move one of the 120 test digits at a grid point, never more
     assert all(abs(d["diff"]) <= 1 / 120 + 1e-9 for d in res["linprobe_curve"].values())
+
+
+def test_compare_reads_scores_separability_stored_instead_of_measuring_again(runs, tmp_path, monkeypatch):
+    from imae.eval import separability as sep_module
+    from imae.eval.run import compare_checkpoints, evaluate
+
+    sets = [f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3], "separability.bootstrap": 200}.items()]
+    ref = str(runs["referee"])
+    for run in ("mae", "imae"):
+        evaluate("separability", runs[run], reference=ref, overrides={"output_dir": str(tmp_path / run)}, sets=sets)
+    fresh = compare_checkpoints(runs["mae"], runs["imae"], reference=ref, sets=sets + ["features.cache=false"],
+                                overrides={"output_dir": str(tmp_path / "fresh")})["results"]
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(sep_module, "measure", no_measuring)
+    stored = compare_checkpoints(runs["mae"], runs["imae"], reference=ref, sets=sets,
+                                 overrides={"output_dir": str(tmp_path / "stored")})["results"]
+    assert stored["metrics"] == fresh["metrics"] and stored["reference"] == fresh["reference"]
+    with pytest.raises(AssertionError, match="measured again"):  # other settings: not what was stored
+        compare_checkpoints(runs["mae"], runs["imae"], reference=ref, sets=sets + ["separability.alphas=[0.1]"],
+                            overrides={"output_dir": str(tmp_path / "other")})
+
+
+def test_a_damaged_stored_score_file_is_measured_again_with_a_warning(runs, tmp_path, capsys):
+    from imae.data.decode import default_cache_dir
+    from imae.eval.run import evaluate
+
+    sets = [f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.45], "separability.bootstrap": 100}.items()]
+    first = evaluate("separability", runs["mae"], overrides={"output_dir": str(tmp_path / "a")}, sets=sets)
+    files = sorted((default_cache_dir() / "separability").glob("*.pt"), key=lambda f: f.stat().st_mtime)
+    data = bytearray(files[-1].read_bytes())
+    data[len(data) // 2:len(data) // 2 + 256] = b"\x00" * 256  # inside a tensor: torch.load does not notice
+    files[-1].write_bytes(bytes(data))
+    capsys.readouterr()
+    again = evaluate("separability", runs["mae"], overrides={"output_dir": str(tmp_path / "b")}, sets=sets)
+    err = capsys.readouterr().err
+    assert "the stored separability scores" in err and "are damaged" in err
+    assert again["results"] == first["results"] and "stored" not in again["timing"]

@@ -15,7 +15,9 @@ allowed and the output says so), on the same disjoint pairs, masks and bootstrap
   gives both models' top-1 (and the difference) at every penalty of ``linprobe.l2_grid``.
 
 A difference whose interval excludes 0 is a difference the test items support at that level; the interval says
-nothing about seeds or teachers (see ``imae report`` groups and ``studies/`` for that).
+nothing about seeds or teachers (see ``imae report`` groups and ``studies/`` for that). A model already measured
+by ``imae separability`` with the same reference and settings is not measured again: its per-item scores are
+read from the store (:mod:`imae.eval.item_store`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from imae.eval.features import extract_split
 from imae.eval.knn import knn_predict
 from imae.eval.linear import curve_hits, fit_probe, predict, select_l2
 from imae.eval.pairs import make_pairs
-from imae.eval.separability import Measurement, measure
+from imae.eval.separability import Measurement, measure_stored
 from imae.eval.subject import Subject, load_subject, separability_defaults, shared_reference
 
 SHARED_L2_RULE = "shared: one_se_on_validation of the reference's training features"
@@ -135,8 +137,8 @@ def compare(session, b_spec: str | Path, reference: str | None, cfg: EvalConfig)
     test = session.split("eval")
     s = cfg.separability
     pairs = make_pairs(test.labels, s.fractions, s.same_class_p, cfg.seed, s.max_images)
-    kw = dict(device=session.device, show_progress=session.show_progress)
-    ma, mb = measure(a, ref, test, pairs, cfg, **kw), measure(b, ref, test, pairs, cfg, **kw)
+    kw = dict(device=session.device, show_progress=session.show_progress, store=session.item_store)
+    ma, mb = measure_stored(a, ref, test, pairs, cfg, **kw), measure_stored(b, ref, test, pairs, cfg, **kw)
     metrics = separability_diffs(ma, mb, s.alphas)
     results: dict[str, Any] = {"a": a.describe(), "b": b.describe(),
                                "reference": {"a": ma.result.reference, "b": mb.result.reference},

@@ -19,6 +19,7 @@ from imae.engine.distributed import launched_rank_is_zero, resolve_device
 from imae.errors import ConfigError
 from imae.eval.data import Split, load_eval_split
 from imae.eval.features import FeatureCache
+from imae.eval.item_store import ItemStore
 from imae.eval.results import write_result
 from imae.eval.separability_result import SeparabilityResult
 from imae.eval.subject import Subject, load_reference, load_subject, separability_defaults
@@ -61,6 +62,11 @@ class Session:
     cache: FeatureCache
     out_dir: Path
     show_progress: bool
+
+    @property
+    def item_store(self) -> ItemStore:
+        """Per-item separability scores, beside the feature cache and switched with it (``features.cache``)."""
+        return ItemStore(self.cache.folder.parent / "separability", self.cache.enabled)
 
     def split(self, which: str) -> Split:
         return load_eval_split(self.cfg.data, which, self.subject.model.arch.img_size, self.show_progress)
@@ -114,7 +120,8 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
         separability_defaults(cfg, s.subject)
         pairs = make_pairs(test.labels, cfg.separability.fractions, cfg.separability.same_class_p, cfg.seed,
                            cfg.separability.max_images)
-        out = run_separability(s.subject, ref, test, pairs, cfg, device=s.device, show_progress=s.show_progress)
+        out = run_separability(s.subject, ref, test, pairs, cfg, device=s.device, show_progress=s.show_progress,
+                               store=s.item_store)
     elif command == "semantics":
         from imae.eval.semantics import run_semantics
 

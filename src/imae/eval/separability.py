@@ -53,6 +53,7 @@ from imae.data.augment import normalize
 from imae.data.mixing import mix
 from imae.eval.bootstrap import Resampler
 from imae.eval.data import Split
+from imae.eval.item_store import ItemStore, store_key
 from imae.eval.linear import fit_cached_many, predict
 from imae.eval.pairs import PairSet
 from imae.eval.separability_result import SOURCES, VERSION, SeparabilityResult, alpha_key, headline_alpha
@@ -191,7 +192,7 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
     ratio = float(s.mask_ratio)
     noise = pair_noise(len(pairs), model.arch.num_patches, cfg.seed)
     pos = positions(noise, ratio)
-    scorer = Scorer(pairs, Resampler.draw(int(pairs.rows("test").numel()), s.bootstrap, cfg.seed, s.ci), s.penalties)
+    scorer = make_scorer(pairs, cfg)
     passes = _Passes(split, pairs, noise, pos, cfg.features.batch_size, device, show_progress)
     dmap = distill_map(ref)
     predictors = ["encoder"] + [b for b in BASELINES if b in s.baselines]
@@ -309,10 +310,33 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
     return Measurement(SeparabilityResult(results), {"extract_s": passes.seconds, "fit_s": fit_s}, raw, scorer)
 
 
+def make_scorer(pairs: PairSet, cfg: EvalConfig) -> Scorer:
+    s = cfg.separability
+    return Scorer(pairs, Resampler.draw(int(pairs.rows("test").numel()), s.bootstrap, cfg.seed, s.ci), s.penalties)
+
+
+def measure_stored(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
+                   device: torch.device, store: ItemStore | None, show_progress: bool = True) -> Measurement:
+    """:func:`measure`, or its per-item scores from ``store`` when the same checkpoint was measured against the
+    same reference, pairs and settings before."""
+    key = store_key(subject, reference, split, pairs, cfg) if store is not None and store.enabled else None
+    found = store.get(key) if key is not None else None
+    if found is None:
+        m = measure(subject, reference, split, pairs, cfg, device=device, show_progress=show_progress)
+        if key is not None:
+            store.put(key, m.results, m.timing, m.raw)
+        return m
+    results, timing, raw = found
+    return Measurement(SeparabilityResult(results), {**timing, "stored": True}, raw, make_scorer(pairs, cfg))
+
+
 def run_separability(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
-                     device: torch.device, show_progress: bool = True) -> dict[str, Any]:
-    """The ``results`` and ``timing`` of :func:`measure` (what ``imae separability`` writes)."""
-    m = measure(subject, reference, split, pairs, cfg, device=device, show_progress=show_progress)
+                     device: torch.device, show_progress: bool = True,
+                     store: ItemStore | None = None) -> dict[str, Any]:
+    """The ``results`` and ``timing`` of :func:`measure` (what ``imae separability`` writes); the per-item scores
+    are kept in ``store`` for ``imae compare``."""
+    m = measure_stored(subject, reference, split, pairs, cfg, device=device, store=store,
+                       show_progress=show_progress)
     return {"results": m.results, "timing": m.timing}
 
 
