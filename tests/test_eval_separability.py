@@ -145,3 +145,13 @@ def test_semantics_reports_probe_knn_nmi_and_same_vs_different_class_separabilit
     assert scores["same"]["n"] > 0 and scores["diff"]["n"] > 0
     assert scores["same"]["n"] + scores["diff"]["n"] == sep["pairs"]["test"]
     assert rec["data"]["train_images"] == 200 and rec["data"]["eval_images"] == 120
+
+
+def test_semantics_without_its_separability_part_needs_no_reference_and_reports_the_clean_measures(runs, tmp_path):
+    sets = [f"{k}={v}" for k, v in FAST.items()]
+    full = evaluate("semantics", runs["imae"], reference=str(runs["referee"]), overrides={"output_dir": str(tmp_path)},
+                    sets=sets)["results"]
+    lean = evaluate("semantics", runs["imae"], overrides={"output_dir": str(tmp_path / "lean")},
+                    sets=sets + ["semantics.separability=false"])["results"]
+    assert "separability" not in lean and "separability" in full
+    assert {k: lean[k] for k in ("linprobe", "knn", "nmi")} == {k: full[k] for k in ("linprobe", "knn", "nmi")}

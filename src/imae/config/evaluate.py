@@ -107,6 +107,7 @@ class KNNConfig:
 class SemanticsConfig:
     same_class_p: float = 0.5  # pairs for the same- vs different-class separability split
     kmeans_restarts: int = 10
+    separability: bool = True  # also the separability scheme on those pairs (false: probe, kNN and NMI only)
 
 
 @dataclass

@@ -127,7 +127,8 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
 
         train, test = s.split("train"), s.split("eval")
         separability_defaults(cfg, s.subject)
-        out = run_semantics(s.subject, _reference(s, reference), train, test, cfg, **kw)
+        ref = _reference(s, reference) if cfg.semantics.separability else s.subject  # no reference read without it
+        out = run_semantics(s.subject, ref, train, test, cfg, **kw)
     elif command == "linprobe":
         from imae.eval.linprobe import run_linprobe
 
