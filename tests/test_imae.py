@@ -279,3 +279,27 @@ def test_tiny_imae_overfits_a_batch_of_real_cifar_mixtures(cifar_batch):
         opt.step()
     assert out["rec_sub"].item() < 0.5 * first["rec_sub"]
     assert out["rec_dom"].item() < 0.5 * first["rec_dom"]
+
+
+def test_self_paired_sub_branch_is_the_mae_loss_plus_clean_image_distillation(pair):
+    """Arm (h) of the studies (--set imae.same_class_p=self --set imae.branches=sub): an MAE continued with the
+    teacher's latent distillation on clean, unmixed images."""
+    x, _ = pair
+    teacher = spy_teacher()
+    student = tiny_imae(teacher, branches="sub")
+    partner, _ = choose_partners(torch.arange(8), "self")
+    noise = torch.rand(8, 64, generator=torch.Generator().manual_seed(3))
+    out = student(x, x[partner], torch.full((8,), 0.3), mask_ratio=0.75, noise=noise)
+    assert set(k for k in out if k.startswith(("rec_", "distill_"))) == {"rec_sub", "distill_sub"}
+    mae = MaskedAutoencoder(student.arch)  # the same weights as a plain MAE
+    mae.load_state_dict(student.mae_state_dict())
+    mae_loss = mae(x, mask_ratio=0.75, noise=noise)["loss"]
+    with torch.no_grad():
+        t = teacher.decoder_embed(teacher.forward_encoder(x, 0.75, noise)[0])
+        z = student.decoder_embed_sub(student.forward_encoder(x, 0.75, noise)[0])
+    distill = F.mse_loss(z, t)
+    assert torch.allclose(out["rec_sub"], mae_loss, atol=1e-5)
+    assert torch.allclose(out["distill_sub"], distill, atol=1e-6)
+    assert torch.allclose(out["loss"], mae_loss + distill, atol=1e-5)
+    seen = teacher.calls[0]  # the teacher saw the clean images under the student's mask
+    assert torch.equal(seen["imgs"], x) and torch.equal(seen["mask"], out["mask"])
