@@ -8,11 +8,12 @@ encoder-only input is written encoder-only (``ViTMAEModel`` for ``hf``).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from imae.checkpoints.atomic import save_atomic
+from imae.checkpoints.atomic import save_atomic, write_reason
 from imae.engine import checkpoint as ckpt
-from imae.errors import ConfigError
+from imae.errors import ConfigError, OutputError
 from imae.models import hf
 from imae.models.imae import IMAE
 from imae.models.loading import model_from_checkpoint
@@ -36,14 +37,32 @@ def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None 
     sd = model.mae_state_dict() if isinstance(model, IMAE) else model.state_dict()
     if encoder_only:
         sd = {k: v for k, v in sd.items() if k in set(model.encoder_keys())}
-    if to == "timm":
-        return save_timm(model, output)
-    if to == "mae":
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
-        save_atomic({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}, output)
-        return [output]
     # config.json's mask_ratio: the run's train.mask_ratio, a Hugging Face input's own, else the MAE default
     train = (ck.get("config") or {}).get("train") if isinstance(ck.get("config"), dict) else None
     mask_ratio = float(train.get("mask_ratio", 0.75)) if isinstance(train, dict) else float(ck.get("mask_ratio", 0.75))
-    return hf.save_folder(sd, model.arch, output, encoder_only=encoder_only, mask_ratio=mask_ratio)
+    before = _existing(output, to)
+    try:
+        if to == "timm":
+            return save_timm(model, output)
+        if to == "mae":
+            output.parent.mkdir(parents=True, exist_ok=True)
+            # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
+            save_atomic({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}, output)
+            return [output]
+        return hf.save_folder(sd, model.arch, output, encoder_only=encoder_only, mask_ratio=mask_ratio)
+    except (OSError, OutputError) as e:  # a full disk, a read-only folder: remove what this export began
+        made = _existing(output, to) - before
+        if to == "hf" and output.is_dir() and output not in made:  # it was empty before
+            made |= set(output.iterdir())
+        for p in made:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise OutputError(f"could not export to {output} ({write_reason(e)}); nothing was exported; free space or "
+                          f"fix permissions, or choose another --output") from None
+
+
+def _existing(output: Path, to: str) -> set[Path]:
+    """What an export to ``output`` writes that exists now: the file (and timm's .json) or the folder with the
+    folders above it (hf, mae)."""
+    paths = [output, output.with_name(f"{output.stem}.timm.json")] if to == "timm" else [output]
+    paths += list(output.absolute().parents)
+    return {p for p in paths if p.exists()}

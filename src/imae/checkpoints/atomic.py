@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from imae.errors import TrainingError
+from imae.errors import OutputError
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -36,9 +36,28 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        raise TrainingError(f"could not write checkpoint {path} ({why}); the previous checkpoint is intact; "
-                            f"free space or fix permissions, then resume with --resume {path.parent}") from None
+        raise WriteFailed(path, e) from None
+
+
+class WriteFailed(OutputError):
+    """An atomic write that failed; ``why`` is the cause in a few words (``No space left on device``). Whatever
+    ``path`` held before is untouched. Callers that know what the file is (a checkpoint) say more."""
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        self.path = Path(path)
+        self.why = write_reason(error)
+        super().__init__(f"could not write {path} ({self.why}); anything there before is unchanged; free space "
+                         f"or fix permissions")
+
+
+def write_reason(error: BaseException) -> str:
+    """The cause of a failed write in a few words: the OS's reason, else the first line of the message."""
+    if isinstance(error, WriteFailed):
+        return error.why
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    lines = str(error).strip().splitlines()
+    return lines[0][:160] if lines else type(error).__name__
 
 
 def _fsync_dir(folder: Path) -> None:

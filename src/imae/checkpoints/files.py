@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from imae.checkpoints import safetensors_io
-from imae.checkpoints.atomic import save_atomic
-from imae.errors import CheckpointError, MissingDependency, TrainingError
+from imae.checkpoints.atomic import save_atomic, write_reason
+from imae.errors import CheckpointError, MissingDependency, OutputError, TrainingError
 
 # what the weights-only unpickler may build besides tensors and plain containers: official MAE
 # checkpoints carry their argparse.Namespace of training arguments
@@ -125,15 +125,18 @@ def prune(run_dir: Path, keep_last: int) -> None:
 def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
     """Write a training checkpoint: one ``.pth`` (``fmt="pth"``), or the weights as ``.safetensors`` beside a
     ``.pth`` of the resume state (``fmt="safetensors"``; see :mod:`imae.checkpoints.safetensors_io`)."""
-    if fmt == "safetensors":
-        try:
+    path = Path(path)
+    try:
+        if fmt == "safetensors":
             safetensors_io.save_split(obj, path)
-        except OSError as e:
-            raise TrainingError(f"could not write checkpoint {path} ({e.strerror}); the previous checkpoint is "
-                                f"intact; free space or fix permissions, then resume with --resume "
-                                f"{Path(path).parent}") from None
-    else:
-        save_atomic(obj, path)
+        else:
+            save_atomic(obj, path)
+    except (OSError, OutputError) as e:
+        state = (f"the previous checkpoint is intact; free space or fix permissions, then resume with --resume "
+                 f"{path.parent}" if checkpoints_in(path.parent) else
+                 "no checkpoint of this run was written before, so there is none to resume from; free space or "
+                 "fix permissions, then start the run again")
+        raise TrainingError(f"could not write checkpoint {path} ({write_reason(e)}); {state}") from None
 
 
 def hf_folder(path: Path) -> bool:

@@ -91,6 +91,13 @@ class BatchPlan:
             raise DataError(f"same-class pairing needs an even batch size per process, got {batch_size}")
         usable = self._usable()
         self.steps_per_epoch = usable // (batch_size * world_size)
+        if self.steps_per_epoch == 0 and class_pairs and len(labels) >= batch_size * world_size:
+            classes = int(torch.unique(self.labels[self.labels >= 0]).numel())
+            raise DataError(f"same-class pairing is impossible here: the training split's {len(labels)} images "
+                            f"fall in {classes} classes and only {usable} of them have a same-class partner (a "
+                            f"class needs at least two images), fewer than one batch of {batch_size} x "
+                            f"{world_size} process(es); use --set imae.same_class_p=random, or data with several "
+                            f"images per class")
         if self.steps_per_epoch == 0:
             raise DataError(f"the training split has {len(labels)} images ({usable} usable), fewer than one batch "
                             f"of {batch_size} x {world_size} process(es); lower --set {batch_setting}")

@@ -164,6 +164,8 @@ class Loop:
             t0 -= float(part.get("time_s", 0.0))
             if part.get("objective") is not None and hasattr(self.objective, "resume_stats"):
                 self.objective.resume_stats(part["objective"], env.is_main)
+        # the run's count of skipped (non-finite) steps when this epoch began
+        nonfinite_before = st.nonfinite_skipped - int(part.get("nonfinite_steps", 0))
 
         def running() -> dict[str, Any]:
             """What a mid-epoch checkpoint keeps of this epoch's sums (one collective, on every rank)."""
@@ -172,6 +174,7 @@ class Loop:
             return {"sums": {k: float(v) for k, v in zip(names, total.tolist())} if names else {},
                     "finite_steps": int(finite_steps), "seen": seen, "skipped_files": skipped_files,
                     "data_wait_s": data_s, "time_s": time.time() - t0,
+                    "nonfinite_steps": st.nonfinite_skipped - nonfinite_before,
                     **({"objective": self.objective.running_stats()} if hasattr(self.objective, "running_stats")
                        else {})}
         bar = progress(steps, start, f"{self.desc} {epoch + 1}/{p.epochs}", env.is_main)
@@ -264,15 +267,26 @@ class Loop:
         metrics["data_wait_s"] = data_s
         metrics["images"] = float(seen * D.world_size())
         metrics["lr"] = self.lr()
+        nonfinite = st.nonfinite_skipped - nonfinite_before
+        if nonfinite:
+            metrics["nonfinite_skipped"] = float(nonfinite)
         if hasattr(self.objective, "end_epoch"):  # e.g. fine-tuning's evaluation on the test split
             self.objective.end_epoch(epoch, metrics)
         self.log.write("epoch", {"epoch": epoch + 1, **metrics}, step=epoch + 1, prefix="epoch")  # 1-based
         self.log.flush()
-        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images")
+        shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images", "nonfinite_skipped")
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in shown)
         info(f"{self.desc} {epoch + 1}/{p.epochs}: {summary}; {metrics['images_per_s']:.0f} img/s"
-             + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else ""),
-             env.is_main)
+             + (f"; {metrics['skipped_files']:.0f} unreadable file(s) skipped" if metrics.get("skipped_files") else "")
+             + (f"; {nonfinite} of {steps} step(s) skipped as non-finite"
+                if nonfinite else ""), env.is_main)
+        if 2 * nonfinite > steps:  # most of the epoch was not trained on: its weights are not to be trusted
+            s = self.section
+            self.log.write("event", {"event": "mostly_nonfinite", "epoch": epoch + 1, "skipped": nonfinite,
+                                     "steps": steps})
+            raise TrainingError(f"{nonfinite} of the {steps} steps of epoch {epoch + 1} were non-finite and skipped; "
+                                f"stopped without saving this epoch; {self._last_good()}; lower the learning rate "
+                                f"({s}.blr) or set {s}.clip_grad (a larger skip_nonfinite does not help)")
         numbered = (epoch + 1) % max(p.save_every, 1) == 0 or epoch + 1 == p.epochs
         self._save(epoch, 0, numbered=numbered, metrics=metrics)
         return True
@@ -357,7 +371,8 @@ class Loop:
     def _save(self, epoch: int, step_in_epoch: int, numbered: bool, metrics: dict | None = None,
               partial: dict | None = None) -> None:
         """Write checkpoint-last.pth (and checkpoint-<epoch>.pth) on rank 0; every rank stops if that fails."""
-        self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch
+        # the state matches the checkpoint: a mid-epoch one's running sums too (a smoke run's last record uses them)
+        self.state.epoch, self.state.step_in_epoch, self.state.partial = epoch, step_in_epoch, partial
         error: TrainingError | None = None
         bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad and self.env.is_main:  # never replace a good checkpoint by a broken one

@@ -14,6 +14,7 @@ import yaml
 
 from imae.checkpoints.files import checkpoints_in, latest_complete
 from imae.config import Config, assign, from_dict, save_config
+from imae.console import info
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
 
@@ -168,6 +169,10 @@ def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any])
     if not isinstance(tree, dict):
         raise CheckpointError(f"{ck.get('_path')} holds no training configuration; it cannot be resumed "
                               f"(use --init-from to start a new run from its weights)")
+    if ck.get("kind") == "vit" or "finetune" in tree:  # `imae finetune`'s run: its configuration is another one
+        source = ck.get("source") or "CKPT"
+        raise ConfigError(f"{run_dir} is a fine-tune run (of `imae finetune`), not a pre-training run; resume it "
+                          f"with: imae finetune {source} --resume {run_dir}")
     tree = copy.deepcopy(tree)
     for key, value in overrides.items():
         assign(tree, key, value)
@@ -187,6 +192,44 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
         elif old[key] != value:
             out[f"{prefix}{key}"] = [old[key], value]
     return out
+
+
+def hand_edits(run_dir: Path, saved: dict[str, Any], used: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{key: [value in config.yaml, value used]}``: what was edited by hand in a resumed run's config.yaml
+    (it differs from ``saved``, the configuration of the checkpoint) and is not what the resumed run uses
+    (``used``: ``saved`` with the resume's flags on top). Such an edit does not take effect, and the resume
+    rewrites config.yaml: the caller says so (:func:`warn_hand_edits`)."""
+    try:
+        disk = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    if not isinstance(disk, dict):
+        return {}
+    ignored = config_changes(disk, used)
+    return {k: ignored[k] for k in config_changes(saved, disk) if k in ignored}
+
+
+def warn_hand_edits(run_dir: Path, edits: dict[str, list[Any]]) -> None:
+    """One line naming the hand-edited keys of config.yaml that a resume does not use; the edited file is kept
+    as ``config.edited.yaml`` (config.yaml is then rewritten with the configuration in use)."""
+    if not edits:
+        return
+    kept = Path(run_dir) / "config.edited.yaml"
+    try:
+        shutil.copyfile(Path(run_dir) / "config.yaml", kept)
+    except OSError:
+        kept = None
+    shown = "; ".join(f"{k}: {_brief(file)} in the file, {_brief(used)} used"
+                      for k, (file, used) in list(edits.items())[:4])
+    more = f" and {len(edits) - 4} more" if len(edits) > 4 else ""
+    info(f"warning: {run_dir}/config.yaml was edited by hand ({shown}{more}); a resume does not read it: it runs "
+         f"with its checkpoint's configuration and the flags given (change a setting with --set KEY=VALUE)"
+         + (f"; the edited file is kept as {kept.name}" if kept else ""))
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def write_config(cfg: Config, run_dir: Path, original: dict[str, Any] | None = None) -> None:

@@ -35,11 +35,14 @@ from imae.engine.run_dir import (
     config_changes,
     default_run_dir,
     find_resume,
+    hand_edits,
     lock_run_dir,
     new_run_dir,
     resumed_config,
+    warn_hand_edits,
     write_config,
 )
+from imae.models.loading import refuse_classifier
 
 
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
@@ -90,10 +93,13 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         changes = config_changes(original, cfg.to_dict())
         for key, (old, new) in changes.items():
             info(f"resume: {key} changed: {old!r} -> {new!r}", main)
+        edits = hand_edits(run_dir, original, cfg.to_dict()) if main else {}
+        warn_hand_edits(run_dir, edits)
         if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
             note = RunLog(run_dir, tensorboard=False)
             note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
-                                 "changes": changes, "epochs_from": 1})
+                                 "changes": changes, "epochs_from": 1,
+                                 **({"hand_edits_ignored": sorted(edits)} if edits else {})})
             note.close()
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
@@ -110,7 +116,10 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     objective = build_objective(cfg)
     model: nn.Module = objective.model
     if cfg.init_from and resume_ck is None:
-        objective.load_init(ckpt.load(cfg.init_from))
+        init = ckpt.load(cfg.init_from)
+        refuse_classifier(init, "--init-from")
+        objective.load_init(init)
+        del init
     arch = model.arch
     data = load_split(cfg.data.dataset, "train", cfg.data.path, arch.img_size, cfg.data.download,
                       cfg.data.in_memory, cfg.data.max_per_class, cfg.data.cache_dir, cfg.data.skip_corrupt,

@@ -32,7 +32,7 @@ from imae.engine import distributed as D
 from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.optim import absolute_lr, adamw
-from imae.engine.run_dir import find_resume, lock_run_dir, prepare_run_dir
+from imae.engine.run_dir import find_resume, hand_edits, lock_run_dir, prepare_run_dir, warn_hand_edits
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.eval.results import write_result
 from imae.eval.run import Session, open_session
@@ -88,6 +88,8 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
     if lock is not None:
         stack.callback(lock.release)
         remove_partial_writes(run_dir)  # what a killed write left behind never replaces a checkpoint
+        if resume_ck is not None and isinstance(resume_ck.get("config"), dict):
+            warn_hand_edits(run_dir, hand_edits(run_dir, resume_ck["config"], cfg.to_dict()))
         save_config(cfg, run_dir / "config.yaml")
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):

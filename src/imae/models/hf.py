@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -58,6 +58,9 @@ _DEC_LAYER = re.compile(r"^decoder_(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 
 def arch_from_config(config: dict[str, Any], source: str = "config.json") -> MAEArch:
     """A ViTMAE ``config.json`` (as a dict) -> MAEArch; a one-line CheckpointError for what we cannot run."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source} holds a JSON {type(config).__name__}, not an object of settings; it is "
+                              f"not a Hugging Face model configuration: restore the model's config.json")
     c = {**HF_DEFAULTS, **config}
     kind = c.get("model_type")
     if kind != "vit_mae":
@@ -65,6 +68,11 @@ def arch_from_config(config: dict[str, Any], source: str = "config.json") -> MAE
         raise CheckpointError(f"{source} describes a Hugging Face {kind!r} model ({what}), not ViTMAE; imae reads "
                               f"ViTMAEForPreTraining and ViTMAEModel folders")
     img, patch = _square(c["image_size"], "image_size", source), _square(c["patch_size"], "patch_size", source)
+    for name in _SIZES:
+        _positive(c[name], name, source)
+    if isinstance(c["layer_norm_eps"], bool) or not isinstance(c["layer_norm_eps"], (int, float)) \
+            or not c["layer_norm_eps"] > 0:
+        raise CheckpointError(f"{source}: layer_norm_eps={_short(c['layer_norm_eps'])} must be a positive number")
     if c["hidden_act"] != "gelu" or not c["qkv_bias"]:
         raise CheckpointError(f"{source}: hidden_act={c['hidden_act']!r}, qkv_bias={c['qkv_bias']}; imae's ViT "
                               f"blocks are exact GELU with q/k/v biases")
@@ -94,12 +102,35 @@ def config_from_arch(arch: MAEArch, encoder_only: bool = False, mask_ratio: floa
         "norm_pix_loss": a.norm_pix_loss, "dtype": "float32"}
 
 
+# the settings that are counts or sizes: positive integers
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels",
+          "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+          "decoder_intermediate_size")
+
+
 def _square(value: Any, name: str, source: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise CheckpointError(f"{source}: {name}={list(value)} is not square; imae models take square images")
+    if isinstance(value, (list, tuple)) and value:
+        if len({repr(v) for v in value}) != 1:
+            raise CheckpointError(f"{source}: {name}={_short(list(value))} is not square; imae models take square "
+                                  f"images")
         value = value[0]
-    return int(value)
+    return _positive(value, name, source)
+
+
+def _positive(value: Any, name: str, source: str) -> int:
+    """``value`` if it is a positive integer (2.0 counts as 2), else a one-line CheckpointError."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{source}: {name}={_short(value)} must be a positive integer; the file is damaged or "
+                              f"not a ViTMAE configuration")
+    return value
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A JSON value for a message, cut to ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +246,7 @@ def load_folder(path: Path) -> dict[str, Any]:
                               f"reads the architecture from it: copy the model's config.json there")
     try:
         config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not text
         raise CheckpointError(f"cannot read {config_file} ({e})") from None
     arch = arch_from_config(config, str(config_file))
     sd = to_ours(_read_weights(folder), f"{folder}")
@@ -228,10 +259,15 @@ def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"cannot read {index} ({e})") from None
-        return [folder / s for s in shards]
+            names = list(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"cannot read {index} ({type(e).__name__}: {e}); it is not a weight index") from None
+        for name in names:  # a shard is a file of this folder: never a path that leads out of it
+            if not isinstance(name, str) or not name or "\\" in name or PurePosixPath(name).is_absolute() \
+                    or ".." in PurePosixPath(name).parts:
+                raise CheckpointError(f"refusing {index}: it names the shard {_short(name, 300)}, which is not a file "
+                                      f"inside {folder}; shards must be plain file names of the model folder")
+        return [folder / s for s in sorted(set(names))]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return [folder / name]

@@ -68,11 +68,27 @@ def is_imae_state(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("decoder_embed_sub.") for k in strip_prefixes(state_dict))
 
 
+def refuse_classifier(ck: dict[str, Any], use: str = "this command") -> None:
+    """A one-line CheckpointError when ``ck`` is a fine-tuned classifier (``imae finetune``'s timm ViT, or any
+    state dict with a classification ``head``), which ``use`` cannot take: it needs a pre-trained MAE."""
+    sd = ck.get("model") if isinstance(ck.get("model"), dict) else {}
+    if ck.get("kind") != "vit" and not any(k.startswith("head.") for k in strip_prefixes(sd)):
+        return
+    source = ck.get("source")
+    instead = (f"pass the MAE it was fine-tuned from ({source})" if source else
+               "pass the pre-trained MAE it was fine-tuned from")
+    raise CheckpointError(f"{ck.get('_path', 'the checkpoint')} is a fine-tuned classifier (a ViT with a "
+                          f"classification head, as `imae finetune` writes), not a pre-trained MAE; {use} needs the "
+                          f"MAE: {instead}")
+
+
 def model_from_checkpoint(ck: dict[str, Any], **overrides: Any) -> MaskedAutoencoder:
     """The checkpoint's own model (MaskedAutoencoder or IMAE) with its weights, strictly loaded.
 
-    An encoder-only official release loads into a MaskedAutoencoder whose decoder stays untrained.
+    An encoder-only official release loads into a MaskedAutoencoder whose decoder stays untrained. A
+    fine-tuned classifier is refused in one line (:func:`refuse_classifier`).
     """
+    refuse_classifier(ck)
     arch = _arch_of(ck, **overrides)
     source = ck.get("_path", "checkpoint")
     if ck.get("kind") == "imae" or is_imae_state(ck["model"]):

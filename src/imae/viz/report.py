@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from imae.console import info
 from imae.errors import ConfigError
 from imae.eval.results import make_output_dir, read_results
 from imae.viz import separability_report as sepr
@@ -64,17 +65,27 @@ def find_runs(paths: list[Path]) -> list[Path]:
 REPORT_OUTPUTS = ("headline.png", "report.png")  # what `imae report` and render_report.py write beside the page
 
 
-def epoch_records(run: Path) -> list[dict[str, Any]]:
+def epoch_records(run: Path, warn: bool = False) -> list[dict[str, Any]]:
     """The ``kind: epoch`` records of a run's log.jsonl (or of the ``epochs.jsonl`` a study folder keeps;
     fine-tune runs log ``epoch`` records too), one per epoch in epoch order: an epoch redone after a
     resume counts once, with its last record. ``epoch`` is 1-based. Logs written before December 2026
     count from 0; their records are shifted on reading, up to the first ``start`` or ``resume`` event that
-    says ``epochs_from: 1`` (an older run resumed by this version)."""
+    says ``epochs_from: 1`` (an older run resumed by this version). Lines that are not JSON records (a
+    damaged or binary file) are skipped; ``warn``: say so in one line."""
     log = run / "log.jsonl" if (run / "log.jsonl").is_file() else run / "epochs.jsonl"
     if not log.is_file():
         return []
+    try:
+        data = log.read_bytes()
+    except OSError as e:
+        info(f"warning: cannot read {log} ({e.strerror}); {run.name} is reported without its training records", warn)
+        return []
+    text = data.decode("utf-8", errors="replace")
+    if "\ufffd" in text or "\0" in text:
+        info(f"warning: {log} is not all text (damaged?); the records that cannot be read are left out of the "
+             f"report", warn)
     records = []
-    for line in log.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
@@ -114,15 +125,28 @@ def dataset_of(run: Path, results: dict[str, Any] | None = None) -> str | None:
     return str(name) if name else None
 
 
+def run_results(run: Path, warn: bool = False) -> dict[str, dict[str, Any]]:
+    """The evaluation results of a run by command (``read_results`` of its eval/), without the files that lack
+    what every result records (``checkpoint``, ``results``); ``warn``: name each such file in one line."""
+    res = read_results(run / "eval") if (run / "eval").is_dir() else {}
+    for command, rec in list(res.items()):
+        missing = [k for k in ("checkpoint", "results") if not isinstance(rec.get(k), dict)]
+        if missing:
+            info(f"warning: {rec['_path']} is not a complete {command} result (no {', '.join(missing)}); it is "
+                 f"left out of the report: run `imae {command}` again to replace it", warn)
+            del res[command]
+    return res
+
+
 def summary(run: Path) -> dict[str, Any]:
     """One run's headline numbers (None where an evaluation has not been run)."""
-    res = read_results(run / "eval") if (run / "eval").is_dir() else {}
-    epochs = epoch_records(run)
+    res = run_results(run, warn=True)
+    epochs = epoch_records(run, warn=True)
     row: dict[str, Any] = {"run": run.name, "kind": None, "dataset": dataset_of(run, res),
                            "epochs": len(epochs) or None, "final_loss": epochs[-1].get("loss") if epochs else None}
     any_result = next(iter(res.values()), None)
     if any_result:
-        row["kind"] = any_result["checkpoint"]["kind"]
+        row["kind"] = any_result["checkpoint"].get("kind")
     elif _config(run).get("method") in ("mae", "imae"):
         row["kind"] = _config(run)["method"]
     row.update(sepr.summary(res.get("separability", {}).get("results", {})))
@@ -347,8 +371,7 @@ def run_card(run: Path, row: dict[str, Any], figures: list[tuple[bytes, str]]) -
                                                         f"term on one axis (left); learning rate, mixing weight, "
                                                         f"same-class rate, time waiting for data and test "
                                                         f"accuracy where logged (right)."))
-    eval_dir = run / "eval"
-    res = read_results(eval_dir) if eval_dir.is_dir() else {}
+    res = run_results(run)
     if res:
         parts.append("<h3>evaluation</h3>")
         for command in ("separability", "semantics"):
@@ -400,7 +423,7 @@ def separability_overview(runs: list[Path], rows: list[dict[str, Any]],
     without separability results)."""
     warnings = sepr.flags(rows, referee) + list(probe_warnings)
     parts = [f"<p class=warn>⚠ {html.escape(w)}</p>" for w in warnings]
-    results = [(r, read_results(r / "eval") if (r / "eval").is_dir() else {}) for r in runs]
+    results = [(r, run_results(r)) for r in runs]
     parts += [sepr.compare_html(res["compare"]["results"]) for _, res in results if "compare" in res]
     figure = sepr.headline_figure([(r.name, res["separability"]["results"]) for r, res in results
                                    if "separability" in res])

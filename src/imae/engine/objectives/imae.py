@@ -19,7 +19,7 @@ from imae.engine import distributed as D
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
-from imae.models.loading import is_imae_state, mae_from_checkpoint
+from imae.models.loading import is_imae_state, mae_from_checkpoint, refuse_classifier
 from imae.models.registry import create_model
 
 
@@ -46,6 +46,7 @@ class IMAEObjective:
                 raise ConfigError("i-MAE with distillation needs a frozen MAE teacher: pass --teacher "
                                   "RUN_DIR_OR_CKPT (or --set imae.distill=false)")
             self.teacher_ck = ckpt.load(i.teacher)
+            refuse_classifier(self.teacher_ck, "--teacher (imae.teacher)")
             teacher = mae_from_checkpoint(self.teacher_ck)
             if getattr(teacher, "encoder_only", False):
                 raise CheckpointError(f"teacher {self.teacher_ck['_path']} holds only an encoder; distillation "
