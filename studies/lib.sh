@@ -14,6 +14,10 @@
 #   ARMS           ("a ap b d e h") the arms of every teacher; FIRST_ARMS ("c f g") those of the first teacher only
 #   IMAE, PY       the commands (defaults: imae, python); CALC the python of the quick helpers (FLOP ratio, checks)
 #   DRY_RUN=1      print every command instead of running it (IMAE and PY become echo); PLAN_ONLY=1: the plan only
+#   BUDGET_S       plan the largest version that fits this many device seconds (studies/budget.py: teachers,
+#                  referees, arms and epochs, each run's time); MAE_IMG_S / IMAE_IMG_S: training images per
+#                  second to plan with instead of timing steps on the device; TEACHER_WARMUP / ARM_WARMUP
+#                  (set by it): the warm-up epochs of the shortened schedules
 # Arms, each from its teacher's weights (seed = the teacher's), on the same data, EPOCHS more epochs:
 #   a  MAE continued (the same images seen)     ap (a+) MAE continued for the training FLOPs of (b): the epochs
 #   b  i-MAE, two branches, distillation, p = 1     round(EPOCHS x ratio), ratio from imae.engine.flops (flops.py)
@@ -36,8 +40,8 @@ CALC=${CALC:-python}
 TEACHER_SEEDS=${TEACHER_SEEDS:-"0 1 2"}
 REFEREE_SEEDS=${REFEREE_SEEDS:-"3 4"}
 REFEREE_TOLERANCE=${REFEREE_TOLERANCE:-0.10}
-ARMS=${ARMS:-"a ap b d e h"}
-FIRST_ARMS=${FIRST_ARMS:-"c f g"}
+ARMS=${ARMS-"a ap b d e h"}
+FIRST_ARMS=${FIRST_ARMS-"c f g"}
 
 study_arms() {  # tag name preset extra-sets...
   echo "a mae-continued $CONT_PRESET"
@@ -73,6 +77,18 @@ study_runs() {  # fills RUNS with "name|preset|seed|epochs|extra", FLOPS_LINE an
   done
 }
 
+study_budget() {  # BUDGET_S: sets TEACHER_SEEDS, REFEREE_SEEDS, ARMS, FIRST_ARMS, TEACHER_EPOCHS, EPOCHS
+  study_flags
+  if ! BUDGET_LINES=$($CALC studies/budget.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
+      --teacher-epochs "$TEACHER_EPOCHS" --epochs "$EPOCHS" --budget-s "$BUDGET_S" \
+      ${MAE_IMG_S:+--mae-img-s "$MAE_IMG_S"} ${IMAE_IMG_S:+--imae-img-s "$IMAE_IMG_S"} \
+      "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"); then
+    echo "$BUDGET_LINES"
+    return 1
+  fi
+  eval "$(sed -n 's/^set: //p' <<<"$BUDGET_LINES")"
+}
+
 study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expected from train steps timed here first
   local n_mae=0 n_imae=0 n_ap=0 n_start r name preset seed epochs extra
   n_start=$(( $(wc -w <<<"$TEACHER_SEEDS") + $(wc -w <<<"$REFEREE_SEEDS") ))
@@ -83,9 +99,11 @@ study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expec
   done
   echo "plan: teachers (seeds $TEACHER_SEEDS) and referees (seeds $REFEREE_SEEDS), each $MAE_PRESET for" \
        "$TEACHER_EPOCHS epochs from scratch; then ${#RUNS[@]} arms of $EPOCHS epochs ((a+) $FLOPS_EPOCHS), each from" \
-       "its teacher (arms $ARMS per teacher; $FIRST_ARMS for teacher ${TEACHER_SEEDS%% *}); an untrained encoder;" \
+       "its teacher (arms $ARMS per teacher${FIRST_ARMS:+; $FIRST_ARMS for teacher ${TEACHER_SEEDS%% *}});" \
+       "an untrained encoder;" \
        "every run scored against each referee; under $OUT"
   echo "flops: $FLOPS_LINE"
+  [[ -z "${BUDGET_S:-}" ]] || grep -v '^set: ' <<<"$BUDGET_LINES"
   for r in "${RUNS[@]}"; do
     IFS='|' read -r name preset seed epochs extra <<<"$r"
     echo "arm $name: $preset${extra:+ $extra}, $epochs epochs, seed $seed, from $OUT/teacher-s$seed"
@@ -109,13 +127,14 @@ study_flags() {  # SET_FLAGS: the --set pairs of TRAIN; DEVICE_FLAGS: its --devi
 }
 
 study_start() {  # the teachers, the referees and the untrained encoder; their semantics; the checks
-  local s d first_ref=${REFEREE_SEEDS%% *}
+  local s d first_ref=${REFEREE_SEEDS%% *} warm=()
+  [[ -z "${TEACHER_WARMUP:-}" ]] || warm=(--set "train.warmup_epochs=$TEACHER_WARMUP")
   for s in $TEACHER_SEEDS; do
-    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" \
+    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" "${warm[@]}" \
       --output-dir "$OUT/teacher-s$s" --resume auto
   done
   for s in $REFEREE_SEEDS; do
-    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" \
+    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" "${warm[@]}" \
       --output-dir "$OUT/referee-s$s" --resume auto
   done
   $PY studies/untrained.py "$MAE_PRESET" "$OUT/untrained" "${TRAIN[@]}"  # the same architecture and data
@@ -132,14 +151,15 @@ study_start() {  # the teachers, the referees and the untrained encoder; their s
 }
 
 study_train() {
-  local r name preset seed epochs extra teach
+  local r name preset seed epochs extra teach warm=()
+  [[ -z "${ARM_WARMUP:-}" ]] || warm=(--set "train.warmup_epochs=$ARM_WARMUP")  # after the arm's own sets: it wins
   for r in "${RUNS[@]}"; do
     IFS='|' read -r name preset seed epochs extra <<<"$r"
     teach=()
     [[ "$preset" == "$IMAE_PRESET" ]] && teach=(--teacher "$OUT/teacher-s$seed")
     # shellcheck disable=SC2086
     $IMAE pretrain --preset "$preset" "${TRAIN[@]}" --output-dir "$OUT/$name" --seed "$seed" --epochs "$epochs" \
-      --init-from "$OUT/teacher-s$seed" "${teach[@]}" $extra --resume auto
+      --init-from "$OUT/teacher-s$seed" "${teach[@]}" $extra "${warm[@]}" --resume auto
   done
 }
 
@@ -177,7 +197,6 @@ study_evaluate() {
 
 study_publish() {
   local r
-  mkdir -p "$RESULTS"
   $PY studies/collect.py "$OUT" "$RESULTS"
   for r in $REFEREE_SEEDS; do
     $PY studies/table.py "$RESULTS" --referee "$r" --write "$RESULTS/table-referee-s$r.md"
@@ -188,6 +207,7 @@ study_publish() {
 }
 
 study_all() {  # the whole study; PLAN_ONLY=1 prints the plan and the estimate (also to $OUT/plan.txt), then stops
+  [[ -z "${BUDGET_S:-}" ]] || study_budget
   study_runs
   mkdir -p "$OUT"
   study_plan | tee "$OUT/plan.txt"

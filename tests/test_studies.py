@@ -343,3 +343,29 @@ def test_the_start_checks_name_a_referee_that_trained_worse_and_a_teacher_that_d
     assert check_start.main([str(tmp_path), "--teachers", "0 1 2", "--referees", "3", "--min-probe-gain", "0.05"]) == 1
     lines, ok = check_start.check_referees(tmp_path / "none", ["0"], ["3"], 0.1, 0.03)
     assert ok and "pending" in lines[0]  # a dry run: nothing trained yet
+
+
+def test_the_gpu_budget_mode_plans_the_largest_version_that_fits_with_each_runs_time(tmp_path):
+    import budget
+
+    out = tmp_path / "out"
+    lines = _plan("cifar10-gpu", OUT=str(out), DATA=str(tmp_path / "data"), RESULTS=str(tmp_path / "r"),
+                  BUDGET_S="600", MAE_IMG_S="20000", IMAE_IMG_S="11000", PLAN_ONLY="1")
+    times = {line[len("budget:   "):].rsplit(": ", 1)[0]: int(line.rsplit(": ", 1)[1].split()[0])
+             for line in lines if line.startswith("budget:   ")}
+    total = int(next(line for line in lines if line.startswith("budget: total")).split()[2])
+    assert sum(times.values()) == pytest.approx(total, abs=len(times)) and total <= 600
+    # at least a referee, two teachers and arms (a) and (b) of each, every run with its time
+    assert {"teacher-s0", "teacher-s1", "referee-s2", "a-t0", "b-t0", "a-t1", "b-t1"} <= set(times)
+    assert lines[0].startswith("plan: teachers (seeds 0 1) and referees (seeds 2)")
+    assert not any(line.startswith("imae pretrain") for line in lines)  # PLAN_ONLY: nothing else
+    epochs = next(line for line in lines if line.startswith("budget: no version") or "largest version" in line)
+    te = int(epochs.split("teachers and referees ")[1].split()[0])
+    assert f"each cifar10-mae-tiny for {te} epochs" in lines[0]
+    # a larger budget plans a larger version: every arm, three teachers, two referees, more epochs
+    kw = dict(r=1.8, sec={"mae": 50000 / 20000, "imae": 50000 / 11000}, startup=15.0, eval_s=20.0)
+    small = budget.fit(budget.VERSIONS[0], 1000, 400, 600, **kw)
+    big = budget.fit(budget.VERSIONS[-1], 1000, 400, 50_000, **kw)
+    assert small["te"] == te and small["total"] <= 600 and big["te"] > 10 and big["total"] <= 50_000
+    assert {"c-t0", "h-t2", "ap-t1", "referee-s4"} <= {n for n, _ in big["runs"]}
+    assert budget.fit(budget.VERSIONS[0], 1000, 400, 100, **kw) is None  # does not fit at all

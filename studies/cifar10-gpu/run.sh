@@ -12,6 +12,9 @@
 #   DATA=/path/to/cifar10 OUT=$HOME/studies/cifar10-gpu bash studies/cifar10-gpu/run.sh     # resumable
 #   DATA=/path/to/tiny-imagenet-200 DATASET=tinyimagenet bash studies/cifar10-gpu/run.sh
 #   PLAN_ONLY=1 ...                                                     # print the plan and estimate, stop
+#   BUDGET_S=600 PLAN_ONLY=1 ...    # the largest version fitting 600 device seconds (at least a referee, two
+#                                   # teachers, arms (a) and (b)), each run's time; MAE_IMG_S / IMAE_IMG_S to plan
+#                                   # with given training images/s instead of steps timed on the GPU
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-cifar10}
