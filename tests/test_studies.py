@@ -369,3 +369,37 @@ def test_the_gpu_budget_mode_plans_the_largest_version_that_fits_with_each_runs_
     assert small["te"] == te and small["total"] <= 600 and big["te"] > 10 and big["total"] <= 50_000
     assert {"c-t0", "h-t2", "ap-t1", "referee-s4"} <= {n for n, _ in big["runs"]}
     assert budget.fit(budget.VERSIONS[0], 1000, 400, 100, **kw) is None  # does not fit at all
+
+
+def _teachers_layout(tmp_path: Path) -> Path:
+    """The committed digits runs renamed as a study of independent teachers: seed s of (a) and (b) as teacher s,
+    scored against two referees (here both the same committed result)."""
+    src = ROOT / "studies" / "digits" / "results"
+    out = tmp_path / "teachers"
+    for arm in ("a-mae-continued", "b-imae"):
+        for s in range(3):
+            run = out / f"{arm}-t{s}"
+            shutil.copytree(src / f"{arm}-s{s}", run)
+            for r in (3, 4):
+                shutil.copytree(run / "eval", run / f"eval-referee-s{r}")
+            (run / "eval" / "separability.json").unlink()
+    return out
+
+
+def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_path):
+    import figure
+    import table
+
+    folder = _teachers_layout(tmp_path)
+    gains, minus_a = figure.teacher_curves(folder, "3")
+    per = {t: table.separability(folder / f"b-imae-t{t}", "3").gain("sub")["gain"] -
+           table.separability(folder / f"a-mae-continued-t{t}", "3").gain("sub")["gain"] for t in range(3)}
+    mean, lo, hi = minus_a["b-imae"]["0.3"]
+    assert mean == pytest.approx(sum(per.values()) / 3) and lo < mean < hi  # the interval over teachers
+    assert set(gains) == {"a-mae-continued", "b-imae"}
+    assert figure.main(folder).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tab = table.main(folder, referee="3")
+    row = next(line for line in tab.splitlines() if line.startswith("| b-imae |")).split(" | ")
+    assert row[1] == "3"  # the three teachers pooled in one row
+    assert table.main(folder) == table.main(folder, referee=None)  # without a referee: eval/ holds no separability
+    assert "| b-imae | 3 | – |" in table.main(folder)
