@@ -135,7 +135,10 @@ def dry_run(request, tmp_path_factory):
 
 
 def test_each_scale_plans_every_arm_for_every_teacher_scored_against_referees_that_start_nothing(dry_run):
-    _, out, lines = dry_run
+    script, out, lines = dry_run
+    # CIFAR-10 on the CPU: each teacher's probe must beat the untrained encoder's by 5 points before any arm
+    assert any(line.startswith("check: teacher-s0 pending: its linear probe must be at least 0.05 above")
+               for line in lines) == (script == "cifar10-cpu")
     assert lines[0].startswith("plan: teachers (seeds 0 1 2) and referees (seeds 3 4)")
     assert (out / "plan.txt").read_text().splitlines()[0] == lines[0]  # kept beside the runs
     assert any(line.startswith("python studies/estimate.py") for line in lines)  # the estimate comes first
