@@ -108,6 +108,14 @@ study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expec
     IFS='|' read -r name preset seed epochs extra <<<"$r"
     echo "arm $name: $preset${extra:+ $extra}, $epochs epochs, seed $seed, from $OUT/teacher-s$seed"
   done
+  local n_t n_r n_cmp=0 tag
+  n_t=$(wc -w <<<"$TEACHER_SEEDS") n_r=$(wc -w <<<"$REFEREE_SEEDS")
+  if [[ " $ARMS " == *" b "* ]]; then
+    for tag in a ap h d e; do [[ " $ARMS " == *" $tag "* ]] && n_cmp=$((n_cmp + n_t * n_r)); done
+  fi
+  echo "evaluations: $(( (${#RUNS[@]} + n_t + 1) * n_r )) separability (every arm, teacher and the untrained" \
+       "encoder against each of $n_r referees), $(( ${#RUNS[@]} + n_start + 1 )) semantics, $n_cmp comparisons" \
+       "(each measures both runs again)"
   $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
     --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} || true
   $PY studies/estimate.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
