@@ -59,10 +59,10 @@ def main(folder: Path) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for run, (name, xs, ys) in series.items():
         ax = axes[0] if name.startswith("distill") else axes[1]
-        arm = re.sub(r"-s\d+$", "", run)
+        arm = re.sub(r"-[st]\d+$", "", run)
         flat = out[run]["flat"]
         ax.plot(xs, ys, lw=1.2, label=f"{run} ({'flat' if flat else 'not flat' if flat is False else 'short'})",
-                color=f"C{sorted({re.sub(r'-s[0-9]+$', '', r) for r in series}).index(arm) % 10}")
+                color=f"C{sorted({re.sub(r'-[st][0-9]+$', '', r) for r in series}).index(arm) % 10}")
     axes[0].set_title("distillation loss (distill_sub + distill_dom)")
     axes[1].set_title("total loss (arms without distillation)")
     for ax in axes:

@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--imae", required=True, help="the i-MAE arms' preset")
     ap.add_argument("--images", type=int, required=True, help="training images per epoch")
     ap.add_argument("--teacher-epochs", type=int, default=0)
+    ap.add_argument("--teachers", type=int, default=1, help="MAEs trained from scratch (teachers and referees)")
+    ap.add_argument("--extra-mae-epochs", type=int, default=0,
+                    help="further MAE epochs in all (the FLOP-matched arms (a+), which train longer)")
     ap.add_argument("--epochs", type=int, required=True, help="epochs of each arm")
     ap.add_argument("--arms", default="1 mae 1 imae", help='"<n> mae <m> imae"')
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -68,9 +71,11 @@ def main() -> None:
               f"{per_epoch[k] / 60:.2f} min per epoch of {args.images} images")
     teacher = args.teacher_epochs * per_epoch["mae"] / 60
     arm = {k: args.epochs * per_epoch[k] / 60 for k in per_epoch}
-    total = teacher + sum(counts.get(k, 0) * arm[k] for k in arm)
-    print(f"expected training time: teacher {teacher:.1f} min; per arm: MAE {arm['mae']:.1f} min, i-MAE "
-          f"{arm['imae']:.1f} min; all {total:.0f} min (data loading, evaluation and start-up on top)")
+    extra = args.extra_mae_epochs * per_epoch["mae"] / 60
+    total = args.teachers * teacher + sum(counts.get(k, 0) * arm[k] for k in arm) + extra
+    print(f"expected training time: each teacher / referee {teacher:.1f} min (x {args.teachers}); per arm: MAE "
+          f"{arm['mae']:.1f} min, i-MAE {arm['imae']:.1f} min; FLOP-matched MAE arms {extra:.1f} min in all; "
+          f"all {total:.0f} min (data loading, evaluation and start-up on top)")
 
 
 if __name__ == "__main__":

@@ -1,55 +1,126 @@
-# The steps every scale of issue 11's study runs; sourced by studies/<scale>/run.sh, which sets:
+# The steps every scale of the study runs (issue 26: independent teachers, referees, controls that separate
+# mixing from distillation); sourced by studies/<scale>/run.sh, which sets:
 #   OUT            where the runs go (outside the work tree; resumable: finished steps are skipped)
-#   RESULTS        the committed folder the small outputs are collected into (studies/<scale>/results;
-#                  the scripts take RESULTS from the environment too)
-#   MAE_PRESET     the teacher's preset; IMAE_PRESET the i-MAE arms'; CONT_PRESET arm (a)'s (MAE continued)
-#   TEACHER_EPOCHS, EPOCHS (each arm), SEEDS ("0 1 2"), IMAGES (training images per epoch, for the estimate)
+#   RESULTS        the committed folder the small outputs are collected into (studies/<scale>/results)
+#   MAE_PRESET     the teachers' and referees' preset; IMAE_PRESET the i-MAE arms'; CONT_PRESET arm (a)'s
+#   TEACHER_EPOCHS (teachers and referees), EPOCHS (each arm), IMAGES (training images per epoch, for the estimate)
 #   TRAIN          array of flags every training run gets (data path, model and schedule overrides)
 #   EVAL           array of flags every evaluation gets; fixed before any arm is compared, never tuned per arm
-#   IMAE, PY       the commands (defaults: imae, python)
-# Arms (issue 11): all from the one teacher, EPOCHS more epochs on the same data:
-#   a  MAE continued (the compute-matched control)   b  i-MAE, two branches, distillation, the preset's p
-#   c  b without distillation                        d  b with p = 0
-#   e  b with p = random (the presets use p = 1)     f  b with the subordinate branch only
-#   g  the unmixed-input MAE of the paper's Figure 3 (p = self, no distillation)
-# (a) and (b) run for every seed, the others for the first seed (ALL_SEEDS=1: every seed). Beside them
-# an untrained encoder of the same architecture.
+#   MIN_PROBE_GAIN optional: each teacher's linear probe must beat the untrained encoder's by this before any arm
+# and may override:
+#   TEACHER_SEEDS  ("0 1 2") the teachers, each trained independently from scratch: the unit of replication
+#   REFEREE_SEEDS  ("3 4") two more MAEs trained the same way: every evaluation's references, no arm's teacher or
+#                  start; each must reach the teachers' final loss within REFEREE_TOLERANCE (0.10: 10%)
+#   ARMS           ("a ap b d e h") the arms of every teacher; FIRST_ARMS ("c f g") those of the first teacher only
+#   IMAE, PY       the commands (defaults: imae, python); CALC the python of the quick helpers (FLOP ratio, checks)
+#   DRY_RUN=1      print every command instead of running it (IMAE and PY become echo); PLAN_ONLY=1: the plan only
+#   BUDGET_S       plan the largest version that fits this many device seconds (studies/budget.py: teachers,
+#                  referees, arms and epochs, each run's time); MAE_IMG_S / IMAE_IMG_S: training images per
+#                  second to plan with instead of timing steps on the device; TEACHER_WARMUP / ARM_WARMUP
+#                  (set by it): the warm-up epochs of the shortened schedules
+# Arms, each from its teacher's weights (seed = the teacher's), on the same data, EPOCHS more epochs:
+#   a  MAE continued (the same images seen)     ap (a+) MAE continued for the training FLOPs of (b): the epochs
+#   b  i-MAE, two branches, distillation, p = 1     round(EPOCHS x ratio), ratio from imae.engine.flops (flops.py)
+#   c  b without distillation                    d  b with p = 0
+#   e  b with p = random                         f  b with the subordinate branch only
+#   g  the unmixed-input MAE (p = self, no distillation)
+#   h  MAE continued with the teacher's latent distillation on clean, unmixed images: the i-MAE path with
+#      p = self (each image mixed with itself: the clean image) and one branch; its loss is the MAE loss plus
+#      the distillation towards the teacher's tokens of the clean image under the same mask
+# Beside them an untrained encoder of the same architecture. Run folders: teacher-s<T>, referee-s<R>,
+# <tag>-<name>-t<T> (arm of teacher T), untrained. Evaluations: separability against each referee R in
+# RUN/eval-referee-s<R>/, semantics once in RUN/eval/ (its probe, kNN and NMI do not depend on the referee);
+# `imae compare` per teacher and referee: (a), (a+), (h) against (b) in b's eval-referee-s<R>/vs-<tag>/,
+# (b) against (d) and (e) in their eval-referee-s<R>/vs-b/.
 
+if [[ -n "${DRY_RUN:-}" ]]; then IMAE=${IMAE:-echo imae} PY=${PY:-echo python}; fi
 IMAE=${IMAE:-imae}
 PY=${PY:-python}
-SEEDS=${SEEDS:-"0 1 2"}
+CALC=${CALC:-python}
+TEACHER_SEEDS=${TEACHER_SEEDS:-"0 1 2"}
+REFEREE_SEEDS=${REFEREE_SEEDS:-"3 4"}
+REFEREE_TOLERANCE=${REFEREE_TOLERANCE:-0.10}
+ARMS=${ARMS-"a ap b d e h"}
+FIRST_ARMS=${FIRST_ARMS-"c f g"}
 
 study_arms() {  # tag name preset extra-sets...
   echo "a mae-continued $CONT_PRESET"
+  echo "ap mae-flops $CONT_PRESET"
   echo "b imae $IMAE_PRESET"
   echo "c imae-nodistill $IMAE_PRESET --set imae.distill=false"
   echo "d imae-p0 $IMAE_PRESET --set imae.same_class_p=0"
   echo "e imae-prandom $IMAE_PRESET --set imae.same_class_p=random"
   echo "f imae-sub $IMAE_PRESET --set imae.branches=sub"
   echo "g mae-unmixed $IMAE_PRESET --set imae.same_class_p=self --set imae.distill=false"
+  echo "h mae-distill $IMAE_PRESET --set imae.same_class_p=self --set imae.branches=sub"
 }
 
-study_runs() {  # fills RUNS with "name|preset|seed|extra" (and the flags study_flags finds)
+arm_dir() {  # tag teacher-seed -> the arm's run folder
+  local name
+  name=$(study_arms | awk -v t="$1" '$1 == t {print $2}')
+  echo "$OUT/$1-$name-t$2"
+}
+
+study_runs() {  # fills RUNS with "name|preset|seed|epochs|extra", FLOPS_LINE and FLOPS_EPOCHS
   study_flags
-  local first=${SEEDS%% *} tag name preset extra seed
+  local first=${TEACHER_SEEDS%% *} tag name preset extra t epochs
+  FLOPS_LINE=$($CALC studies/flops.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --epochs "$EPOCHS" "${SET_FLAGS[@]}")
+  FLOPS_EPOCHS=${FLOPS_LINE##*= }
   RUNS=()
-  while read -r tag name preset extra; do
-    for seed in $SEEDS; do
-      if [[ "$tag" != a && "$tag" != b && "$seed" != "$first" && -z "${ALL_SEEDS:-}" ]]; then continue; fi
-      RUNS+=("$tag-$name-s$seed|$preset|$seed|$extra")
-    done
-  done < <(study_arms)
+  for t in $TEACHER_SEEDS; do
+    while read -r tag name preset extra; do
+      if [[ " $ARMS " != *" $tag "* && ( "$t" != "$first" || " $FIRST_ARMS " != *" $tag "* ) ]]; then continue; fi
+      epochs=$EPOCHS
+      [[ "$tag" == ap ]] && epochs=$FLOPS_EPOCHS
+      RUNS+=("$tag-$name-t$t|$preset|$t|$epochs|$extra")
+    done < <(study_arms)
+  done
 }
 
-study_plan() {  # prints the plan and the time expected from train steps timed here first
-  local n_mae=0 n_imae=0 r
+study_budget() {  # BUDGET_S: sets TEACHER_SEEDS, REFEREE_SEEDS, ARMS, FIRST_ARMS, TEACHER_EPOCHS, EPOCHS
+  study_flags
+  if ! BUDGET_LINES=$($CALC studies/budget.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
+      --teacher-epochs "$TEACHER_EPOCHS" --epochs "$EPOCHS" --budget-s "$BUDGET_S" \
+      ${MAE_IMG_S:+--mae-img-s "$MAE_IMG_S"} ${IMAE_IMG_S:+--imae-img-s "$IMAE_IMG_S"} \
+      "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"); then
+    echo "$BUDGET_LINES"
+    return 1
+  fi
+  eval "$(sed -n 's/^set: //p' <<<"$BUDGET_LINES")"
+}
+
+study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expected from train steps timed here first
+  local n_mae=0 n_imae=0 n_ap=0 n_start r name preset seed epochs extra
+  n_start=$(( $(wc -w <<<"$TEACHER_SEEDS") + $(wc -w <<<"$REFEREE_SEEDS") ))
   for r in "${RUNS[@]}"; do
-    if [[ "$r" == a-* ]]; then n_mae=$((n_mae + 1)); else n_imae=$((n_imae + 1)); fi
+    IFS='|' read -r name preset seed epochs extra <<<"$r"
+    if [[ "$name" == ap-* ]]; then n_ap=$((n_ap + 1)); continue; fi
+    if [[ "$name" == a-* ]]; then n_mae=$((n_mae + 1)); else n_imae=$((n_imae + 1)); fi
   done
-  echo "plan: teacher ($MAE_PRESET, $TEACHER_EPOCHS epochs), then ${#RUNS[@]} arms of $EPOCHS epochs each from it" \
-       "(seeds $SEEDS), an untrained encoder, and $(( ${#RUNS[@]} + 1 )) evaluations; under $OUT"
+  echo "plan: teachers (seeds $TEACHER_SEEDS) and referees (seeds $REFEREE_SEEDS), each $MAE_PRESET for" \
+       "$TEACHER_EPOCHS epochs from scratch; then ${#RUNS[@]} arms of $EPOCHS epochs ((a+) $FLOPS_EPOCHS), each from" \
+       "its teacher (arms $ARMS per teacher${FIRST_ARMS:+; $FIRST_ARMS for teacher ${TEACHER_SEEDS%% *}});" \
+       "an untrained encoder;" \
+       "every run scored against each referee; under $OUT"
+  echo "flops: $FLOPS_LINE"
+  [[ -z "${BUDGET_S:-}" ]] || grep -v '^set: ' <<<"$BUDGET_LINES"
+  for r in "${RUNS[@]}"; do
+    IFS='|' read -r name preset seed epochs extra <<<"$r"
+    echo "arm $name: $preset${extra:+ $extra}, $epochs epochs, seed $seed, from $OUT/teacher-s$seed"
+  done
+  local n_t n_r n_cmp=0 tag
+  n_t=$(wc -w <<<"$TEACHER_SEEDS") n_r=$(wc -w <<<"$REFEREE_SEEDS")
+  if [[ " $ARMS " == *" b "* ]]; then
+    for tag in a ap h d e; do [[ " $ARMS " == *" $tag "* ]] && n_cmp=$((n_cmp + n_t * n_r)); done
+  fi
+  echo "evaluations: $(( (${#RUNS[@]} + n_t + 1) * n_r )) separability (every arm, teacher and the untrained" \
+       "encoder against each of $n_r referees), $(( ${#RUNS[@]} + n_start + 1 )) semantics, $n_cmp comparisons" \
+       "(each measures both runs again)"
+  $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
+    --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} || true
   $PY studies/estimate.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
-    --teacher-epochs "$TEACHER_EPOCHS" --epochs "$EPOCHS" --arms "$n_mae mae $n_imae imae" \
+    --teacher-epochs "$TEACHER_EPOCHS" --teachers "$n_start" --epochs "$EPOCHS" --arms "$n_mae mae $n_imae imae" \
+    --extra-mae-epochs "$((n_ap * FLOPS_EPOCHS))" \
     "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"
 }
 
@@ -63,51 +134,93 @@ study_flags() {  # SET_FLAGS: the --set pairs of TRAIN; DEVICE_FLAGS: its --devi
   return 0
 }
 
-study_train() {
-  local r name preset seed extra teach
-  $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --epochs "$TEACHER_EPOCHS" --output-dir "$OUT/teacher" \
-    --resume auto
-  for r in "${RUNS[@]}"; do
-    IFS='|' read -r name preset seed extra <<<"$r"
-    teach=()
-    [[ "$preset" == "$IMAE_PRESET" ]] && teach=(--teacher "$OUT/teacher")
-    # shellcheck disable=SC2086
-    $IMAE pretrain --preset "$preset" "${TRAIN[@]}" --output-dir "$OUT/$name" --seed "$seed" --epochs "$EPOCHS" \
-      --init-from "$OUT/teacher" "${teach[@]}" $extra --resume auto
+study_start() {  # the teachers, the referees and the untrained encoder; their semantics; the checks
+  local s d first_ref=${REFEREE_SEEDS%% *} warm=()
+  [[ -z "${TEACHER_WARMUP:-}" ]] || warm=(--set "train.warmup_epochs=$TEACHER_WARMUP")
+  for s in $TEACHER_SEEDS; do
+    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" "${warm[@]}" \
+      --output-dir "$OUT/teacher-s$s" --resume auto
+  done
+  for s in $REFEREE_SEEDS; do
+    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" "${warm[@]}" \
+      --output-dir "$OUT/referee-s$s" --resume auto
   done
   $PY studies/untrained.py "$MAE_PRESET" "$OUT/untrained" "${TRAIN[@]}"  # the same architecture and data
+  for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) $(printf 'referee-s%s ' $REFEREE_SEEDS); do
+    [[ -f "$OUT/$d/eval/semantics.json" ]] || \
+      $IMAE semantics "$OUT/$d" --reference "$OUT/referee-s$first_ref" "${EVAL[@]}"
+  done
+  if ! $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
+      --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} \
+      | tee -a "$OUT/plan.txt"; then
+    echo "a check failed (above): no arm runs" >&2
+    return 1
+  fi
+}
+
+study_train() {
+  local r name preset seed epochs extra teach warm=()
+  [[ -z "${ARM_WARMUP:-}" ]] || warm=(--set "train.warmup_epochs=$ARM_WARMUP")  # after the arm's own sets: it wins
+  for r in "${RUNS[@]}"; do
+    IFS='|' read -r name preset seed epochs extra <<<"$r"
+    teach=()
+    [[ "$preset" == "$IMAE_PRESET" ]] && teach=(--teacher "$OUT/teacher-s$seed")
+    # shellcheck disable=SC2086
+    $IMAE pretrain --preset "$preset" "${TRAIN[@]}" --output-dir "$OUT/$name" --seed "$seed" --epochs "$epochs" \
+      --init-from "$OUT/teacher-s$seed" "${teach[@]}" $extra "${warm[@]}" --resume auto
+  done
+}
+
+study_compare() {  # A B referee-seed: B minus A against the referee, in B's eval-referee-s<R>/vs-<A's tag>/
+  local a=$1 b=$2 r=$3 out
+  out="$b/eval-referee-s$r/vs-$(basename "$a" | cut -d- -f1)"
+  [[ -f "$out/compare.json" ]] || \
+    $IMAE compare "$a" "$b" --reference "$OUT/referee-s$r" --output-dir "$out" "${EVAL[@]}"
 }
 
 study_evaluate() {
-  local d seed
-  for d in "$OUT/untrained" "${RUNS[@]%%|*}"; do
-    [[ "$d" == /* ]] || d="$OUT/$d"
-    [[ -f "$d/eval/separability.json" ]] || $IMAE separability "$d" --reference "$OUT/teacher" "${EVAL[@]}"
-    [[ -f "$d/eval/semantics.json" ]] || $IMAE semantics "$d" --reference "$OUT/teacher" "${EVAL[@]}"
+  local d r t tag first_ref=${REFEREE_SEEDS%% *}
+  for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) "${RUNS[@]%%|*}"; do
+    for r in $REFEREE_SEEDS; do
+      [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || $IMAE separability "$OUT/$d" \
+        --reference "$OUT/referee-s$r" --output-dir "$OUT/$d/eval-referee-s$r" "${EVAL[@]}"
+    done
+    # semantics once: its probe, kNN and NMI do not depend on the referee (an i-MAE needs one named)
+    [[ -f "$OUT/$d/eval/semantics.json" ]] || \
+      $IMAE semantics "$OUT/$d" --reference "$OUT/referee-s$first_ref" "${EVAL[@]}"
   done
-  # the teacher's semantics: where every arm starts (its separability is the reference-on-mixture baseline)
-  [[ -f "$OUT/teacher/eval/semantics.json" ]] || $IMAE semantics "$OUT/teacher" --reference "$OUT/teacher" "${EVAL[@]}"
-  for seed in $SEEDS; do
-    [[ -f "$OUT/b-imae-s$seed/eval/compare.json" ]] || \
-      $IMAE compare "$OUT/a-mae-continued-s$seed" "$OUT/b-imae-s$seed" --reference "$OUT/teacher" "${EVAL[@]}"
+  for t in $TEACHER_SEEDS; do
+    [[ " $ARMS " == *" b "* ]] || continue
+    for r in $REFEREE_SEEDS; do
+      for tag in a ap h; do
+        [[ " $ARMS " == *" $tag "* ]] && study_compare "$(arm_dir "$tag" "$t")" "$(arm_dir b "$t")" "$r"
+      done
+      for tag in d e; do
+        [[ " $ARMS " == *" $tag "* ]] && study_compare "$(arm_dir b "$t")" "$(arm_dir "$tag" "$t")" "$r"
+      done
+    done
   done
+  return 0
 }
 
 study_publish() {
-  $IMAE report "$OUT"/teacher "$OUT"/untrained "$OUT"/[a-g]-* --output-dir "$OUT/report"
-  mkdir -p "$RESULTS"
+  local r
   $PY studies/collect.py "$OUT" "$RESULTS"
-  $PY studies/table.py "$RESULTS" > "$RESULTS/table.md"
+  for r in $REFEREE_SEEDS; do
+    $PY studies/table.py "$RESULTS" --referee "$r" --write "$RESULTS/table-referee-s$r.md"
+  done
   $PY studies/curves.py "$RESULTS"
   $PY studies/figure.py "$RESULTS"
   $PY studies/claims.py "$RESULTS"
 }
 
 study_all() {  # the whole study; PLAN_ONLY=1 prints the plan and the estimate (also to $OUT/plan.txt), then stops
+  [[ -z "${BUDGET_S:-}" ]] || study_budget
   study_runs
   mkdir -p "$OUT"
   study_plan | tee "$OUT/plan.txt"
   [[ -n "${PLAN_ONLY:-}" ]] && return 0
+  study_start
   study_train
   study_evaluate
   study_publish

@@ -43,9 +43,15 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text())["results"] if path.is_file() else None
 
 
-def separability(run: Path) -> SeparabilityResult | None:
+def eval_dir(referee: str | None = None) -> str:
+    """The folder of a run's separability result: ``eval``, or ``eval-referee-s<SEED>`` in a study of
+    independent teachers (one per referee)."""
+    return f"eval-referee-s{referee}" if referee is not None else "eval"
+
+
+def separability(run: Path, referee: str | None = None) -> SeparabilityResult | None:
     """The separability result of one run folder (None without one, or without token-level scores)."""
-    results = _json(run / "eval" / "separability.json")
+    results = _json(run / eval_dir(referee) / "separability.json")
     try:
         return SeparabilityResult.from_json(results) if results else None
     except ValueError:  # an older, not token-level result
@@ -66,10 +72,10 @@ def _distils(run: Path) -> bool:
     return (cfg.get("imae") or {}).get("distill", True) is not False
 
 
-def run_values(run: Path, ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
+def run_values(run: Path, ratio: str | None = None, referee: str | None = None) -> dict[str, tuple[float, list | None]]:
     """{column: (value, pair-bootstrap ci or None)} of one run folder."""
     out: dict[str, tuple[float, list | None]] = {}
-    res = separability(run)
+    res = separability(run, referee)
     if res:
         ratio = checked_ratio(res, ratio)
         for a in ALPHAS:
@@ -138,13 +144,15 @@ def baseline_rows(res: SeparabilityResult, ratio: str | None) -> dict[str, dict[
     return rows
 
 
-def main(folder: Path, ratio: str | None = None) -> str:
+def main(folder: Path, ratio: str | None = None, referee: str | None = None) -> str:
+    """The table; ``referee``: in a study of independent teachers, the referee whose scores it shows (the arms
+    of all teachers pooled: mean ± the half-width of the 95% t-interval over teachers)."""
     arms: dict[str, list[dict]] = {}
     for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
-        arm = re.sub(r"-s\d+$", "", run.name)
-        arms.setdefault(arm, []).append(run_values(run, ratio))
-    scored = {run: res for run in sorted(p.parent.parent for p in folder.glob("*/eval/separability.json"))
-              if (res := separability(run))}
+        arm = re.sub(r"-[st]\d+$", "", run.name)
+        arms.setdefault(arm, []).append(run_values(run, ratio, referee))
+    found = folder.glob(f"*/{eval_dir(referee)}/separability.json")
+    scored = {run: res for run in sorted(p.parent.parent for p in found) if (res := separability(run, referee))}
     first, res = next(iter(scored.items()), (None, None))
     titles = header(res.head["alpha"] if res else "–")
     lines = ["| arm | seeds | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
@@ -166,8 +174,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="A study's results table (Markdown) from its collected run folders.")
     parser.add_argument("results", type=Path, help="a study's results folder (studies/<scale>/results)")
     parser.add_argument("--ratio", help="the mask ratio to tabulate (default: the training ratio; 0: unmasked)")
+    parser.add_argument("--referee", help="a study of independent teachers: the referee seed whose scores to "
+                                          "tabulate (each run's eval-referee-s<SEED>/)")
+    parser.add_argument("--write", type=Path, help="write the table to this file instead of printing it")
     args = parser.parse_args()
     if not args.results.is_dir():
         parser.exit(2, f"error: {args.results} is not a folder; give a study's results folder "
                        "(studies/<scale>/results)\n")
-    print(main(args.results, args.ratio), end="")
+    text = main(args.results, args.ratio, args.referee)
+    if args.write:
+        args.write.write_text(text)
+    else:
+        print(text, end="")

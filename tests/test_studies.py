@@ -110,30 +110,301 @@ def test_headline_figure_draws_the_arms_and_their_difference_from_the_mae_with_c
 
 
 def _plan(script: str, **env) -> list[str]:
+    """The printed commands of a dry run (DRY_RUN=1: IMAE and PY echo; the FLOP ratio and the checks run)."""
     res = subprocess.run(["bash", f"studies/{script}/run.sh"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "IMAE": "echo imae", "PY": "echo python", **env})
+                         timeout=120, env={**os.environ, "DRY_RUN": "1", "CALC": sys.executable, **env})
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()
 
 
-@pytest.mark.parametrize("script", ["digits", "cifar10-cpu", "cifar10-gpu"])
-def test_each_scale_plans_every_arm_from_one_teacher_with_three_seeds_for_a_and_b(script, tmp_path):
-    lines = _plan(script, OUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), RESULTS=str(tmp_path / "results"))
-    assert lines[0].startswith("plan: teacher") and "11 arms" in lines[0]
-    assert (tmp_path / "out" / "plan.txt").read_text().splitlines()[0] == lines[0]  # kept beside the runs
+def _flag(line: str, flag: str) -> str | None:
+    words = line.split()
+    return words[words.index(flag) + 1] if flag in words else None
+
+
+ARMS = ("a-mae-continued", "ap-mae-flops", "b-imae", "d-imae-p0", "e-imae-prandom", "h-mae-distill")
+FIRST_ONLY = ("c-imae-nodistill", "f-imae-sub", "g-mae-unmixed")
+
+
+@pytest.fixture(scope="module", params=["digits", "cifar10-cpu", "cifar10-gpu"])
+def dry_run(request, tmp_path_factory):
+    """(scale, OUT, the printed lines) of each scale's dry run, made once for the tests that read it."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    out = tmp / "out"
+    return request.param, out, _plan(request.param, OUT=str(out), DATA=str(tmp / "data"), RESULTS=str(tmp / "r"))
+
+
+def test_each_scale_plans_every_arm_for_every_teacher_scored_against_referees_that_start_nothing(dry_run):
+    script, out, lines = dry_run
+    # CIFAR-10 on the CPU: each teacher's probe must beat the untrained encoder's by 5 points before any arm
+    assert any(line.startswith("check: teacher-s0 pending: its linear probe must be at least 0.05 above")
+               for line in lines) == (script == "cifar10-cpu")
+    assert lines[0].startswith("plan: teachers (seeds 0 1 2) and referees (seeds 3 4)")
+    assert (out / "plan.txt").read_text().splitlines()[0] == lines[0]  # kept beside the runs
     assert any(line.startswith("python studies/estimate.py") for line in lines)  # the estimate comes first
+    assert any(line.startswith("check: referees pending") for line in lines)  # checked once they are trained
     trains = [line for line in lines if line.startswith("imae pretrain")]
-    assert "/teacher" in trains[0]
-    arms = [line.split("--output-dir ")[1].split()[0].rsplit("/", 1)[1] for line in trains[1:]]
-    assert sorted(arms) == sorted([*(f"a-mae-continued-s{s}" for s in range(3)), *(f"b-imae-s{s}" for s in range(3)),
-                                   "c-imae-nodistill-s0", "d-imae-p0-s0", "e-imae-prandom-s0", "f-imae-sub-s0",
-                                   "g-mae-unmixed-s0"])
-    for line in trains[1:]:
-        assert f"--init-from {tmp_path}/out/teacher" in line  # every arm from the same start
-        assert ("--teacher " in line) == ("mae-continued" not in line)
-    epochs = {line.split("--epochs ")[1].split()[0] for line in trains[1:]}
-    assert len(epochs) == 1  # the same epochs for every arm
+    starts = {_flag(line, "--output-dir") for line in trains if "--init-from" not in line}
+    assert starts == {f"{out}/teacher-s{s}" for s in (0, 1, 2)} | {f"{out}/referee-s{s}" for s in (3, 4)}
+    for line in trains:
+        if "--init-from" not in line:  # teachers and referees from scratch, each with its own seed
+            assert _flag(line, "--seed") == _flag(line, "--output-dir").rsplit("-s", 1)[1]
+    arms = {_flag(line, "--output-dir").rsplit("/", 1)[1]: line for line in trains if "--init-from" in line}
+    assert sorted(arms) == sorted([*(f"{a}-t{t}" for a in ARMS for t in range(3)), *(f"{a}-t0" for a in FIRST_ONLY)])
+    for name, line in arms.items():
+        t = name.rsplit("-t", 1)[1]
+        assert _flag(line, "--init-from") == f"{out}/teacher-s{t}" and _flag(line, "--seed") == t  # its own teacher
+        assert ("--teacher" in line.split()) == (not name.startswith(("a-", "ap-")))
+        assert "referee" not in line  # no referee is any arm's start or teacher
+    assert "--set imae.same_class_p=self --set imae.branches=sub" in arms["h-mae-distill-t1"]  # (h): clean, one branch
+    assert "imae.distill=false" not in arms["h-mae-distill-t1"]
+    # every evaluation is scored against the referees: separability against each, in its own folder
+    evals = [line for line in lines if line.startswith(("imae separability", "imae semantics", "imae compare"))]
+    assert evals and all(_flag(line, "--reference") in (f"{out}/referee-s3", f"{out}/referee-s4") for line in evals)
+    assert not any("same_class_p=1.0" in line for line in evals)  # class-independent pairs, the default
+    seps = {(line.split()[2], _flag(line, "--reference"), _flag(line, "--output-dir"))
+            for line in lines if line.startswith("imae separability")}
+    runs = {f"{out}/{n}" for n in [*arms, "untrained", "teacher-s0", "teacher-s1", "teacher-s2"]}
+    assert seps == {(r, f"{out}/referee-s{s}", f"{r}/eval-referee-s{s}") for r in runs for s in (3, 4)}
     semantics = [line.split()[2] for line in lines if line.startswith("imae semantics")]
-    assert f"{tmp_path}/out/teacher" in semantics and len(semantics) == 13  # the 11 arms, untrained, the teacher
-    compares = [line for line in lines if line.startswith("imae compare")]
-    assert len(compares) == 3
+    assert set(semantics) == runs | {f"{out}/referee-s3", f"{out}/referee-s4"}  # once each (a dry run skips nothing)
+    compares = {(line.split()[2].rsplit("/", 1)[1], line.split()[3].rsplit("/", 1)[1], _flag(line, "--reference"))
+                for line in lines if line.startswith("imae compare")}
+    counted = next(line for line in lines if line.startswith("evaluations: ")).split()
+    assert (int(counted[1]), int(counted[-7])) == (len(seps), len(compares))  # the plan counts what runs
+    assert compares == {(f"{x}-t{t}", f"b-imae-t{t}", f"{out}/referee-s{s}") for t in range(3) for s in (3, 4)
+                        for x in ("a-mae-continued", "ap-mae-flops", "h-mae-distill")} | \
+        {(f"b-imae-t{t}", f"{x}-t{t}", f"{out}/referee-s{s}") for t in range(3) for s in (3, 4)
+         for x in ("d-imae-p0", "e-imae-prandom")}
+
+
+def test_the_flop_matched_arm_trains_the_epochs_of_the_printed_flop_ratio(dry_run):
+    from flops import ratio
+
+    script, _, lines = dry_run
+    flops = next(line for line in lines if line.startswith("flops: FLOP ratio"))
+    printed = float(flops.split("included): ")[1].split()[0])
+    trains = [line for line in lines if line.startswith("imae pretrain") and "--init-from" in line]
+    epochs = {_flag(line, "--output-dir").rsplit("/", 1)[1].rsplit("-t", 1)[0]: int(_flag(line, "--epochs"))
+              for line in trains}
+    base = epochs["a-mae-continued"]
+    assert len({v for k, v in epochs.items() if k != "ap-mae-flops"}) == 1  # the same epochs for every other arm
+    assert epochs["ap-mae-flops"] == int(base * printed + 0.5) > base
+    assert flops.endswith(f"round({base} x {printed:.3f}) = {epochs['ap-mae-flops']}")
+    # the ratio is the project's FLOP count of the two presets (i-MAE with its two teacher passes)
+    presets = {"digits": ("digits-mae", "digits-imae"), "cifar10-gpu": ("cifar10-mae-tiny", "cifar10-imae-tiny"),
+               "cifar10-cpu": ("studies/cifar10-cpu/mae.yaml", "studies/cifar10-cpu/imae.yaml")}[script]
+    old = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert printed == pytest.approx(ratio(*presets, [])[2], abs=5e-4) and 1.5 < printed < 2.2
+    finally:
+        os.chdir(old)
+
+
+def test_the_verdict_over_teachers_reads_the_95_percent_t_interval_on_planted_numbers():
+    import claims
+
+    def rule(xs):
+        return claims.verdict_over_teachers(claims.t_interval(xs))
+
+    assert rule([0.05, 0.06, 0.07]) == "holds"  # mean 0.06, t-interval [0.035, 0.085]
+    assert rule([-0.05, -0.06, -0.07]) == "does not hold"
+    assert rule([0.10, -0.02, 0.01]) == "cannot tell"  # a large mean that the teachers do not agree on
+    assert rule([0.01, 0.30, 0.02]) == "cannot tell"  # t with 2 degrees of freedom: 4.30 x sd / sqrt(3)
+    assert rule([0.05]) == "cannot tell (one teacher)"
+    lo, hi = claims.t_interval([0.05, 0.06, 0.07])["ci"]
+    assert (lo, hi) == pytest.approx((0.06 - 4.3027 * 0.01 / 3**0.5, 0.06 + 4.3027 * 0.01 / 3**0.5), abs=1e-4)
+    assert claims.against_each(["holds", "holds"]) == "holds"
+    assert claims.against_each(["holds", "cannot tell"]) == "cannot tell"  # claim 1 holds only against each referee
+    assert claims.against_each(["holds", "does not hold"]) == "cannot tell"
+    assert claims.against_each(["does not hold", "does not hold"]) == "does not hold"
+    assert claims.change_verdict([{"ci": [-0.01, 0.02]}, {"ci": [-0.05, -0.01]}]) == "holds"  # either sign
+    assert claims.change_verdict([{"ci": [-0.01, 0.02]}, {"ci": None}]) == "cannot tell"
+
+
+def _planted(folder: Path, teacher: int, referee: int, b_arm: str, tag: str, metrics: dict) -> None:
+    path = folder / f"{b_arm}-t{teacher}" / f"eval-referee-s{referee}" / f"vs-{tag}" / "compare.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": "compare", "results": {"metrics": metrics}}))
+
+
+def _entry(diff: float, within: float = 0.01) -> dict:
+    return {"a": 0.5, "b": 0.5 + diff, "diff": diff, "ci": [diff - within, diff + within]}
+
+
+def test_claims_of_independent_teachers_on_planted_results(tmp_path):
+    import claims
+
+    gains = {  # (b) minus the control, per referee, per teacher 0 1 2
+        "a": {3: [0.05, 0.06, 0.07], 4: [0.05, -0.05, 0.02]},  # holds against s3 only: cannot tell
+        "ap": {3: [0.04, 0.05, 0.06], 4: [0.03, 0.04, 0.05]},  # holds against each
+        "h": {3: [-0.04, -0.05, -0.06], 4: [-0.03, -0.04, -0.05]},  # below 0 against each
+    }
+    probes = {"a": [0.02, 0.03, 0.04], "ap": [0.01, -0.01, 0.0], "h": [-0.02, -0.03, -0.025],
+              "d": [-0.03, -0.04, -0.05], "e": [0.01, -0.01, 0.005]}
+    nmi = {"b": [0.5, 0.6, 0.55], "a": [0.4, 0.5, 0.45], "ap": [0.5, 0.6, 0.56], "h": [0.5, 0.61, 0.55],
+           "d": [0.5, 0.6, 0.55], "e": [0.5, 0.6, 0.55]}
+    names = {"a": "a-mae-continued", "ap": "ap-mae-flops", "b": "b-imae", "h": "h-mae-distill", "d": "d-imae-p0",
+             "e": "e-imae-prandom"}
+    for t in range(3):
+        for tag, arm in names.items():
+            sem = tmp_path / f"{arm}-t{t}" / "eval" / "semantics.json"
+            sem.parent.mkdir(parents=True, exist_ok=True)
+            sem.write_text(json.dumps({"results": {"nmi": nmi[tag][t], "linprobe": {"top1": 0.9}}}))
+        for r in (3, 4):
+            for tag in ("a", "ap", "h"):
+                _planted(tmp_path, t, r, "b-imae", tag, {
+                    "gain_sub": {"0.1": _entry(0.5), "0.3": _entry(gains[tag][r][t])},
+                    "linprobe": {**_entry(probes[tag][t] + (0.5 if r == 4 else 0)), "l2": 1e-3 if r == 3 else 1e-2},
+                    "knn": _entry(probes[tag][t]), "where": {"headline_alpha": "0.3"}})
+            for tag in ("d", "e"):
+                _planted(tmp_path, t, r, names[tag], "b", {"linprobe": {**_entry(probes[tag][t]), "l2": 1e-3},
+                                                           "knn": _entry(0.0)})
+    out = claims.main(tmp_path)
+    assert out["teachers"] == ["0", "1", "2"] and out["referees"] == ["3", "4"]
+    one = out["claim 1"]["vs"]
+    assert [one["a"]["referees"][r]["verdict"] for r in ("3", "4")] == ["holds", "cannot tell"]
+    assert (one["a"]["verdict"], one["ap"]["verdict"], one["h"]["verdict"]) == ("cannot tell", "holds", "does not hold")
+    assert one["a"]["referees"]["3"]["across_teachers"]["mean"] == pytest.approx(0.06)  # at the headline alpha
+    # the pair-bootstrap intervals stay, per teacher, labelled as within one teacher
+    assert one["a"]["referees"]["3"]["per_teacher"]["1"]["ci_within_teacher"] == pytest.approx([0.05, 0.07])
+    two = out["claim 2"]
+    assert two["referee"] == "3" and two["l2"] == [1e-3]  # the one penalty of the first referee's comparisons
+    assert [two["vs"][t]["verdict"] for t in ("a", "ap", "h")] == ["holds", "cannot tell", "does not hold"]
+    assert two["vs"]["a"]["nmi"]["across_teachers"]["mean"] == pytest.approx(0.1)
+    three = out["claim 3"]
+    assert three["minus_b"]["d"]["linprobe"]["verdict"] == "does not hold" and three["verdict"] == "holds"
+    assert out["claims"]["1 separability"] == {f"vs {claims.CONTROLS[t]}": v for t, v in
+                                               (("a", "cannot tell"), ("ap", "holds"), ("h", "does not hold"))}
+    md = (tmp_path / "claims.md").read_text()
+    assert "within one teacher" in md and "| (b) − (a) MAE continued, referee s4 |" in md
+    assert json.loads((tmp_path / "claims.json").read_text()) == out
+
+
+def test_arm_h_is_the_mae_loss_plus_distillation_towards_the_teacher_on_the_clean_image_under_the_same_mask():
+    """Arm (h) is the i-MAE path with p = self and one branch: each image mixed with itself is the clean image;
+    its loss is the MAE reconstruction loss plus the MSE to the teacher's tokens of that image, same mask."""
+    import torch
+    import torch.nn.functional as F
+
+    from imae.data.pairing import choose_partners
+    from imae.models.imae import IMAE, IMAEOptions
+    from imae.models.mae import MaskedAutoencoder
+    from imae.models.registry import create_model
+
+    torch.manual_seed(0)
+    teacher: MaskedAutoencoder = create_model("mae_vit_micro_patch2")
+    student = IMAE(teacher.arch, IMAEOptions(branches="sub", distill=True))
+    student.load_mae_state_dict(teacher.state_dict())
+    with torch.no_grad():  # the student moved away from its start, as after some training
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    student.attach_teacher(teacher)
+    x = torch.rand(4, 3, 16, 16)
+    partner, _ = choose_partners(torch.arange(4), "self")
+    assert partner.tolist() == [0, 1, 2, 3]  # p = self: the image is its own partner
+    noise = torch.rand(4, teacher.arch.num_patches)
+    alpha = torch.tensor([0.1, 0.3, 0.45, 0.5])
+    out = student(x, x[partner], alpha, mask_ratio=0.75, noise=noise)
+    assert torch.allclose(out["mixture"], x, atol=1e-6)  # the clean image (up to rounding)
+    assert set(out) & {"rec_dom", "distill_dom"} == set()
+    # the MAE loss of the same weights (decoder_embed := the one branch map) on the clean image and mask
+    mae = create_model("mae_vit_micro_patch2")
+    mae.load_state_dict(student.mae_state_dict())
+    rec = mae(x, mask_ratio=0.75, noise=noise)["loss"]
+    latent, _, _ = teacher.forward_encoder(x, 0.75, noise)  # the teacher on the clean image, the same mask
+    h, _, _ = student.forward_encoder(x, 0.75, noise)
+    distill = F.mse_loss(student.decoder_embed_sub(h), teacher.decoder_embed(latent))
+    assert torch.allclose(out["rec_sub"], rec, atol=1e-5) and torch.allclose(out["distill_sub"], distill, atol=1e-6)
+    assert torch.allclose(out["loss"], rec + distill, atol=1e-5)
+
+
+def test_the_start_checks_name_a_referee_that_trained_worse_and_a_teacher_that_did_not_learn(tmp_path):
+    import check_start
+
+    def run(name: str, loss: float | None = None, probe: float | None = None) -> None:
+        d = tmp_path / name
+        (d / "eval").mkdir(parents=True)
+        if loss is not None:  # a log whose last epoch record is the final loss
+            recs = [{"kind": "epoch", "epoch": 0, "loss": 1.0}, {"kind": "step", "loss": 0.1},
+                    {"kind": "epoch", "epoch": 1, "loss": loss}]
+            (d / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+        if probe is not None:
+            (d / "eval" / "semantics.json").write_text(json.dumps({"results": {"linprobe": {"top1": probe}}}))
+
+    for s, loss in ((0, 0.27), (1, 0.28), (2, 0.29)):
+        run(f"teacher-s{s}", loss, 0.42 + s / 100)
+    run("referee-s3", 0.30, 0.42)  # within 10% of the teachers' mean 0.28 (limit 0.308)
+    run("referee-s4", 0.345, 0.42)  # the quickstart's seed-2 referee: 0.345 against 0.278
+    run("untrained", probe=0.387)
+    lines, ok = check_start.check_referees(tmp_path, ["0", "1", "2"], ["3", "4"], 0.10, 0.03)
+    assert not ok and lines[0].endswith(": ok") and "referee-s4: final loss 0.3450" in lines[1]
+    assert lines[1].endswith("FAILS; train a further referee with seed 5 in its place (REFEREE_SEEDS)")
+    lines, ok = check_start.check_teachers(tmp_path, ["0", "1", "2"], 0.05)  # 0.42-0.44 against 0.387 + 0.05
+    assert not ok and [line.endswith(": ok") for line in lines] == [False, False, True]
+    assert "linear probe 0.420, untrained encoder 0.387" in lines[0]
+    assert check_start.main([str(tmp_path), "--teachers", "0 1 2", "--referees", "3"]) == 0
+    assert check_start.main([str(tmp_path), "--teachers", "0 1 2", "--referees", "3", "--min-probe-gain", "0.05"]) == 1
+    lines, ok = check_start.check_referees(tmp_path / "none", ["0"], ["3"], 0.1, 0.03)
+    assert ok and "pending" in lines[0]  # a dry run: nothing trained yet
+
+
+def test_the_gpu_budget_mode_plans_the_largest_version_that_fits_with_each_runs_time(tmp_path):
+    import budget
+
+    out = tmp_path / "out"
+    lines = _plan("cifar10-gpu", OUT=str(out), DATA=str(tmp_path / "data"), RESULTS=str(tmp_path / "r"),
+                  BUDGET_S="600", MAE_IMG_S="20000", IMAE_IMG_S="11000", PLAN_ONLY="1")
+    times = {line[len("budget:   "):].rsplit(": ", 1)[0]: int(line.rsplit(": ", 1)[1].split()[0])
+             for line in lines if line.startswith("budget:   ")}
+    total = int(next(line for line in lines if line.startswith("budget: total")).split()[2])
+    assert sum(times.values()) == pytest.approx(total, abs=len(times)) and total <= 600
+    # at least a referee, two teachers and arms (a) and (b) of each, every run with its time
+    assert {"teacher-s0", "teacher-s1", "referee-s2", "a-t0", "b-t0", "a-t1", "b-t1"} <= set(times)
+    assert lines[0].startswith("plan: teachers (seeds 0 1) and referees (seeds 2)")
+    assert not any(line.startswith("imae pretrain") for line in lines)  # PLAN_ONLY: nothing else
+    epochs = next(line for line in lines if line.startswith("budget: no version") or "largest version" in line)
+    te = int(epochs.split("teachers and referees ")[1].split()[0])
+    assert f"each cifar10-mae-tiny for {te} epochs" in lines[0]
+    # a larger budget plans a larger version: every arm, three teachers, two referees, more epochs
+    kw = dict(r=1.8, sec={"mae": 50000 / 20000, "imae": 50000 / 11000}, startup=15.0, eval_s=20.0)
+    small = budget.fit(budget.VERSIONS[0], 1000, 400, 600, **kw)
+    big = budget.fit(budget.VERSIONS[-1], 1000, 400, 50_000, **kw)
+    assert small["te"] == te and small["total"] <= 600 and big["te"] > 10 and big["total"] <= 50_000
+    assert {"c-t0", "h-t2", "ap-t1", "referee-s4"} <= {n for n, _ in big["runs"]}
+    assert budget.fit(budget.VERSIONS[0], 1000, 400, 100, **kw) is None  # does not fit at all
+
+
+def _teachers_layout(tmp_path: Path) -> Path:
+    """The committed digits runs renamed as a study of independent teachers: seed s of (a) and (b) as teacher s,
+    scored against two referees (here both the same committed result)."""
+    src = ROOT / "studies" / "digits" / "results"
+    out = tmp_path / "teachers"
+    for arm in ("a-mae-continued", "b-imae"):
+        for s in range(3):
+            run = out / f"{arm}-t{s}"
+            shutil.copytree(src / f"{arm}-s{s}", run)
+            for r in (3, 4):
+                shutil.copytree(run / "eval", run / f"eval-referee-s{r}")
+            (run / "eval" / "separability.json").unlink()
+    return out
+
+
+def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_path):
+    import figure
+    import table
+
+    folder = _teachers_layout(tmp_path)
+    gains, minus_a = figure.teacher_curves(folder, "3")
+    per = {t: table.separability(folder / f"b-imae-t{t}", "3").gain("sub")["gain"] -
+           table.separability(folder / f"a-mae-continued-t{t}", "3").gain("sub")["gain"] for t in range(3)}
+    mean, lo, hi = minus_a["b-imae"]["0.3"]
+    assert mean == pytest.approx(sum(per.values()) / 3) and lo < mean < hi  # the interval over teachers
+    assert set(gains) == {"a-mae-continued", "b-imae"}
+    assert figure.main(folder).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tab = table.main(folder, referee="3")
+    row = next(line for line in tab.splitlines() if line.startswith("| b-imae |")).split(" | ")
+    assert row[1] == "3"  # the three teachers pooled in one row
+    assert table.main(folder) == table.main(folder, referee=None)  # without a referee: eval/ holds no separability
+    assert "| b-imae | 3 | – |" in table.main(folder)
