@@ -113,6 +113,7 @@ RANGES = [
                                                 "evaluation image), got -5"),
     (EvalConfig, "separability.max_images", 0, "separability.max_images must be at least 1"),
     (EvalConfig, "separability.random_init_seed", -1, "separability.random_init_seed must be an integer from 0"),
+    (EvalConfig, "separability.same_class_p", 2, "separability.same_class_p must lie in [0, 1]; got 2.0"),
     (EvalConfig, "data.num_workers", -1, "data.num_workers must be at least 0, got -1"),
     (EvalConfig, "data.img_size", 0, "data.img_size must be at least 1"),
     (EvalConfig, "num_heads", 0, "num_heads must be at least 1 (or null: the standard count for the width)"),

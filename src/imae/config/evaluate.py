@@ -143,7 +143,7 @@ class EvalConfig(Settings):
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {short(s.alphas)}")
         from imae.data.pairing import parse_p
 
-        s.same_class_p = parse_p(s.same_class_p if s.same_class_p is not None else "random")
+        s.same_class_p = parse_p("random" if s.same_class_p is None else s.same_class_p, "separability.same_class_p")
         if s.same_class_p == "self":
             raise ConfigError("separability.same_class_p=self would mix each image with itself; use a number or random")
         if len(s.fractions) != 3 or not min(s.fractions) > 0 or not abs(sum(s.fractions) - 1.0) <= 1e-6:
