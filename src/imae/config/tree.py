@@ -317,7 +317,7 @@ def check_scale(key: str, scale: tuple[float, float]) -> None:
 def check_seed(key: str, value: int) -> None:
     """A seed that torch.manual_seed, NumPy and the evaluation's seed + 1 all take."""
     if not 0 <= value <= SEED_MAX:
-        raise ConfigError(f"{key} must be an integer from 0 to 2**63 - 1, got {short(value)}")
+        raise ConfigError(f"{key} must be an integer from 0 to 2^63 - 1, got {short(value)}")
 
 
 def check_mask_ratio(key: str, ratio: float, num_patches: int, img_size: int, patch_size: int,
