@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imae.config.tree import Settings, at_least, check_device
+from imae.config.tree import Settings, at_least, check_device, check_scale, check_seed, positive, short
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
@@ -137,57 +137,69 @@ class EvalConfig(Settings):
     def validate(self) -> EvalConfig:
         check_device_and_data(self)
         if self.features.pool not in POOLS:
-            raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {self.features.pool!r}")
+            raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {short(self.features.pool)}")
         at_least("features", self.features, ("batch_size",), 1)
         s = self.separability
         if not s.alphas or not all(0.0 < a <= 0.5 for a in s.alphas):
-            raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {s.alphas}")
+            raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {short(s.alphas)}")
         from imae.data.pairing import parse_p
 
-        s.same_class_p = parse_p(s.same_class_p if s.same_class_p is not None else "random")
+        s.same_class_p = parse_p("random" if s.same_class_p is None else s.same_class_p, "separability.same_class_p")
         if s.same_class_p == "self":
             raise ConfigError("separability.same_class_p=self would mix each image with itself; use a number or random")
-        if len(s.fractions) != 3 or min(s.fractions) <= 0 or abs(sum(s.fractions) - 1.0) > 1e-6:
+        if len(s.fractions) != 3 or not min(s.fractions) > 0 or not abs(sum(s.fractions) - 1.0) <= 1e-6:
             raise ConfigError(f"separability.fractions (fit, validation, test) must be positive and sum to 1, "
-                              f"got {list(s.fractions)}")
-        if not s.penalties or min(s.penalties) <= 0:
-            raise ConfigError(f"separability.penalties must be positive numbers, got {s.penalties}")
+                              f"got {short(list(s.fractions))}")
+        if not s.penalties or not min(s.penalties) > 0:
+            raise ConfigError(f"separability.penalties must be positive numbers, got {short(s.penalties)}")
+        # the patch count is the evaluated model's: imae.eval.subject.separability_defaults checks the ratio again
         if s.mask_ratio is not None and not 0.0 <= s.mask_ratio < 1.0:
-            raise ConfigError(f"separability.mask_ratio must lie in [0, 1), got {s.mask_ratio}")
+            raise ConfigError(f"separability.mask_ratio must lie in [0, 1), got {short(s.mask_ratio)}")
         if "partner_only" in s.baselines:
             raise ConfigError("separability.baselines: partner_only is half of the un-mixing gain and always computed; "
                               "drop it from the list")
         if unknown := [b for b in s.baselines if b not in SEPARABILITY_BASELINES]:
-            raise ConfigError(f"separability.baselines: unknown {unknown}; choose from "
+            raise ConfigError(f"separability.baselines: unknown {short(unknown)}; choose from "
                               f"{', '.join(SEPARABILITY_BASELINES)}")
         if unknown := [p for p in s.pooled if p not in POOLS]:
-            raise ConfigError(f"separability.pooled: unknown {unknown}; choose from {', '.join(POOLS)}")
-        if s.bootstrap < 10 or not 0.5 <= s.ci < 1.0:
+            raise ConfigError(f"separability.pooled: unknown {short(unknown)}; choose from {', '.join(POOLS)}")
+        if not s.bootstrap >= 10 or not 0.5 <= s.ci < 1.0:
             raise ConfigError(f"separability.bootstrap must be at least 10 and separability.ci in [0.5, 1), got "
-                              f"{s.bootstrap} and {s.ci}")
+                              f"{short(s.bootstrap)} and {short(s.ci)}")
         at_least("separability", s, ("pixel_size",), 1)
+        at_least("separability", s, ("max_images",), 1, unset="null: every evaluation image")
+        check_seed("separability.random_init_seed", s.random_init_seed)
         p = self.linprobe
         if p.mode not in ("cached", "full"):
-            raise ConfigError(f"linprobe.mode must be 'cached' or 'full', got {p.mode!r}")
-        if p.epochs < 1 or p.batch_size < 2 or p.max_iter < 1 or (p.l2 is not None and p.l2 < 0):
-            raise ConfigError("linprobe.epochs and max_iter must be at least 1, batch_size at least 2, l2 >= 0")
-        if not p.l2_grid or min(p.l2_grid) < 0:
-            raise ConfigError(f"linprobe.l2_grid must be non-negative numbers, got {p.l2_grid}")
+            raise ConfigError(f"linprobe.mode must be 'cached' or 'full', got {short(p.mode)}")
+        if not (p.epochs >= 1 and p.batch_size >= 2 and p.max_iter >= 1 and (p.l2 is None or p.l2 >= 0)):
+            raise ConfigError(f"linprobe.epochs and max_iter must be at least 1, batch_size at least 2, l2 >= 0; got "
+                              f"{p.epochs}, {p.max_iter}, {p.batch_size}, {short(p.l2)}")
+        if not p.l2_grid or not min(p.l2_grid) >= 0:
+            raise ConfigError(f"linprobe.l2_grid must be non-negative numbers, got {short(p.l2_grid)}")
         if not 0.0 < p.l2_val_fraction < 1.0:
-            raise ConfigError(f"linprobe.l2_val_fraction must lie in (0, 1), got {p.l2_val_fraction}")
-        if self.knn.k < 1 or self.knn.temperature <= 0:
-            raise ConfigError(f"knn.k must be at least 1 and knn.temperature positive, got {self.knn}")
+            raise ConfigError(f"linprobe.l2_val_fraction must lie in (0, 1), got {short(p.l2_val_fraction)}")
+        positive("linprobe", p, ("blr",))
+        at_least("linprobe", p, ("warmup_epochs", "weight_decay"), 0)
+        check_scale("linprobe.crop_scale", p.crop_scale)
+        if not (self.knn.k >= 1 and self.knn.temperature > 0):
+            raise ConfigError(f"knn.k must be at least 1 and knn.temperature positive, got {short(self.knn)}")
         if not 0.0 <= self.semantics.same_class_p <= 1.0:
-            raise ConfigError(f"semantics.same_class_p must lie in [0, 1], got {self.semantics.same_class_p}")
+            raise ConfigError(f"semantics.same_class_p must lie in [0, 1], got {short(self.semantics.same_class_p)}")
+        at_least("semantics", self.semantics, ("kmeans_restarts",), 1)
         f = self.figures
-        if f.images < 1 or not 0.0 <= f.mask_ratio < 1.0 or not all(0.0 <= r < 1.0 for r in f.mask_ratios):
-            raise ConfigError("figures.images must be at least 1 and mask ratios in [0, 1)")
+        if not f.images >= 1 or not 0.0 <= f.mask_ratio < 1.0 or not all(0.0 <= r < 1.0 for r in f.mask_ratios):
+            raise ConfigError(f"figures.images must be at least 1 and mask ratios in [0, 1), got {short(f.images)}, "
+                              f"{short(f.mask_ratio)} and {short(f.mask_ratios)}")
         if not 0.0 < f.alpha <= 0.5:
-            raise ConfigError(f"figures.alpha must lie in (0, 0.5], got {f.alpha}")
+            raise ConfigError(f"figures.alpha must lie in (0, 0.5], got {short(f.alpha)}")
         return self
 
 
 def check_device_and_data(cfg: Any) -> None:
     """The checks of an evaluation's or a fine-tune's top level and ``data`` section (``EvalDataConfig``)."""
     check_device(cfg.device)
-    at_least("data", cfg.data, ("train_per_class", "eval_per_class"), 0)
+    check_seed("seed", cfg.seed)
+    at_least("", cfg, ("num_heads",), 1, unset="null: the standard count for the width")
+    at_least("data", cfg.data, ("train_per_class", "eval_per_class", "num_workers"), 0)
+    at_least("data", cfg.data, ("img_size",), 1, unset="null: the data set's native size")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from imae.config.evaluate import POOLS, EvalDataConfig, check_device_and_data
 from imae.config.loop import LoopConfig, validate_loop
-from imae.config.tree import Settings
+from imae.config.tree import Settings, at_least, check_scale, fraction, short
 from imae.errors import ConfigError
 
 
@@ -54,9 +54,14 @@ class FinetuneConfig(Settings):
         t = self.finetune
         validate_loop("finetune", t)
         if not 0.0 < t.layer_decay <= 1.0:
-            raise ConfigError(f"finetune.layer_decay must lie in (0, 1], got {t.layer_decay}")
+            raise ConfigError(f"finetune.layer_decay must lie in (0, 1], got {short(t.layer_decay)}")
         if t.pool not in POOLS:
-            raise ConfigError(f"finetune.pool must be one of {', '.join(POOLS)}, got {t.pool!r}")
+            raise ConfigError(f"finetune.pool must be one of {', '.join(POOLS)}, got {short(t.pool)}")
+        fraction("finetune", t, ("drop_path", "label_smoothing"))
+        fraction("finetune", t, ("reprob",), top=True)
+        at_least("finetune", t, ("mixup", "cutmix"), 0)
+        at_least("finetune", t, ("eval_every",), 1)
+        check_scale("finetune.crop_scale", t.crop_scale)
         if (t.mixup > 0 or t.cutmix > 0) and t.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even finetune.batch_size, got {t.batch_size}")
         return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from imae.config.tree import at_least, check_max_steps
+from imae.config.tree import at_least, check_max_steps, positive, short
 from imae.errors import ConfigError
 
 CHECKPOINT_FORMATS = ("pth", "safetensors")
@@ -39,9 +39,20 @@ class LoopConfig:
 
 def validate_loop(section: str, params: Any) -> None:
     """The checks every loop section shares; messages name the section (``train.epochs must be ...``)."""
-    at_least(section, params, ("epochs", "batch_size", "accum_iter", "log_every"), 1)
+    at_least(section, params, ("epochs", "batch_size", "accum_iter", "log_every", "save_every"), 1)
     if params.checkpoint_format not in CHECKPOINT_FORMATS:
         raise ConfigError(f"{section}.checkpoint_format must be 'pth' or 'safetensors', "
-                          f"got {params.checkpoint_format!r}")
+                          f"got {short(params.checkpoint_format)}")
     check_max_steps(section, params.max_steps)
-    at_least(section, params, ("warmup_epochs", "skip_nonfinite", "save_every_steps", "keep_last"), 0)
+    at_least(section, params, ("warmup_epochs", "skip_nonfinite", "save_every_steps", "keep_last", "min_lr",
+                               "weight_decay"), 0)
+    positive(section, params, ("blr",))
+    if hasattr(params, "lr"):  # pre-training's absolute learning rate
+        positive(section, params, ("lr",), unset="null: from blr")
+    # a negative norm turns every clipped step into a step up the loss: gradient ascent
+    if params.clip_grad is not None and not params.clip_grad >= 0:
+        raise ConfigError(f"{section}.clip_grad must be a positive maximum gradient norm (or 0 or null: no clipping), "
+                          f"got {short(params.clip_grad)}; a negative one would turn training into gradient ascent")
+    b1, b2 = params.betas
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ConfigError(f"{section}.betas must both lie in [0, 1), got {short(list(params.betas))}")

@@ -8,7 +8,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from imae.config.loop import LoopConfig, validate_loop
-from imae.config.tree import Settings, check_device, preset_label, preset_tree, resolve
+from imae.config.tree import (
+    Settings,
+    at_least,
+    check_device,
+    check_mask_ratio,
+    check_scale,
+    check_seed,
+    positive,
+    preset_label,
+    preset_tree,
+    resolve,
+    short,
+)
 from imae.errors import ConfigError
 
 
@@ -42,6 +54,9 @@ class ModelConfig:
     mlp_ratio: float | None = None
     norm_pix_loss: bool = False  # per-patch normalised pixel targets
     layer_norm_eps: float | None = None  # None: 1e-6 (the official MAE's)
+
+    COUNTS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+              "decoder_num_heads")
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields that are set, as keyword arguments for ``create_model``."""
@@ -94,13 +109,27 @@ class Config(Settings):
         """Check value ranges that the type system cannot; raise ``ConfigError`` with the fix."""
         t = self.train
         if self.method not in ("mae", "imae"):
-            raise ConfigError(f"method must be 'mae' or 'imae', got {self.method!r}")
+            raise ConfigError(f"method must be 'mae' or 'imae', got {short(self.method)}")
+        check_seed("seed", self.seed)
         if not 0.0 <= t.mask_ratio < 1.0:
-            raise ConfigError(f"train.mask_ratio must be in [0, 1), got {t.mask_ratio}")
+            raise ConfigError(f"train.mask_ratio must be in [0, 1), got {short(t.mask_ratio)}")
         validate_loop("train", t)
-        lo, hi = self.data.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.data.crop_scale}")
+        d = self.data
+        at_least("data", d, ("img_size",), 1, unset="null: the model's")
+        at_least("data", d, ("max_per_class",), 1, unset="null: all")
+        at_least("data", d, ("num_workers",), 0)
+        check_scale("data.crop_scale", d.crop_scale)
+        if not 0 < d.crop_ratio[0] <= d.crop_ratio[1]:
+            raise ConfigError(f"data.crop_ratio must satisfy 0 < lo <= hi, got {short(list(d.crop_ratio))}")
+        at_least("model", self.model, ModelConfig.COUNTS, 1, unset="null: the named model's")
+        positive("model", self.model, ("mlp_ratio", "layer_norm_eps"), unset="null: the named model's")
+        from imae.models.registry import resolve_arch
+
+        over = self.model.overrides()
+        if d.img_size is not None:  # as imae.engine.objectives.common.model_overrides
+            over.setdefault("img_size", d.img_size)
+        _, arch = resolve_arch(self.model.name, **over)  # unknown names, indivisible sizes: ConfigError
+        check_mask_ratio("train.mask_ratio", t.mask_ratio, arch.num_patches, arch.img_size, arch.patch_size)
         if self.method == "imae":
             from imae.data.mixing import AlphaSampler
             from imae.data.pairing import parse_p
@@ -109,7 +138,8 @@ class Config(Settings):
             AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)  # raises ConfigError
             self.imae.same_class_p = parse_p(i.same_class_p)
             if i.branches not in ("two", "sub"):
-                raise ConfigError(f"imae.branches must be 'two' or 'sub', got {i.branches!r}")
+                raise ConfigError(f"imae.branches must be 'two' or 'sub', got {short(i.branches)}")
+            at_least("imae", i, ("w_rec_sub", "w_rec_dom", "w_distill_sub", "w_distill_dom"), 0)
         check_device(self.device)
         return self
 

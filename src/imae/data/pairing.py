@@ -16,17 +16,19 @@ from imae.errors import ConfigError
 SPECIAL = ("random", "self")
 
 
-def parse_p(p: float | str) -> float | str:
-    """Validate the same-class probability setting."""
+def parse_p(p: float | str, key: str = "imae.same_class_p") -> float | str:
+    """Validate the same-class probability setting ``key``."""
     if isinstance(p, str):
         if p in SPECIAL:
             return p
         try:
             p = float(p)
         except ValueError:
-            raise ConfigError(f"imae.same_class_p must be a number in [0, 1], 'random' or 'self'; got {p!r}") from None
+            from imae.config.tree import short
+
+            raise ConfigError(f"{key} must be a number in [0, 1], 'random' or 'self'; got {short(p)}") from None
     if not 0.0 <= float(p) <= 1.0:
-        raise ConfigError(f"imae.same_class_p must lie in [0, 1]; got {p}")
+        raise ConfigError(f"{key} must lie in [0, 1]; got {p}")
     return float(p)
 
 

@@ -176,8 +176,17 @@ def shared_reference(subjects: list[Subject], explicit: str | None, num_heads: i
 
 def separability_defaults(cfg: EvalConfig, *subjects: Subject) -> None:
     """Fill the mask ratio that ``separability`` leaves to the evaluated run(s): the first run's training ratio
-    (0.75 for official checkpoints), so that compared runs share masks."""
+    (0.75 for official checkpoints), so that compared runs share masks. A ratio that leaves no patch of a
+    subject's image visible is refused in one line (0 is allowed: the encoder then sees every patch)."""
+    from imae.config.tree import check_mask_ratio
+
     s = cfg.separability
+    source = ""
     if s.mask_ratio is None:
         ratio = subjects[0].training_setting("train", "mask_ratio")
         s.mask_ratio = float(ratio) if ratio is not None else 0.75
+        source = f"unset, so the training ratio of {subjects[0].label}"
+    for subject in subjects:
+        arch = subject.model.arch
+        check_mask_ratio("separability.mask_ratio", s.mask_ratio, arch.num_patches, arch.img_size, arch.patch_size,
+                         unmasked=True, source=source)
