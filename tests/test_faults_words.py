@@ -326,3 +326,22 @@ def test_a_hand_edited_config_yaml_is_named_on_resume_and_kept(tmp_path, capsys,
     assert event["hand_edits_ignored"] == ["train.blr"] and event["changes"] == {"train.epochs": [2, 3]}
     fault_case(outcome=f"'{warnings[0].split('config.yaml')[1][:110]}...'; config.edited.yaml holds the edit",
                lost="nothing (the edit was not applied, and is kept)")
+
+
+def test_the_report_on_a_binary_config_yaml_or_an_alias_bomb_is_still_written(tmp_path, fault_case):
+    from imae.viz.report import write_report
+
+    binary, bomb = tmp_path / "binary", tmp_path / "bomb"
+    for run in (binary, bomb):
+        run.mkdir()
+        (run / "log.jsonl").write_text('{"kind": "epoch", "epoch": 1, "loss": 1.0}\n')
+    (binary / "config.yaml").write_bytes(b"\x80\x81\xfe\xff" * 64)
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefg", "bcdefgh")]
+    (bomb / "config.yaml").write_text("\n".join(levels) + "\n")
+    paths = write_report([binary, bomb], tmp_path / "report")
+    assert paths["html"].is_file() and "binary" in paths["md"].read_text()
+    fault_case(injected="a run folder whose config.yaml is binary, and one whose config.yaml is a YAML alias bomb",
+               expected="the report is still written; no traceback, no expansion",
+               outcome="report.html and report.md written; the configuration shown as text, not expanded",
+               lost="nothing")

@@ -105,11 +105,13 @@ def epoch_records(run: Path, warn: bool = False) -> list[dict[str, Any]]:
 
 
 def _config(run: Path) -> dict[str, Any]:
-    import yaml
+    """The run's config.yaml ({} when it is missing, not text, not YAML or too large: the report goes on)."""
+    from imae.config.tree import load_yaml
+    from imae.errors import ConfigError
 
     try:
-        data = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_yaml((run / "config.yaml").read_text(), f"{run / 'config.yaml'}")
+    except (OSError, UnicodeDecodeError, ConfigError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -384,7 +386,8 @@ def run_card(run: Path, row: dict[str, Any], figures: list[tuple[bytes, str]]) -
         parts.append("<h3>figures</h3>" + "".join(_figure(d, c) for d, c in figures))
     cfg = run / "config.yaml"
     if cfg.is_file():
-        parts.append(f"<details><summary>configuration (config.yaml)</summary><pre>{html.escape(cfg.read_text())}"
+        text = cfg.read_text(errors="replace")  # a damaged (binary) file is shown as it is, not a traceback
+        parts.append(f"<details><summary>configuration (config.yaml)</summary><pre>{html.escape(text)}"
                      f"</pre></details>")
     return "".join(parts) + "</section>"
 
