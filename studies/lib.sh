@@ -29,8 +29,9 @@
 #      the distillation towards the teacher's tokens of the clean image under the same mask
 # Beside them an untrained encoder of the same architecture. Run folders: teacher-s<T>, referee-s<R>,
 # <tag>-<name>-t<T> (arm of teacher T), untrained. Evaluations: separability against each referee R in
-# RUN/eval-referee-s<R>/, semantics once in RUN/eval/ (its probe, kNN and NMI do not depend on the referee);
-# `imae compare` per teacher and referee: (a), (a+), (h) against (b) in b's eval-referee-s<R>/vs-<tag>/,
+# RUN/eval-referee-s<R>/, semantics once in RUN/eval/ (probe, kNN and NMI only: semantics.separability=false);
+# `imae compare` per teacher and referee (it reads the per-item scores `imae separability` stored: no arm is
+# measured twice): (a), (a+), (h) against (b) in b's eval-referee-s<R>/vs-<tag>/,
 # (b) against (d) and (e) in their eval-referee-s<R>/vs-b/.
 
 if [[ -n "${DRY_RUN:-}" ]]; then IMAE=${IMAE:-echo imae} PY=${PY:-echo python}; fi
@@ -148,7 +149,7 @@ study_start() {  # the teachers, the referees and the untrained encoder; their s
   $PY studies/untrained.py "$MAE_PRESET" "$OUT/untrained" "${TRAIN[@]}"  # the same architecture and data
   for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) $(printf 'referee-s%s ' $REFEREE_SEEDS); do
     [[ -f "$OUT/$d/eval/semantics.json" ]] || \
-      $IMAE semantics "$OUT/$d" --reference "$OUT/referee-s$first_ref" "${EVAL[@]}"
+      $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
   done
   if ! $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
       --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} \
@@ -185,9 +186,9 @@ study_evaluate() {
       [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || $IMAE separability "$OUT/$d" \
         --reference "$OUT/referee-s$r" --output-dir "$OUT/$d/eval-referee-s$r" "${EVAL[@]}"
     done
-    # semantics once: its probe, kNN and NMI do not depend on the referee (an i-MAE needs one named)
+    # semantics once, only what the claims read (probe, kNN, NMI: no mixtures, no referee needed)
     [[ -f "$OUT/$d/eval/semantics.json" ]] || \
-      $IMAE semantics "$OUT/$d" --reference "$OUT/referee-s$first_ref" "${EVAL[@]}"
+      $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
   done
   for t in $TEACHER_SEEDS; do
     [[ " $ARMS " == *" b "* ]] || continue

@@ -159,8 +159,12 @@ def test_each_scale_plans_every_arm_for_every_teacher_scored_against_referees_th
     assert "--set imae.same_class_p=self --set imae.branches=sub" in arms["h-mae-distill-t1"]  # (h): clean, one branch
     assert "imae.distill=false" not in arms["h-mae-distill-t1"]
     # every evaluation is scored against the referees: separability against each, in its own folder
-    evals = [line for line in lines if line.startswith(("imae separability", "imae semantics", "imae compare"))]
+    evals = [line for line in lines if line.startswith(("imae separability", "imae compare"))]
     assert evals and all(_flag(line, "--reference") in (f"{out}/referee-s3", f"{out}/referee-s4") for line in evals)
+    # semantics computes only what the claims read (probe, kNN, NMI): no mixtures, so no reference
+    sem_lines = [line for line in lines if line.startswith("imae semantics")]
+    assert sem_lines and all("semantics.separability=false" in line and "--reference" not in line
+                             for line in sem_lines)
     assert not any("same_class_p=1.0" in line for line in evals)  # class-independent pairs, the default
     seps = {(line.split()[2], _flag(line, "--reference"), _flag(line, "--output-dir"))
             for line in lines if line.startswith("imae separability")}
