@@ -116,7 +116,7 @@ study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expec
   fi
   echo "evaluations: $(( (${#RUNS[@]} + n_t + 1) * n_r )) separability (every arm, teacher and the untrained" \
        "encoder against each of $n_r referees), $(( ${#RUNS[@]} + n_start + 1 )) semantics, $n_cmp comparisons" \
-       "(each measures both runs again)"
+       "(each reads both runs' stored per-item scores)"
   $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
     --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} || true
   $PY studies/estimate.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
