@@ -1,0 +1,244 @@
+"""Fault injection in the data: unreadable images read by loader workers, files deleted mid-epoch, named pipes,
+decompression bombs, 32-bit integer images, files of types that are not read, a data set that changed size
+under a mid-epoch resume, a one-class evaluation set.
+
+Each test records what it injected and what survived through the ``fault_case`` fixture (conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_SETS, tiny_config
+from imae.engine.train import pretrain
+from imae.errors import DataError
+from test_cli import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.faults
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+LIMIT_S = 60  # a job that meets a bad file must stop within this (it used to wait forever)
+# a digits-sized MAE (16 px) trained on an ImageFolder tree read by 2 loader workers
+FILE_SETS = {**TINY_SETS, "data.dataset": "imagefolder", "data.in_memory": False, "data.num_workers": 2,
+             "data.max_per_class": "null", "data.cache_dir": "none", "train.epochs": 1, "train.warmup_epochs": 0}
+
+
+def tree(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    """An ImageFolder tree of small random RGB PNGs: {split: {class: images}}."""
+    gen = torch.Generator().manual_seed(0)
+    for split, classes in layout.items():
+        for c, n in classes.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                px = torch.randint(0, 256, (16, 16, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(px).save(root / split / c / f"{c}{i:02d}.png")
+    return root
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def pretrain_cmd(data: Path, out: Path, *extra: str, **sets) -> list[str]:
+    args = [sys.executable, "-m", "imae", "pretrain", "--preset", "digits-mae", "--data-path", str(data),
+            "--output-dir", str(out), "--device", "cpu"]
+    for k, v in {**FILE_SETS, **sets}.items():
+        args += ["--set", f"{k}={v}"]
+    return args + list(extra)
+
+
+def bounded(cmd: list[str], limit: float = LIMIT_S, until=None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``cmd`` in its own process group; fail the test (killing the group) when it outlives ``limit``.
+    ``until``: called every 10 ms while it runs (to inject a fault at the right moment)."""
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                         start_new_session=True)
+    if until is not None:
+        while p.poll() is None and time.time() - t0 < limit and not until():
+            time.sleep(0.01)
+    try:
+        out, err = p.communicate(timeout=max(1.0, limit - (time.time() - t0)))
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"still running after {limit:.0f} s (killed); stderr ends: {err[-1500:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err), time.time() - t0
+
+
+def one_line_error(res: subprocess.CompletedProcess, *needles: str) -> str:
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "Caught" not in res.stderr, res.stderr[-2000:]
+    errors = [x for x in res.stderr.splitlines() if x.startswith("imae: error:")]
+    assert len(errors) == 1 and res.stderr.strip().splitlines()[-1] == errors[0], res.stderr[-2000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def steps_logged(run: Path) -> int:
+    log = run / "log.jsonl"
+    return log.read_text().count('"kind": "step"') if log.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def mae_run(tmp_path_factory) -> Path:
+    """A seconds-long digits MAE (16 px) to fine-tune and evaluate."""
+    return pretrain(tiny_config(tmp_path_factory.mktemp("mae") / "run", **{"train.epochs": 1,
+                                                                              "train.warmup_epochs": 0}))
+
+
+# ----------------------------------------------------------------------------------------------
+# bug 1: an unreadable image read by loader workers
+
+
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# bug 9: 32-bit integer images
+
+
+def test_thirty_two_bit_integer_images_are_not_divided_as_sixteen_bit(tmp_path, fault_case):
+    fault_case(injected="32-bit integer (mode I) TIFFs: one with values 0..255, one with values 0..1000",
+               expected="0..255 read as the 8-bit image it is (it used to be divided by 257: black); a range "
+                        "whose white level is unknown refused in one line; 16-bit images still scaled by 257")
+    from imae.data.datasets import load_split
+    from imae.data.decode import open_rgb
+
+    levels = np.arange(256, dtype=np.int32).reshape(16, 16)
+    Image.fromarray(levels).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    rgb = np.asarray(open_rgb(str(tmp_path / "i32.tif")))
+    assert (rgb[..., 0] == levels).all() and (rgb[..., 2] == levels).all()
+    # the same image held in memory for training: its mean level, not ~0
+    (tmp_path / "set" / "train" / "grey").mkdir(parents=True)
+    Image.fromarray(levels).save(tmp_path / "set" / "train" / "grey" / "a.tif")
+    images = load_split("imagefolder", "train", str(tmp_path / "set"), 16, cache_dir="none", progress=False).images
+    assert images.float().mean().item() == pytest.approx(127.5)
+    Image.fromarray(levels * 4).save(tmp_path / "wide.tif")
+    with pytest.raises(DataError) as e:
+        open_rgb(str(tmp_path / "wide.tif"))
+    assert "32-bit integer pixels" in str(e.value) and "0..1020" in str(e.value) and "\n" not in str(e.value)
+    Image.fromarray((levels * 257).astype(np.uint16)).save(tmp_path / "u16.tif")  # a 16-bit TIFF: scaled
+    assert (np.asarray(open_rgb(str(tmp_path / "u16.tif")))[..., 0] == levels).all()
+    fault_case(outcome="0..255 decoded level for level (mean 127.5, before 0.5); 0..1020 refused: 'cannot decode "
+                       "image ... (32-bit integer pixels, mode I, with values 0..1020: their white level is not "
+                       "known); convert it to 8-bit or 16-bit, ...'; a 16-bit TIFF still scaled", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# bug 10: a named pipe in the data folder
+
+
+def test_a_named_pipe_in_the_data_folder_is_skipped_and_reported(tmp_path, capsys, fault_case):
+    fault_case(injected="a named pipe called pipe.png among the images of a class folder; a folder holding only a "
+                        "pipe; a pipe opened as an image",
+               expected="only regular files are read: the pipe is skipped with a note and training goes on (it used "
+                        "to wait for a writer forever, leaving a locked run folder); a folder of pipes only has 'no "
+                        "images found'; opening a pipe is refused at once")
+    from imae.data.datasets import load_split
+
+    data = tree(tmp_path / "data", {"train": {"cat": 24, "dog": 24}})
+    pipe = data / "train" / "cat" / "pipe.png"
+    os.mkfifo(pipe)
+    note = (f"note: skipped 1 entry under {data / 'train'} that is not a regular file (named pipe, socket or device), "
+            f"e.g. {pipe}")
+    res, took = bounded(pretrain_cmd(data, tmp_path / "run", **{"data.in_memory": "null"}))  # decoded in memory
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [x for x in res.stderr.splitlines() if "not a regular file" in x] == [note], res.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoint-last.pth").is_file()
+    files = load_split("imagefolder", "train", str(data), 16, in_memory=False, progress=False).files  # for workers
+    assert len(files) == 48 and str(pipe) not in files and note in capsys.readouterr().err
+    only = tmp_path / "only"
+    (only / "train" / "cat").mkdir(parents=True)
+    os.mkfifo(only / "train" / "cat" / "x.png")
+    with pytest.raises(DataError, match="no images found in"):
+        load_split("imagefolder", "train", str(only), 16, in_memory=False, progress=False)
+    probe = ("from imae.data.decode import open_rgb\nfrom imae.errors import DataError\ntry:\n"
+             f"    open_rgb({str(pipe)!r})\nexcept DataError as e:\n    print(e)\n")
+    res, took_open = bounded([sys.executable, "-c", probe], limit=30)
+    assert res.stdout.strip() == (f"cannot read image {pipe}: it is a named pipe, not a regular file; remove it, or "
+                                  f"pass --skip-corrupt to skip unreadable files")
+    fault_case(outcome=f"trained (exit 0 after {took:.1f} s) with '{note.replace(str(tmp_path), '<tmp>')}'; the "
+                       f"worker path's file list leaves it out; pipes only: 'no images found'; open_rgb on the pipe "
+                       f"refused in {took_open:.1f} s", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# rough edges: a decompression bomb, .gif files
+
+
+def bomb_png(path: Path, side: int = 30000) -> None:
+    """A PNG whose header declares side x side pixels (a few hundred bytes on disk)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_one_line_and_skipped_under_skip_corrupt(tmp_path, capsys, fault_case):
+    fault_case(injected="a PNG declaring 30000x30000 pixels in the training folder",
+               expected="one line naming the file (it used to be a DecompressionBombError traceback, also under "
+                        "--skip-corrupt); --skip-corrupt skips it and counts it")
+    data = tree(tmp_path / "data", {"train": {"cat": 12, "dog": 12}})
+    huge = data / "train" / "dog" / "huge.png"
+    bomb_png(huge)
+    base = ["pretrain", "--preset", "digits-mae", "--data-path", str(data), "--device", "cpu"]
+    for k, v in {**TINY_SETS, "data.dataset": "imagefolder", "data.max_per_class": "null", "data.cache_dir": "none",
+                 "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 8}.items():
+        base += ["--set", f"{k}={v}"]
+    code, _, err = run_cli([*base, "--output-dir", str(tmp_path / "a")], capsys)
+    assert_one_line_error(code, err, f"cannot decode image {huge} (too large: Image size (900000000 pixels) exceeds")
+    code, _, err = run_cli([*base, "--output-dir", str(tmp_path / "b"), "--skip-corrupt"], capsys)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert f"skipped 1 unreadable image(s) (--skip-corrupt), e.g. {huge}" in err
+    fault_case(outcome="'cannot decode image .../huge.png (too large: Image size (900000000 pixels) exceeds limit "
+                       "of 178956970 pixels, ...)', exit 2; --skip-corrupt: 'skipped 1 unreadable image(s)', exit 0",
+               lost="nothing")
+
+
+def test_files_of_types_that_are_not_read_are_reported(tmp_path, capsys, fault_case):
+    fault_case(injected="two .gif images and a .txt file beside the PNGs of a class folder",
+               expected="a note naming how many files of which types were skipped (they used to be skipped silently)")
+    from imae.data.datasets import load_split
+
+    data = tree(tmp_path / "data", {"train": {"cat": 3, "dog": 3}})
+    for name in ("a.gif", "b.gif"):
+        Image.new("P", (16, 16)).save(data / "train" / "dog" / name)
+    (data / "train" / "cat" / "notes.txt").write_text("x")
+    capsys.readouterr()
+    split = load_split("imagefolder", "train", str(data), 16, cache_dir="none", progress=False)
+    assert len(split) == 6
+    err = capsys.readouterr().err
+    assert (f"note: skipped 3 file(s) under {data / 'train'} that are not of an image type read here (.gif: 2, "
+            f".txt: 1; read: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp), e.g. ") in err, err
+    fault_case(outcome="'note: skipped 3 file(s) under <data>/train that are not of an image type read here (.gif: 2, "
+                       ".txt: 1; read: .jpg ...), e.g. ...'; the 6 PNGs read", lost="nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# rough edges: a mid-epoch resume over a data set that changed size; a one-class evaluation set
+
+
+
+
