@@ -104,12 +104,92 @@ def mae_run(tmp_path_factory) -> Path:
 # bug 1: an unreadable image read by loader workers
 
 
+def test_a_bad_image_read_by_loader_workers_stops_pretraining_in_seconds(tmp_path, fault_case):
+    fault_case(injected="a truncated PNG in an ImageFolder tree read by 2 persistent DataLoader workers "
+                        "(data.in_memory=false) in pretrain",
+               expected="exit 2 within seconds with one line naming the file (it used to print the worker's "
+                        "traceback and wait forever in multiprocessing's exit handler); --skip-corrupt skips it")
+    data = tree(tmp_path / "data", {"train": {"cat": 24, "dog": 24}})
+    bad = data / "train" / "dog" / "dog05.png"
+    truncate(bad)
+    res, took = bounded(pretrain_cmd(data, tmp_path / "a"))
+    line = one_line_error(res, f"cannot decode image {bad}", "--skip-corrupt")
+    res, took_skip = bounded(pretrain_cmd(data, tmp_path / "b", "--skip-corrupt"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 unreadable file(s) skipped" in res.stderr
+    fault_case(outcome=f"exit 2 after {took:.1f} s: '{line.replace(str(tmp_path), '<tmp>')[:110]}...'; with "
+                       f"--skip-corrupt exit 0 after {took_skip:.1f} s, '1 unreadable file(s) skipped' in the epoch "
+                       f"line", lost="nothing")
 
 
+def test_an_image_deleted_mid_run_stops_pretraining_in_seconds(tmp_path, fault_case):
+    fault_case(injected="an image deleted while a pre-training reads the tree with 2 persistent loader workers",
+               expected="exit 2 within seconds with one line naming the file (it used to sit 11 minutes)")
+    data = tree(tmp_path / "data", {"train": {"cat": 24, "dog": 24}})
+    gone = data / "train" / "cat" / "cat07.png"
+    run = tmp_path / "run"
+
+    def delete_after_two_steps() -> bool:
+        if steps_logged(run) >= 2:
+            gone.unlink()
+            return True
+        return False
+
+    res, took = bounded(pretrain_cmd(data, run, **{"train.epochs": 400}), until=delete_after_two_steps)
+    line = one_line_error(res, f"cannot read image {gone}: it is gone (deleted or moved since the data set was "
+                                    f"listed); restore it, or pass --skip-corrupt")
+    assert (run / "log.jsonl").exists()  # a run that trained keeps its logs
+    fault_case(outcome=f"exit 2 after {took:.1f} s: '{line.replace(str(tmp_path), '<tmp>')[:120]}...'",
+               lost="the epoch in progress")
 
 
+def test_a_bad_image_read_by_loader_workers_stops_a_fine_tune_in_seconds(tmp_path, mae_run, fault_case):
+    fault_case(injected="a truncated PNG in the training folder of a fine-tune reading files with 2 loader workers",
+               expected="exit 2 within seconds with one line naming the file; --set data.skip_corrupt=true skips "
+                        "it (mixup still gets an even batch)")
+    data = tree(tmp_path / "data", {"train": {"cat": 24, "dog": 24}, "val": {"cat": 4, "dog": 4}})
+    bad = data / "train" / "cat" / "cat03.png"
+    truncate(bad)
+
+    def cmd(out: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "imae", "finetune", str(mae_run), "--data-path", str(data), "--output-dir",
+                str(tmp_path / out), "--epochs", "1", "--device", "cpu", "--set", "data.dataset=imagefolder",
+                "--set", "data.in_memory=false", "--set", "data.num_workers=2", "--set", "data.cache_dir=none",
+                "--set", "finetune.batch_size=16", *extra]
+
+    res, took = bounded(cmd("a"))
+    line = one_line_error(res, f"cannot decode image {bad}")
+    res, took_skip = bounded(cmd("b", "--set", "data.skip_corrupt=true"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 unreadable file(s) skipped" in res.stderr
+    fault_case(outcome=f"exit 2 after {took:.1f} s: '{line.replace(str(tmp_path), '<tmp>')[:100]}...'; skipped "
+                       f"and counted with data.skip_corrupt=true (exit 0 after {took_skip:.1f} s)", lost="nothing")
 
 
+def test_any_error_with_loader_workers_alive_still_exits(tmp_path, fault_case):
+    fault_case(injected="an error raised by the training side (not by the loader) while 2 persistent loader "
+                        "workers, which ignore SIGTERM, are alive; the error's traceback keeps the loader referenced, "
+                        "as when a non-finite loss stops a run on image files",
+               expected="the process exits at once with the error's status (multiprocessing's exit handler used to "
+                        "SIGTERM the workers, which ignore it, and join them forever)")
+    script = (
+        "import sys\n"
+        "from imae.data.loader import WorkerLoader, ignore_stop_signals\n"
+        "KEPT = []  # the loader stays referenced until exit (in imae: by a reference cycle through the traceback)\n"
+        "def train():\n"
+        "    loader = WorkerLoader(list(range(64)), batch_size=4, num_workers=2, persistent_workers=True,\n"
+        "                          worker_init_fn=ignore_stop_signals)\n"
+        "    KEPT.append(loader)\n"
+        "    for batch in loader:\n"
+        "        raise RuntimeError('loss became non-finite')\n"
+        "try:\n"
+        "    train()\n"
+        "except RuntimeError as e:\n"
+        "    print(f'error: {e}', file=sys.stderr)\n"
+        "    sys.exit(1)\n")
+    res, took = bounded([sys.executable, "-c", script], limit=30)
+    assert res.returncode == 1 and res.stderr.strip() == "error: loss became non-finite", res.stderr[-2000:]
+    fault_case(outcome=f"exit 1 after {took:.1f} s, the workers ended by the loader's exit handler", lost="nothing")
 
 
 # ----------------------------------------------------------------------------------------------
