@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY_SETS, tiny_config
+from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
-from imae.errors import DataError
+from imae.errors import ConfigError, DataError
 from test_cli import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.faults
@@ -320,5 +321,35 @@ def test_files_of_types_that_are_not_read_are_reported(tmp_path, capsys, fault_c
 # rough edges: a mid-epoch resume over a data set that changed size; a one-class evaluation set
 
 
+def test_a_mid_epoch_resume_over_a_data_set_of_another_size_is_refused(tmp_path, monkeypatch, fault_case):
+    fault_case(injected="a run stopped at step 3 of epoch 2, resumed with data.max_per_class 10 -> 9 (100 -> 90 "
+                        "training images)",
+               expected="refused in one line, as a batch-size change is (the rest of the epoch's batches would "
+                        "differ); the checkpoint, config.yaml and log.jsonl untouched; the same data resumes")
+    import imae.engine.loop as loop
+
+    real, calls = loop.lr_at, {"n": 0}
+
+    def lr_at(*args):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "lr_at", lr_at)
+    run = pretrain(tiny_config(tmp_path / "run"))
+    monkeypatch.setattr(loop, "lr_at", real)
+    assert ckpt.load(run / "checkpoint-last.pth")["step_in_epoch"] == 3
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "log.jsonl", "checkpoint-last.pth")}
+    with pytest.raises(ConfigError) as e:
+        pretrain(tiny_config(tmp_path / "x"), resume=str(run), overrides={"data.max_per_class": 9})
+    assert str(e.value) == (f"{run} stopped in the middle of an epoch of 100 training images, but the data set now "
+                            f"has 90; resume it with the same images (check --data-path and data.max_per_class), "
+                            f"else the rest of the epoch would see some images twice and others never")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    pretrain(tiny_config(tmp_path / "x"), resume=str(run))  # the same images resume
+    fault_case(outcome="'<run> stopped in the middle of an epoch of 100 training images, but the data set now has "
+                       "90; resume it with the same images (check --data-path and data.max_per_class), ...'; run "
+                       "folder byte-identical; the same data resumes", lost="nothing")
 
 

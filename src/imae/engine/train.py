@@ -90,11 +90,6 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         changes = config_changes(original, cfg.to_dict())
         for key, (old, new) in changes.items():
             info(f"resume: {key} changed: {old!r} -> {new!r}", main)
-        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
-            note = RunLog(run_dir, tensorboard=False)
-            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
-                                 "changes": changes, "epochs_from": 1})
-            note.close()
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
         safetensors_io.require("train.checkpoint_format=safetensors")
@@ -117,6 +112,13 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
                       progress=main)
     if data.skipped:
         info(f"skipped {len(data.skipped)} unreadable image(s) (--skip-corrupt), e.g. {data.skipped[0]}", main)
+    if resume_ck is not None:
+        check_layout(resume_ck, cfg.train, env, "train", run_dir, images=len(data))
+        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
+            note = RunLog(run_dir, tensorboard=False)
+            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
+                                 "changes": changes, "epochs_from": 1})
+            note.close()
     if hasattr(objective, "prepare"):
         objective.prepare(data, env.device)  # i-MAE: check labels for pairing
     place_model(model, env.device, t.amp)
