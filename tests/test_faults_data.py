@@ -353,3 +353,17 @@ def test_a_mid_epoch_resume_over_a_data_set_of_another_size_is_refused(tmp_path,
                        "folder byte-identical; the same data resumes", lost="nothing")
 
 
+def test_a_one_class_evaluation_set_is_warned_about(tmp_path, mae_run, capsys, fault_case):
+    fault_case(injected="kNN and linear probe of a checkpoint on an ImageFolder tree with one class",
+               expected="one warning line that the 1.000 scores mean nothing (they used to be printed as they are)")
+    data = tree(tmp_path / "data", {"train": {"cat": 8}, "val": {"cat": 4}})
+    warnings = []
+    for command in ("knn", "linprobe"):
+        code, _, err = run_cli([command, str(mae_run), "--data-path", str(data), "--output-dir", str(tmp_path),
+                                "--set", "data.dataset=imagefolder", "--set", "data.cache_dir=none"], capsys)
+        assert code == 0, err[-2000:]
+        lines = [x for x in err.splitlines() if x.startswith("warning: every evaluation image")]
+        assert lines == ["warning: every evaluation image of imagefolder is of one class (cat): probe and kNN "
+                         "accuracy and NMI are 1.000 whatever the model; evaluate on two or more classes"], err
+        warnings += lines
+    fault_case(outcome=f"'{warnings[0]}' (knn and linprobe)", lost="nothing")
