@@ -17,6 +17,7 @@ CIFAR, Tiny-ImageNet, small ImageFolder trees) or a list of files read by loader
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,8 +155,10 @@ def _imagefolder_files(root: Path, split: str) -> tuple[list[str], list[int], li
         raise DataError(f"{root} has no {want} folder; an ImageFolder tree needs {want}<class>/<image> "
                         f"(got: {', '.join(sorted(p.name for p in root.iterdir())[:8]) or 'an empty folder'})")
     own = _class_dirs(folder)
+    unread = _Unread()
     if not own:  # a flat folder of images: no labels
-        files = sorted(str(p) for p in folder.iterdir() if p.name.lower().endswith(IMG_EXTENSIONS))
+        files = [str(folder / n) for n in _scan(str(folder), unread)[0]]
+        unread.note(folder)
         if not files:
             raise DataError(f"no images found in {folder} (expected {folder}/<class>/<image>.jpg or "
                             f"{folder}/<image>.jpg, extensions {', '.join(IMG_EXTENSIONS)})")
@@ -169,7 +172,7 @@ def _imagefolder_files(root: Path, split: str) -> tuple[list[str], list[int], li
         if c not in own:
             per_class[c] = 0
             continue
-        found = _walk_images(folder / c, loops)
+        found = _walk_images(folder / c, loops, unread)
         files += found
         labels += [label] * len(found)
         per_class[c] = len(found)
@@ -183,6 +186,7 @@ def _imagefolder_files(root: Path, split: str) -> tuple[list[str], list[int], li
             raise DataError(f"{folder} has images of class(es) {', '.join(extra[:5])}"
                             f"{' ...' if len(extra) > 5 else ''} that {train} has none of; the evaluation classes "
                             f"must be training classes: add their training images or remove those folders")
+    unread.note(folder)
     empty = [c for c in classes if not per_class[c]]
     if empty:
         _note(f"note: {len(empty)} class(es) have no images in {folder}: {', '.join(empty[:5])}"
@@ -203,22 +207,82 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
 
 
-def _walk_images(top: Path, loops: list[str]) -> list[str]:
+class _Unread:
+    """Entries of a data folder that are not read: non-regular files under an image's name (named pipes,
+    sockets, devices: opening a pipe would wait for a writer) and files of other types (.gif, .txt, ...)."""
+
+    def __init__(self) -> None:
+        self.special: list[str] = []
+        self.other: list[str] = []
+
+    def note(self, folder: Path) -> None:
+        if self.special:
+            _note(f"note: skipped {len(self.special)} entr{'y' if len(self.special) == 1 else 'ies'} under {folder} "
+                  f"that {'is' if len(self.special) == 1 else 'are'} not a regular file (named pipe, socket or "
+                  f"device), e.g. {self.special[0]}")
+        if self.other:
+            kinds: dict[str, int] = {}
+            for f in self.other:
+                ext = os.path.splitext(f)[1].lower() or "no extension"
+                kinds[ext] = kinds.get(ext, 0) + 1
+            shown = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
+            _note(f"note: skipped {len(self.other)} file(s) under {folder} that are not of an image type read here "
+                  f"({shown}{', ...' if len(kinds) > 5 else ''}; read: {' '.join(IMG_EXTENSIONS)}), "
+                  f"e.g. {self.other[0]}")
+
+
+def _scan(folder: str, unread: _Unread) -> tuple[list[str], list[str]]:
+    """(image file names, sub-folder paths) of one folder, sorted; what is not read goes to ``unread``."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return [], []
+    names, subdirs = [], []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()  # follows links
+        except OSError:
+            is_dir = False
+        if is_dir:
+            subdirs.append(e.path)
+        elif not e.name.lower().endswith(IMG_EXTENSIONS):
+            unread.other.append(e.path)
+        elif _regular_or_missing(e):
+            names.append(e.name)
+        else:
+            unread.special.append(e.path)
+    return names, subdirs
+
+
+def _regular_or_missing(e: os.DirEntry) -> bool:
+    """A regular file (after links), or a dangling link (kept: reading it names it as unreadable)."""
+    try:
+        return e.is_file() or stat.S_ISREG(e.stat().st_mode)
+    except OSError:
+        return True
+
+
+def _walk_images(top: Path, loops: list[str], unread: _Unread | None = None) -> list[str]:
     """Image files under ``top``, sorted; directory links are followed once: a link to a folder that was
-    already read (a loop back into the tree, or a second way to the same folder) is skipped and listed."""
+    already read (a loop back into the tree, or a second way to the same folder) is skipped and listed.
+    Only regular files are listed; the rest goes to ``unread``."""
+    unread = unread if unread is not None else _Unread()
     seen = {os.path.realpath(top)}
     found = []
-    for dirpath, dirnames, names in os.walk(top, followlinks=True):
+    stack = [str(top)]
+    while stack:  # depth first, sub-folders in name order (as os.walk)
+        folder = stack.pop()
+        names, subdirs = _scan(folder, unread)
         keep = []
-        for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
+        for d in subdirs:
+            real = os.path.realpath(d)
             if real in seen:
-                loops.append(os.path.join(dirpath, d))
+                loops.append(d)
             else:
                 seen.add(real)
                 keep.append(d)
-        dirnames[:] = keep
-        found.append((dirpath, sorted(n for n in names if n.lower().endswith(IMG_EXTENSIONS))))
+        found.append((folder, names))
+        stack.extend(reversed(keep))
     return [os.path.join(d, n) for d, names in sorted(found) for n in names]
 
 
@@ -241,13 +305,14 @@ def _tiny_imagenet_files(root: Path, split: str) -> tuple[list[str], list[int], 
     index = {c: i for i, c in enumerate(classes)}
     files, labels = [], []
     if split == "train":
+        unread = _Unread()
         for c in classes:
             folder = train / c / "images"
             folder = folder if folder.is_dir() else train / c
-            for n in sorted(os.listdir(folder)) if folder.is_dir() else []:
-                if n.lower().endswith(IMG_EXTENSIONS):
-                    files.append(str(folder / n))
-                    labels.append(index[c])
+            for n in _scan(str(folder), unread)[0] if folder.is_dir() else []:
+                files.append(str(folder / n))
+                labels.append(index[c])
+        unread.note(train)
     else:
         ann = root / "val" / "val_annotations.txt"
         if ann.is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,32 +25,87 @@ def default_cache_dir() -> Path:
 
 
 def open_rgb(path: str) -> Image.Image:
-    """Read one image as RGB (grayscale, palette, CMYK and RGBA are converted); DataError names a broken file."""
+    """Read one image as RGB (grayscale, palette, CMYK and RGBA are converted); DataError names a broken file.
+
+    Only a regular file is read: a named pipe, socket or device under an image's name is refused at once
+    (opening a pipe would wait for as long as nothing writes to it)."""
     try:
-        with Image.open(path) as im:
+        with _open_regular(path) as f, Image.open(f) as im:
             im.load()
-            if im.mode.startswith("I"):  # 16-bit greyscale (I;16*, or I from a PNG): convert() would clip to white
-                im = _sixteen_bit_to_rgb(im, path)
+            if im.mode.startswith("I"):  # 16/32-bit integer greyscale: convert() would clip to white
+                im = _integer_to_rgb(im, path)
             if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 return Image.alpha_composite(background, im).convert("RGB")
             return im.convert("RGB")
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's guard against huge images
+        raise DataError(f"cannot decode image {path} (too large: {str(e).rstrip('.')}); remove or shrink it, or pass "
+                        f"--skip-corrupt to skip unreadable files") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"cannot read image {path}: it is gone (deleted or moved since the data set was listed); "
+                            f"restore it, or pass --skip-corrupt to skip unreadable files") from None
         size = os.path.getsize(path) if os.path.exists(path) else -1
         why = "empty file" if size == 0 else f"{type(e).__name__}: {e}"
         raise DataError(f"cannot decode image {path} ({why}); remove or replace it, "
                         f"or pass --skip-corrupt to skip unreadable files") from None
 
 
-def _sixteen_bit_to_rgb(im: Image.Image, path: str) -> Image.Image:
-    """A 16-bit greyscale image scaled to 8 bits (65535 -> 255), as RGB; other integer ranges are refused."""
+def _open_regular(path: str):
+    """``path`` opened for reading if it is a regular file (after links), else DataError. The open itself does
+    not block (O_NONBLOCK), so a named pipe is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"cannot read image {path}: it is a {file_kind(st.st_mode)}, not a regular file; remove "
+                            f"it, or pass --skip-corrupt to skip unreadable files")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (for messages)."""
+    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _integer_to_rgb(im: Image.Image, path: str) -> Image.Image:
+    """A 16- or 32-bit integer greyscale image as 8-bit RGB.
+
+    16-bit storage (``I;16*``, a PNG, a TIFF of 16 bits per sample) is scaled 65535 -> 255. 32-bit storage
+    (``I``: a TIFF of 32 bits per sample) has no standard white level: values within 0..255 are an 8-bit image
+    stored wide and are taken as they are; any other range is refused, since only the writer knows its white
+    level (stretching each image to its own range would change the contrast image by image)."""
     a = np.asarray(im).astype(np.int64)
-    if a.size and (a.min() < 0 or a.max() > 65535):
-        raise DataError(f"cannot decode image {path} (integer pixels outside 0..65535, mode {im.mode}); convert it "
-                        f"to 8-bit RGB, or pass --skip-corrupt to skip it")
-    u8 = ((a * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if im.mode.startswith("I;16") or im.format == "PNG" or _tiff_bits(im) in (8, 16):
+        if lo < 0 or hi > 65535:
+            raise DataError(f"cannot decode image {path} (integer pixels outside 0..65535, mode {im.mode}); convert "
+                            f"it to 8-bit RGB, or pass --skip-corrupt to skip it")
+        u8 = ((a * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+    elif lo >= 0 and hi <= 255:
+        u8 = a.astype(np.uint8)
+    else:
+        raise DataError(f"cannot decode image {path} (32-bit integer pixels, mode {im.mode}, with values {lo}..{hi}: "
+                        f"their white level is not known); convert it to 8-bit or 16-bit, or pass --skip-corrupt to "
+                        f"skip it")
     return Image.fromarray(u8).convert("RGB")  # uint8 [H, W]: mode L
+
+
+def _tiff_bits(im: Image.Image) -> int | None:
+    """Bits per sample a TIFF declares (None for other formats)."""
+    bits = getattr(im, "tag_v2", {}).get(258) if im.format == "TIFF" else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if bits else None
 
 
 def resize_center_crop(im: Image.Image, size: int) -> Image.Image:

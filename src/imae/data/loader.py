@@ -11,10 +11,13 @@ the same data as an uninterrupted run, and no RNG state has to be carried betwee
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import multiprocessing.util  # noqa: F401  (its exit handler must be registered before ours)
 import random
 import signal
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +55,71 @@ def ignore_stop_signals(worker_id: int) -> None:
     """``worker_init_fn`` of the training loaders: SIGTERM / SIGINT sent to a whole process group (torchrun
     stopping its workers, a scheduler's pre-emption, Ctrl-C) are for the main process, which checkpoints
     and stops; a loader worker killed by them would crash the main process first. Workers still end with
-    the main process (the DataLoader's shutdown and its parent watchdog)."""
+    the main process (the DataLoader's shutdown, its parent watchdog, and ``WorkerLoader``'s exit handler:
+    multiprocessing's own ``terminate()`` at exit cannot end them)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """What a loader's dataset returns for a file it cannot read, instead of raising: the main process then
+    stops with the one-line ``DataError`` (or skips the file under ``--skip-corrupt``). An exception raised in
+    a worker would reach the main process wrapped in the worker's traceback."""
+
+    message: str
+
+
+class WorkerLoader(torch.utils.data.DataLoader):
+    """A ``DataLoader`` whose worker processes always end: ``guarded`` ends them when iterating fails, and
+    any still running when the interpreter exits are ended then.
+
+    Without this, an error left persistent workers running (the iterator stays referenced by the error's
+    traceback), and since the workers ignore SIGTERM (``ignore_stop_signals``) the ``terminate()`` of
+    multiprocessing's exit handler did not end them: its ``join()`` waited forever."""
+
+    def _get_iterator(self):
+        it = super()._get_iterator()
+        if self.num_workers > 0:
+            _LIVE.add(it)
+        return it
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def end_workers(it) -> None:
+    """End the worker processes of a DataLoader iterator: torch's orderly shutdown (a few seconds at most),
+    then SIGKILL for any worker still alive (a worker ignores SIGTERM)."""
+    with contextlib.suppress(Exception):
+        it._shutdown_workers()
+    for w in getattr(it, "_workers", ()):
+        with contextlib.suppress(Exception):
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=5)
+
+
+@atexit.register  # registered after multiprocessing's exit handler (imported above), so it runs before it
+def _end_all_workers() -> None:
+    for it in list(_LIVE):
+        end_workers(it)
+
+
+def guarded(loader: Iterable) -> Iterator:
+    """Iterate ``loader`` (a ``WorkerLoader``): an ``Unreadable`` batch raises its ``DataError``; any error
+    (and Ctrl-C) ends the workers before it propagates. A persistent loader starts new workers next time."""
+    it = iter(loader)
+    try:
+        for item in it:
+            if isinstance(item, Unreadable):
+                raise DataError(item.message)
+            yield item
+    except (Exception, KeyboardInterrupt):
+        end_workers(it)
+        if getattr(loader, "_iterator", None) is it:
+            loader._iterator = None
+        raise
 
 
 def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -174,16 +239,17 @@ class _FileDataset(torch.utils.data.Dataset):
         epoch, i = key
         try:
             im = open_rgb(self.files[i])
-        except DataError:
-            if self.skip_corrupt:
-                return None
-            raise
+        except DataError as e:
+            return None if self.skip_corrupt else Unreadable(str(e))
         with seeded(derive_seed(self.seed, epoch, i, 0xF11E)):
             x = self.transform(im)
         return x, int(self.labels[i]), i
 
 
 def _collate(items):
+    bad = next((it for it in items if isinstance(it, Unreadable)), None)
+    if bad is not None:
+        return bad
     kept = [it for it in items if it is not None]
     if not kept:
         return None, len(items)
@@ -216,7 +282,7 @@ class FileLoader:
                  seed: int = 0, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True,
                  num_workers: int = 4, skip_corrupt: bool = False) -> None:
         self.sampler = PlanSampler(plan, rank)
-        self.loader = torch.utils.data.DataLoader(
+        self.loader = WorkerLoader(
             _FileDataset(data, size, scale, ratio, hflip, seed, skip_corrupt), batch_sampler=self.sampler,
             num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None,
@@ -231,7 +297,7 @@ class FileLoader:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[int, Batch]]:
         """(step, batch) for the steps ``start ..`` of ``epoch``."""
         self.sampler.epoch, self.sampler.start = epoch, start
-        for step, (item, skipped) in enumerate(self.loader, start=start):
+        for step, (item, skipped) in enumerate(guarded(self.loader), start=start):
             g = step_generator(self.seed, epoch, step, self.rank, self.device)
             if item is None:
                 continue

@@ -65,18 +65,32 @@ class TrainState:
         return cls(ck.get("epoch", -1), step, ck.get("global_step", 0), ck.get("nonfinite_skipped", 0), partial)
 
 
-def layout_of(params, env: D.DistEnv) -> dict[str, int]:
-    """What fixes the batches of an epoch: per-process batch size, accumulation, processes."""
-    return {"batch_size": params.batch_size, "accum_iter": params.accum_iter, "world_size": env.world_size}
+def layout_of(params, env: D.DistEnv, images: int | None = None) -> dict[str, int]:
+    """What fixes the batches of an epoch: per-process batch size, accumulation, processes (and the number of
+    training images, where known)."""
+    out = {"batch_size": params.batch_size, "accum_iter": params.accum_iter, "world_size": env.world_size}
+    if images is not None:
+        out["images"] = int(images)
+    return out
 
 
-def check_layout(ck: dict[str, Any], params, env: D.DistEnv, section: str, run_dir: Path) -> None:
-    """A run stopped mid-epoch resumes only with the batch layout it stopped with: else the rest of the
-    epoch's batch plan would differ (some images seen twice, others not at all)."""
+def check_layout(ck: dict[str, Any], params, env: D.DistEnv, section: str, run_dir: Path,
+                 images: int | None = None) -> None:
+    """A run stopped mid-epoch resumes only with the batch layout it stopped with, and with as many training
+    images (``images``, when given): else the rest of the epoch's batch plan would differ (some images seen
+    twice, others not at all)."""
+    saved = ck.get("layout")
+    if not ck.get("step_in_epoch") or saved is None:
+        return
     layout = layout_of(params, env)
-    if ck.get("step_in_epoch") and ck.get("layout") not in (None, layout):
-        raise ConfigError(f"{run_dir} stopped in the middle of an epoch with {_describe(ck['layout'], section)}; "
+    if {k: saved.get(k) for k in layout} != layout:
+        raise ConfigError(f"{run_dir} stopped in the middle of an epoch with {_describe(saved, section)}; "
                           f"resume it with the same (now {_describe(layout, section)})")
+    if images is not None and saved.get("images") not in (None, images):
+        cap = "data.max_per_class" if section == "train" else "data.train_per_class"
+        raise ConfigError(f"{run_dir} stopped in the middle of an epoch of {saved['images']} training images, but "
+                          f"the data set now has {images}; resume it with the same images (check --data-path and "
+                          f"{cap}), else the rest of the epoch would see some images twice and others never")
 
 
 def _describe(layout: dict[str, int], section: str) -> str:
@@ -114,6 +128,8 @@ class Loop:
         self.stop: StopRequest | None = None
         self.load_skipped = 0  # unreadable files dropped when the data set was loaded
         self.max_reached = False
+        plan = getattr(loader, "plan", None)  # the training images, recorded so a mid-epoch resume can check them
+        self.images: int | None = len(plan.labels) if plan is not None else None
         # the lr schedule's length (and warm-up) in epochs: a smoke run (max_steps) gets it compressed
         p = params
         self.sched_epochs: float = p.epochs
@@ -393,7 +409,7 @@ class Loop:
                 "rng": {"torch": torch.get_rng_state()},
                 "metrics": metrics or {},
                 "partial": partial,
-                "layout": layout_of(self.p, self.env),
+                "layout": layout_of(self.p, self.env, self.images),
                 "version": __version__,
                 **self.objective.checkpoint_meta(),
             }

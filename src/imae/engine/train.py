@@ -82,7 +82,7 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
 def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None) -> Path:
     main = env.is_main
     found = held.pop()
-    resume_ck, changes, original = None, {}, None
+    resume_ck, changes, original, edits = None, {}, None, {}
     if found is not None:
         _, path, resume_ck = found
         del found
@@ -95,12 +95,6 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
             info(f"resume: {key} changed: {old!r} -> {new!r}", main)
         edits = hand_edits(run_dir, original, cfg.to_dict()) if main else {}
         warn_hand_edits(run_dir, edits)
-        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
-            note = RunLog(run_dir, tensorboard=False)
-            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
-                                 "changes": changes, "epochs_from": 1,
-                                 **({"hand_edits_ignored": sorted(edits)} if edits else {})})
-            note.close()
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
         safetensors_io.require("train.checkpoint_format=safetensors")
@@ -126,6 +120,14 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
                       progress=main)
     if data.skipped:
         info(f"skipped {len(data.skipped)} unreadable image(s) (--skip-corrupt), e.g. {data.skipped[0]}", main)
+    if resume_ck is not None:
+        check_layout(resume_ck, cfg.train, env, "train", run_dir, images=len(data))
+        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
+            note = RunLog(run_dir, tensorboard=False)
+            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
+                                 "changes": changes, "epochs_from": 1,
+                                 **({"hand_edits_ignored": sorted(edits)} if edits else {})})
+            note.close()
     if hasattr(objective, "prepare"):
         objective.prepare(data, env.device)  # i-MAE: check labels for pairing
     place_model(model, env.device, t.amp)

@@ -19,6 +19,7 @@ import torch
 
 from imae.config.evaluate import EvalDataConfig
 from imae.data.datasets import NATIVE_SIZE, ImageSet, load_split
+from imae.data.loader import Unreadable, WorkerLoader, guarded
 from imae.errors import ConfigError, DataError
 
 EVAL_CROP = 0.875  # file-based sets: resize to size / 0.875, then centre crop (MAE's evaluation transform)
@@ -54,10 +55,10 @@ class Split:
             for start in range(0, index.shape[0], batch_size):
                 yield self.data.images[index[start:start + batch_size]]
             return
-        loader = torch.utils.data.DataLoader(_Files(self.data.files, self.size, index), batch_size=batch_size,
-                                             num_workers=self.num_workers, shuffle=False,
-                                             pin_memory=torch.cuda.is_available())  # for non_blocking copies
-        yield from loader
+        loader = WorkerLoader(_Files(self.data.files, self.size, index), batch_size=batch_size,
+                              num_workers=self.num_workers, shuffle=False, collate_fn=_collate_files,
+                              pin_memory=torch.cuda.is_available())  # for non_blocking copies
+        yield from guarded(loader)  # an unreadable file: its one-line DataError, the workers ended
 
     def read(self, index: torch.Tensor) -> torch.Tensor:
         """index [M] -> uint8 [M, 3, size, size] (the whole selection at once: for small selections)."""
@@ -72,8 +73,16 @@ class _Files(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.index.shape[0]
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.stack([read_center_crop(self.files[int(j)], self.size) for j in self.index[i]])
+    def __getitem__(self, i: int):
+        try:
+            return torch.stack([read_center_crop(self.files[int(j)], self.size) for j in self.index[i]])
+        except DataError as e:  # returned, not raised: a worker's exception would come wrapped in its traceback
+            return Unreadable(str(e))
+
+
+def _collate_files(items: list):
+    bad = next((it for it in items if isinstance(it, Unreadable)), None)
+    return bad if bad is not None else torch.stack(items)
 
 
 def read_center_crop(path: str, size: int) -> torch.Tensor:

@@ -62,6 +62,7 @@ class Session:
     cache: FeatureCache
     out_dir: Path
     show_progress: bool
+    warned_one_class: bool = False
 
     @property
     def item_store(self) -> ItemStore:
@@ -69,7 +70,16 @@ class Session:
         return ItemStore(self.cache.folder.parent / "separability", self.cache.enabled)
 
     def split(self, which: str) -> Split:
-        return load_eval_split(self.cfg.data, which, self.subject.model.arch.img_size, self.show_progress)
+        split = load_eval_split(self.cfg.data, which, self.subject.model.arch.img_size, self.show_progress)
+        present = split.labels.unique() if which == "eval" and split.has_labels else None
+        if present is not None and len(present) == 1 and not self.warned_one_class:
+            self.warned_one_class = True
+            d = split.data
+            what = ("probe and kNN accuracy and NMI are 1.000 whatever the model" if d.num_classes == 1 else
+                    f"the scores measure that class only, of {d.num_classes}, and NMI means nothing")
+            info(f"warning: every evaluation image of {d.name} is of one class ({d.classes[int(present[0])]}): "
+                 f"{what}; evaluate on two or more classes", self.show_progress)
+        return split
 
     def describe_data(self, test: Split, train: Split | None = None) -> dict[str, Any]:
         d = test.data

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from PIL import Image
 
 from imae.config.finetune import FinetuneConfig
 from imae.data.decode import open_rgb
-from imae.data.loader import BatchPlan, PlanSampler, derive_seed, ignore_stop_signals, seeded
+from imae.data.loader import (
+    BatchPlan,
+    PlanSampler,
+    Unreadable,
+    WorkerLoader,
+    derive_seed,
+    guarded,
+    ignore_stop_signals,
+    seeded,
+)
+from imae.errors import DataError
 from imae.eval.data import Split
 
 
@@ -26,7 +37,8 @@ class FinetuneImages(torch.utils.data.Dataset):
 
     Index with ``i`` (evaluation: the transform is deterministic) or ``(epoch, i)`` (training: the
     transform's Python, NumPy and torch random draws are seeded by ``(seed, epoch, i)``; the caller's
-    random states are left as they were)."""
+    random states are left as they were). A file that cannot be read gives an ``Unreadable`` (batch them with
+    ``collate``)."""
 
     def __init__(self, split: Split, transform, seed: int = 0) -> None:
         self.split, self.transform, self.seed = split, transform, seed
@@ -37,8 +49,11 @@ class FinetuneImages(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         d = self.split.data
-        im = (Image.fromarray(d.images[i].permute(1, 2, 0).numpy()) if d.images is not None
-              else open_rgb(d.files[i]))
+        try:
+            im = (Image.fromarray(d.images[i].permute(1, 2, 0).numpy()) if d.images is not None
+                  else open_rgb(d.files[i]))
+        except DataError as e:
+            return Unreadable(str(e))
         if epoch is None:
             return self.transform(im), int(d.labels[i])
         with seeded(derive_seed(self.seed, epoch, i, 0xF7)):
@@ -52,6 +67,22 @@ class LabeledBatch:
 
     images: torch.Tensor
     labels: torch.Tensor
+    skipped: int = 0  # unreadable files dropped from this batch (--skip-corrupt)
+
+
+def collate(items: list, skip_corrupt: bool = False, even: bool = False):
+    """``FinetuneImages`` items -> ((images, labels) or None when none is left, files skipped), or the first
+    ``Unreadable`` (unless ``skip_corrupt``). ``even``: a batch that lost files keeps an even number of images
+    (mixup / cutmix pair the images of a batch)."""
+    bad = [it for it in items if isinstance(it, Unreadable)]
+    if bad and not skip_corrupt:
+        return bad[0]
+    kept = [it for it in items if not isinstance(it, Unreadable)]
+    if even and bad and len(kept) % 2:
+        kept = kept[:-1]
+    if not kept:
+        return None, len(bad)
+    return torch.utils.data.default_collate(kept), len(bad)
 
 
 class PlanLoader:
@@ -63,18 +94,20 @@ class PlanLoader:
         t, workers = cfg.finetune, cfg.data.num_workers
         self.plan = BatchPlan(train.labels, t.batch_size, world_size, cfg.seed, batch_setting="finetune.batch_size")
         self.sampler = PlanSampler(self.plan, rank)
-        self.loader = torch.utils.data.DataLoader(FinetuneImages(train, transform, cfg.seed),
-                                                  batch_sampler=self.sampler, num_workers=workers,
-                                                  persistent_workers=workers > 0, pin_memory=pin_memory,
-                                                  worker_init_fn=ignore_stop_signals)
+        even = bool(t.mixup > 0 or t.cutmix > 0)
+        self.loader = WorkerLoader(FinetuneImages(train, transform, cfg.seed), batch_sampler=self.sampler,
+                                   num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
+                                   worker_init_fn=ignore_stop_signals,
+                                   collate_fn=partial(collate, skip_corrupt=cfg.data.skip_corrupt, even=even))
 
     def __len__(self) -> int:
         return self.plan.steps_per_epoch
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[int, LabeledBatch]]:
         self.sampler.epoch, self.sampler.start = epoch, start
-        for step, (x, y) in enumerate(self.loader, start=start):
-            yield step, LabeledBatch(x, y)
+        for step, (item, skipped) in enumerate(guarded(self.loader), start=start):
+            if item is not None:
+                yield step, LabeledBatch(*item, skipped)
 
 
 def transforms(cfg: FinetuneConfig, size: int, mean, std, in_memory: bool):

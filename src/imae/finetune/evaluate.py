@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imae.data.loader import ignore_stop_signals
+from imae.data.loader import WorkerLoader, guarded, ignore_stop_signals
 from imae.engine import distributed as D
 from imae.eval.data import Split
 from imae.eval.features import eval_precision
-from imae.finetune.data import FinetuneImages
+from imae.finetune.data import FinetuneImages, collate
 
 
 @torch.no_grad()
 def evaluate_classifier(vit: nn.Module, test: Split, transform, batch_size: int, device: torch.device,
-                        env: D.DistEnv, workers: int = 0) -> dict[str, float]:
+                        env: D.DistEnv, workers: int = 0, skip_corrupt: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy and cross-entropy on the evaluation split; each rank scores a contiguous
-    shard and the counts are summed (no padded duplicates)."""
+    shard and the counts are summed (no padded duplicates). Unreadable files stop it, or are left out
+    under ``skip_corrupt``."""
     vit.eval()
     n = len(test)
     lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
     shard = torch.utils.data.Subset(FinetuneImages(test, transform), range(lo, hi))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers,
-                                         worker_init_fn=ignore_stop_signals, pin_memory=device.type == "cuda")
+    loader = WorkerLoader(shard, batch_size=batch_size, num_workers=workers, worker_init_fn=ignore_stop_signals,
+                          pin_memory=device.type == "cuda", collate_fn=partial(collate, skip_corrupt=skip_corrupt))
     sums = torch.zeros(4, device=device)  # correct@1, correct@5, loss sum, count
-    for x, y in loader:
+    for item, _ in guarded(loader):
+        if item is None:
+            continue
+        x, y = item
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with eval_precision(device):  # bf16 autocast + TF32 on CUDA, as in training
             logits = vit(x).float()

@@ -57,7 +57,7 @@ class ClassifyObjective:
         x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        return LabeledBatch(x, y)
+        return LabeledBatch(x, y, batch.skipped)
 
     def __call__(self, net: nn.Module, batch: LabeledBatch) -> dict[str, torch.Tensor]:
         """net: the model, possibly wrapped by DDP / torch.compile. Returns {"loss": scalar}."""
@@ -66,7 +66,7 @@ class ClassifyObjective:
     def evaluate(self) -> dict[str, float]:
         t = self.cfg.finetune
         return evaluate_classifier(self.model, self.test, self.test_transform, t.batch_size, self.env.device,
-                                   self.env, self.cfg.data.num_workers)
+                                   self.env, self.cfg.data.num_workers, self.cfg.data.skip_corrupt)
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Score the test split after every ``eval_every`` epochs and the last; keep the epoch's record."""

@@ -105,7 +105,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
     optimizer = adamw(layer_decay_groups(vit, t.weight_decay, t.layer_decay), base_lr, t.betas, device)
     state = TrainState.from_checkpoint(resume_ck, env.world_size)
     if resume_ck is not None:
-        check_layout(resume_ck, t, env, "finetune", run_dir)
+        check_layout(resume_ck, t, env, "finetune", run_dir, images=len(train))
         if state.epoch + 1 > t.epochs:
             raise ConfigError(f"{run_dir} has already fine-tuned {state.epoch + 1} epochs; --epochs must be at "
                               f"least that")
