@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imae.checkpoints.atomic import save_atomic
+from imae.checkpoints.files import with_checksum
 from imae.engine import checkpoint as ckpt
 from imae.errors import ConfigError
 from imae.models import hf
@@ -41,7 +42,7 @@ def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None 
     if to == "mae":
         output.parent.mkdir(parents=True, exist_ok=True)
         # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
-        save_atomic({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}, output)
+        save_atomic(with_checksum({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}), output)
         return [output]
     # config.json's mask_ratio: the run's train.mask_ratio, a Hugging Face input's own, else the MAE default
     train = (ck.get("config") or {}).get("train") if isinstance(ck.get("config"), dict) else None

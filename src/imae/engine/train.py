@@ -40,6 +40,7 @@ from imae.engine.run_dir import (
     resumed_config,
     write_config,
 )
+from imae.engine.teacher import resolve_teacher
 
 
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
@@ -50,7 +51,7 @@ def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] |
 
 def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[str, Any]) -> Path:
     main = env.is_main
-    found = find_resume(resume, cfg.output_dir) if resume else None
+    found = find_resume(resume, cfg.output_dir, main) if resume else None
     resume_ck, undo = None, None
     if found is not None:
         run_dir, path, resume_ck = found
@@ -66,7 +67,7 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     held = [found]  # _train takes it out, so that the resumed checkpoint is freed once restored
     del found, resume_ck
     try:
-        return _train(cfg, env, run_dir, held, undo)
+        return _train(cfg, env, run_dir, held, undo, explicit_teacher="imae.teacher" in overrides)
     except BaseException:
         if undo is not None:  # a failed start leaves nothing behind (a run that trained keeps its logs)
             undo.undo()
@@ -76,7 +77,8 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
             lock.release()
 
 
-def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None) -> Path:
+def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None,
+           explicit_teacher: bool = False) -> Path:
     main = env.is_main
     found = held.pop()
     resume_ck, changes, original = None, {}, None
@@ -84,6 +86,9 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         _, path, resume_ck = found
         del found
         check_layout(resume_ck, cfg.train, env, "train", run_dir)
+    # before anything is written: a changed teacher, or the run itself as its teacher, is refused here
+    teacher = resolve_teacher(cfg, run_dir, resume_ck, explicit_teacher, main)
+    if resume_ck is not None:
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
         original = resume_ck.get("config") or {}
@@ -94,6 +99,8 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
             note = RunLog(run_dir, tensorboard=False)
             note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
                                  "changes": changes, "epochs_from": 1})
+            if teacher is not None and teacher.override is not None:
+                note.write("event", teacher.override)
             note.close()
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
@@ -107,7 +114,8 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     if env.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    objective = build_objective(cfg)
+    objective = build_objective(cfg, teacher)
+    del teacher  # its tensors are in the model now
     model: nn.Module = objective.model
     if cfg.init_from and resume_ck is None:
         objective.load_init(ckpt.load(cfg.init_from))
@@ -149,7 +157,9 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
                  f"for a short run", main)
         log.write("event", {"event": "start", "version": __version__, "epochs_from": 1, "world_size": env.world_size,
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
-                            "skipped_files": data.skipped})
+                            "skipped_files": data.skipped,
+                            **({"teacher": objective.teacher_record} if getattr(objective, "teacher_record", None)
+                               else {})})
 
     if undo is not None:
         undo.keep()
