@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from imae.checkpoints.atomic import save_atomic, write_reason
+from imae.checkpoints.files import with_checksum
 from imae.engine import checkpoint as ckpt
 from imae.errors import ConfigError, OutputError
 from imae.models import hf
@@ -47,7 +48,7 @@ def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None 
         if to == "mae":
             output.parent.mkdir(parents=True, exist_ok=True)
             # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
-            save_atomic({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}, output)
+            save_atomic(with_checksum({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}), output)
             return [output]
         return hf.save_folder(sd, model.arch, output, encoder_only=encoder_only, mask_ratio=mask_ratio)
     except (OSError, OutputError) as e:  # a full disk, a read-only folder: remove what this export began

@@ -6,7 +6,12 @@ A training checkpoint is a dict in the official MAE layout plus the resume state
      file names and logs count from 1: "epoch": 4 is in checkpoint-5.pth), "step_in_epoch": batches of the
      next epoch already done (0 at epoch ends), "global_step": optimiser steps, "config": resolved
      configuration, "kind": "mae" | "imae", "arch": architecture, "scaler": None, "rng": {...},
-     "metrics": last epoch's averages, "version": imae version}
+     "metrics": last epoch's averages, "version": imae version,
+     "checksum": {"model": SHA-1 of the weights, "optimizer": SHA-1 of the optimiser state}}
+
+``torch.load`` does not check the zip CRCs, so bytes damaged in place inside a tensor would load as wrong
+numbers: the checksum (:func:`imae.checksum.tensor_checksum`, the caches' helper) is verified on load.
+Checkpoints written before it existed (and official releases) carry none and load unverified.
 
 With ``train.checkpoint_format=safetensors`` the weights live in ``checkpoint-*.safetensors`` beside the
 ``.pth`` (see :mod:`imae.checkpoints.safetensors_io`); :func:`read_pth` joins them again.
@@ -25,6 +30,7 @@ import torch
 
 from imae.checkpoints import safetensors_io
 from imae.checkpoints.atomic import save_atomic, write_reason
+from imae.checksum import tensor_checksum
 from imae.errors import CheckpointError, MissingDependency, OutputError, TrainingError
 
 # what the weights-only unpickler may build besides tensors and plain containers: official MAE
@@ -32,6 +38,43 @@ from imae.errors import CheckpointError, MissingDependency, OutputError, Trainin
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.pth$")
+CHECKSUM_KEY = "checksum"
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose weights (or optimiser state) do not match the checksum stored when it was saved."""
+
+
+CHECKED = ("model", "optimizer")  # the entries whose tensors a checkpoint's checksum covers
+
+
+def with_checksum(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``"checksum"``: the SHA-1 of each of its ``model`` and ``optimizer`` entries present."""
+    sums = {k: tensor_checksum(obj[k]) for k in CHECKED if obj.get(k) is not None}
+    return {**obj, CHECKSUM_KEY: {k: v for k, v in sums.items() if v is not None}}
+
+
+def damage(ck: dict[str, Any], parts: tuple[str, ...] = ("model",)) -> str | None:
+    """Why checkpoint ``ck`` is damaged (its ``parts`` do not match the checksum stored when it was saved), or
+    None: intact, or written without a checksum (an older imae, an official release), which cannot be told."""
+    stored = ck.get(CHECKSUM_KEY)
+    if not isinstance(stored, dict):
+        return None
+    bad = [k for k in parts if k in stored and tensor_checksum(ck.get(k)) != stored[k]]
+    if not bad:
+        return None
+    what = " and ".join("weights" if k == "model" else "optimiser state" for k in bad)
+    verb = "does" if what == "optimiser state" else "do"
+    return f"its {what} {verb} not match the checksum stored when it was saved"
+
+
+def verify(ck: dict[str, Any], path: str | Path, parts: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """``ck``, or a one-line CheckpointError when it is damaged (see :func:`damage`)."""
+    why = damage(ck, parts)
+    if why is not None:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged: {why}; use another checkpoint of the run (a "
+                              f"numbered checkpoint-N.pth) or a backup copy")
+    return ck
 
 
 def remove_partial_writes(run_dir: Path) -> None:
@@ -40,11 +83,12 @@ def remove_partial_writes(run_dir: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def read_pth(path: str | Path) -> dict[str, Any]:
+def read_pth(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> dict[str, Any]:
     """Load one ``.pth`` (or ``pytorch_model.bin``) with ``weights_only=True``: tensors, containers and
     allow-listed types only.
 
-    A bare state dict is wrapped as ``{"model": state_dict}``; a split checkpoint gets its weights back.
+    A bare state dict is wrapped as ``{"model": state_dict}``; a split checkpoint gets its weights back. The
+    stored checksum of ``verify_parts`` is checked (one-line CheckpointError when the file is damaged).
     """
     path = Path(path)
     try:
@@ -75,6 +119,7 @@ def read_pth(path: str | Path) -> dict[str, Any]:
             obj = dict(obj, model=obj["state_dict"])
         else:
             raise CheckpointError(f"{path} has no 'model' entry (keys: {', '.join(list(obj)[:8])})")
+    verify(obj, path, verify_parts)
     obj["_path"] = str(path)
     return obj
 
@@ -88,14 +133,16 @@ def checkpoints_in(run_dir: Path) -> list[Path]:
     return files + numbered
 
 
-def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(path, checkpoint) of the newest readable checkpoint, or None.
+def latest_complete(run_dir: Path, verify_parts: tuple[str, ...] = ("model",)) -> tuple[Path, dict[str, Any]] | None:
+    """(path, checkpoint) of the newest intact checkpoint, or None.
 
     ``checkpoint-last.pth`` is always at least as new as any numbered file (it is written first, with the
-    same content), so the files are tried in that order and the first readable one is returned: one file
-    is read unless the newest is damaged. Tensors are memory-mapped, so a large checkpoint costs little
-    until its weights are used.
+    same content), so the files are tried in that order and the first readable one whose ``verify_parts``
+    match their checksum is returned: one file is read unless the newest is damaged. The newer files passed
+    over are listed in the checkpoint's ``"_skipped"`` as ``[(path, why), ...]`` for the caller to report.
+    Tensors are memory-mapped, so a large checkpoint costs little until its weights are used.
     """
+    skipped: list[tuple[Path, str]] = []
     for p in checkpoints_in(run_dir):
         try:
             with torch.serialization.safe_globals(SAFE_GLOBALS):
@@ -104,12 +151,32 @@ def latest_complete(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
                 safetensors_io.attach_weights(ck, p)
         except MissingDependency:
             raise
-        except Exception:  # partial or corrupt: an older one will do
+        except Exception as e:  # partial or corrupt: an older one will do
+            lines = str(e).strip().splitlines()
+            skipped.append((p, f"unreadable: {type(e).__name__}{': ' + lines[0][:120] if lines else ''}"))
             continue
-        if isinstance(ck, dict) and "model" in ck:
-            ck["_path"] = str(p)
-            return p, ck
+        if not (isinstance(ck, dict) and "model" in ck):
+            skipped.append((p, "not a checkpoint"))
+            continue
+        why = damage(ck, verify_parts)
+        if why is not None:
+            skipped.append((p, why))
+            continue
+        ck["_path"] = str(p)
+        ck["_skipped"] = skipped
+        return p, ck
     return None
+
+
+def skipped_note(ck: dict[str, Any], action: str) -> str | None:
+    """One line saying which newer checkpoints :func:`latest_complete` passed over for ``ck``, or None."""
+    skipped = ck.get("_skipped") or []
+    if not skipped:
+        return None
+    newest, why = skipped[0]
+    more = f" (and {len(skipped) - 1} more damaged)" if len(skipped) > 1 else ""
+    return (f"warning: {newest} is damaged ({why}){more}; {action} {Path(ck['_path']).name}, the newest intact "
+            f"checkpoint")
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
@@ -124,7 +191,10 @@ def prune(run_dir: Path, keep_last: int) -> None:
 
 def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
     """Write a training checkpoint: one ``.pth`` (``fmt="pth"``), or the weights as ``.safetensors`` beside a
-    ``.pth`` of the resume state (``fmt="safetensors"``; see :mod:`imae.checkpoints.safetensors_io`)."""
+    ``.pth`` of the resume state (``fmt="safetensors"``; see :mod:`imae.checkpoints.safetensors_io`). Both carry
+    the checksum of the weights and optimiser state (:func:`with_checksum`, unless ``obj`` has it already),
+    verified when read."""
+    obj = obj if CHECKSUM_KEY in obj else with_checksum(obj)
     path = Path(path)
     try:
         if fmt == "safetensors":

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from imae.checksum import tensor_checksum
 from imae.errors import DataError
 
 CACHE_VERSION = 1
@@ -175,17 +176,6 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
         _save_atomic({"images": images, "kept": kept, "skipped": skipped, "sha1": tensor_checksum(images, kept)},
                      cache)
     return images, kept, skipped
-
-
-def tensor_checksum(*tensors: object) -> str | None:
-    """SHA-1 of the tensors' dtypes, shapes and bytes (None when one is not a tensor): cache entries carry it."""
-    h = hashlib.sha1()
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            return None
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
 
 
 def _cache_path(files: list[str], size: int, skip_corrupt: bool, cache_dir: str | Path | None) -> Path | None:

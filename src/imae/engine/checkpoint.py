@@ -16,10 +16,12 @@ from imae.errors import CheckpointError
 from imae.models.hf import load_folder
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors, containers and allow-listed types only.
 
-    A bare state dict is wrapped as ``{"model": state_dict}``.
+    A bare state dict is wrapped as ``{"model": state_dict}``. The stored checksum of ``verify_parts`` is
+    checked: a damaged file is a one-line CheckpointError, and so is a run directory whose newest checkpoint
+    is damaged (it names the newest intact one; only ``--resume`` falls back to it by itself).
     """
     path = Path(path)
     if not path.exists():
@@ -28,14 +30,19 @@ def load(path: str | Path) -> dict[str, Any]:
     if path.is_dir() and files.hf_folder(path):
         return load_folder(path)
     if path.is_dir():
-        found = files.latest_complete(path)
+        found = files.latest_complete(path, verify_parts)
         if found is None:
             raise CheckpointError(f"{path} holds no readable checkpoint-*.pth; pass a checkpoint file or a "
                                   f"run directory of `imae pretrain`")
-        return found[1]
+        ck = found[1]
+        if ck["_skipped"]:
+            newest, why = ck["_skipped"][0]
+            raise CheckpointError(f"{newest} is damaged ({why}); the newest intact checkpoint of {path} is "
+                                  f"{found[0]}: pass it explicitly to use it")
+        return ck
     if path.suffix == ".safetensors":
         return safetensors_io.load_checkpoint(path)
-    return files.read_pth(path)
+    return files.read_pth(path, verify_parts)
 
 
 def latest_in(run_dir: Path) -> Path:

@@ -33,7 +33,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imae import __version__
-from imae.checkpoints.files import latest_complete, prune, save_checkpoint
+from imae.checkpoints.files import latest_complete, prune, save_checkpoint, with_checksum
 from imae.console import info, progress
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog
@@ -397,7 +397,7 @@ class Loop:
                                   f"steps; no checkpoint written; {self._last_good()}; lower the learning rate or set "
                                   f"{self.section}.clip_grad")
         elif self.env.is_main:
-            obj = {
+            obj = with_checksum({  # computed once for both files
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "epoch": epoch,
@@ -412,7 +412,7 @@ class Loop:
                 "layout": layout_of(self.p, self.env, self.images),
                 "version": __version__,
                 **self.objective.checkpoint_meta(),
-            }
+            })
             try:
                 fmt = self.p.checkpoint_format
                 save_checkpoint(obj, self.run_dir / "checkpoint-last.pth", fmt)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from imae.checkpoints.files import checkpoints_in, latest_complete
+from imae.checkpoints.files import DamagedCheckpoint, checkpoints_in, latest_complete, skipped_note
 from imae.config import Config, assign, from_dict, save_config
 from imae.console import info
 from imae.engine import checkpoint as ckpt
@@ -138,29 +138,47 @@ def lock_run_dir(run_dir: Path, env) -> RunLock | None:
     return lock
 
 
-def find_resume(resume: str, output_dir: str | None) -> tuple[Path, Path, dict[str, Any]] | None:
+def find_resume(resume: str, output_dir: str | None,
+                main: bool = True) -> tuple[Path, Path, dict[str, Any]] | None:
     """(run_dir, checkpoint path, checkpoint) to continue from, or None for ``auto`` with nothing to resume.
 
     ``resume``: a run directory, a checkpoint file, or ``auto`` (the newest complete checkpoint of
-    ``output_dir``, if any).
+    ``output_dir``, if any). A run directory (and ``auto``) falls back past damaged checkpoints (weights or
+    optimiser state not matching their checksum, unreadable files) to the newest intact one, and says so
+    (``main``: this process prints); a damaged checkpoint file named explicitly is refused.
     """
     if resume == "auto":
         if not output_dir or not Path(output_dir).is_dir():
             return None
-        found = latest_complete(Path(output_dir))
+        found = latest_complete(Path(output_dir), RESUME_PARTS)
         if found is None and checkpoints_in(Path(output_dir)):
             raise CheckpointError(f"--resume auto: {output_dir} holds checkpoints but none can be read (damaged or "
                                   f"partial); move them aside to start again there, or choose another --output-dir")
+        if found is not None:
+            _note_skipped(found[1], main)
         return None if found is None else (Path(output_dir), found[0], found[1])
     path = Path(resume)
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such run directory or checkpoint")
     if path.is_dir():
-        found = latest_complete(path)
+        found = latest_complete(path, RESUME_PARTS)
         if found is None:
             raise CheckpointError(f"--resume {path}: the folder holds no readable checkpoint")
+        _note_skipped(found[1], main)
         return path, found[0], found[1]
-    return path.parent, path, ckpt.load(path)
+    try:
+        return path.parent, path, ckpt.load(path, RESUME_PARTS)
+    except DamagedCheckpoint as e:
+        raise DamagedCheckpoint(f"{e}; --resume {path.parent} resumes from the newest intact one") from None
+
+
+RESUME_PARTS = ("model", "optimizer")  # what a resumed run reads, so what its checksum check covers
+
+
+def _note_skipped(ck: dict[str, Any], main: bool) -> None:
+    note = skipped_note(ck, "resuming from")
+    if note:
+        info(note, main)
 
 
 def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> Config:

@@ -42,6 +42,7 @@ from imae.engine.run_dir import (
     warn_hand_edits,
     write_config,
 )
+from imae.engine.teacher import resolve_teacher
 from imae.models.loading import refuse_classifier
 
 
@@ -53,7 +54,7 @@ def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] |
 
 def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[str, Any]) -> Path:
     main = env.is_main
-    found = find_resume(resume, cfg.output_dir) if resume else None
+    found = find_resume(resume, cfg.output_dir, main) if resume else None
     resume_ck, undo = None, None
     if found is not None:
         run_dir, path, resume_ck = found
@@ -69,7 +70,7 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
     held = [found]  # _train takes it out, so that the resumed checkpoint is freed once restored
     del found, resume_ck
     try:
-        return _train(cfg, env, run_dir, held, undo)
+        return _train(cfg, env, run_dir, held, undo, explicit_teacher="imae.teacher" in overrides)
     except BaseException:
         if undo is not None:  # a failed start leaves nothing behind (a run that trained keeps its logs)
             undo.undo()
@@ -79,7 +80,8 @@ def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[s
             lock.release()
 
 
-def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None) -> Path:
+def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None,
+           explicit_teacher: bool = False) -> Path:
     main = env.is_main
     found = held.pop()
     resume_ck, changes, original, edits = None, {}, None, {}
@@ -87,6 +89,9 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         _, path, resume_ck = found
         del found
         check_layout(resume_ck, cfg.train, env, "train", run_dir)
+    # before anything is written: a changed teacher, or the run itself as its teacher, is refused here
+    teacher = resolve_teacher(cfg, run_dir, resume_ck, explicit_teacher, main)
+    if resume_ck is not None:
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
         original = resume_ck.get("config") or {}
@@ -107,7 +112,9 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     if env.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    objective = build_objective(cfg)
+    override = teacher.override if teacher is not None else None  # logged with the resume event
+    objective = build_objective(cfg, teacher)
+    del teacher  # its tensors are in the model now
     model: nn.Module = objective.model
     if cfg.init_from and resume_ck is None:
         init = ckpt.load(cfg.init_from)
@@ -127,6 +134,8 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
             note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
                                  "changes": changes, "epochs_from": 1,
                                  **({"hand_edits_ignored": sorted(edits)} if edits else {})})
+            if override is not None:
+                note.write("event", override)
             note.close()
     if hasattr(objective, "prepare"):
         objective.prepare(data, env.device)  # i-MAE: check labels for pairing
@@ -160,7 +169,9 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
                  f"for a short run", main)
         log.write("event", {"event": "start", "version": __version__, "epochs_from": 1, "world_size": env.world_size,
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
-                            "skipped_files": data.skipped})
+                            "skipped_files": data.skipped,
+                            **({"teacher": objective.teacher_record} if getattr(objective, "teacher_record", None)
+                               else {})})
 
     if undo is not None:
         undo.keep()

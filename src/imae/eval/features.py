@@ -6,9 +6,10 @@ masking (``forward_features``), batched, with a progress bar. Both poolings are 
 either clean images of a split or mixtures ``alpha * x_sub + (1 - alpha) * x_dom`` of image pairs
 (mixed after normalisation, as in training).
 
-Results are cached under ``$IMAE_CACHE_DIR/features`` keyed by the checkpoint (path, mtime, size,
-heads), the split (data set, split, image content hash, size, normalisation) and the inputs (pairs
-hash, alpha); a cached result equals the freshly computed one bit for bit.
+Results are cached under ``$IMAE_CACHE_DIR/features`` keyed by the checkpoint (its content hash and
+head count: a different checkpoint copied over with its mtime kept is not mistaken for it), the split
+(data set, split, image content hash, size, normalisation) and the inputs (pairs hash, alpha); a cached
+result equals the freshly computed one bit for bit.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 
 import torch
 
+from imae.checksum import tensor_checksum
 from imae.console import info, progress
 from imae.data.augment import Normalize
-from imae.data.decode import default_cache_dir, error_reason, tensor_checksum
+from imae.data.decode import default_cache_dir, error_reason
 from imae.data.mixing import mix
 from imae.eval.data import Split, digest
 from imae.models.mae import MaskedAutoencoder

@@ -4,7 +4,8 @@ Schema (all commands)::
 
     {"command": "separability" | "semantics" | "linprobe" | "knn" | "finetune",
      "version": imae version,
-     "checkpoint": {"path", "label", "kind": "mae" | "imae", "epoch", "official_layout", "arch": {...}},
+     "checkpoint": {"path", "label", "kind": "mae" | "imae", "epoch", "official_layout", "arch": {...},
+                    "heads_from": {"num_heads": how it was decided, "decoder_num_heads": ...}},
      "data": {"dataset", "img_size", "mean", "std", "train_images", "eval_images", "num_classes"},
      "config": the resolved configuration,
      "results": the numbers (per command; see docs/evaluation.md),

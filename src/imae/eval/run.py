@@ -23,6 +23,7 @@ from imae.eval.item_store import ItemStore
 from imae.eval.results import write_result
 from imae.eval.separability_result import SeparabilityResult
 from imae.eval.subject import Subject, load_reference, load_subject, separability_defaults
+from imae.models.loading import HeadCountUnknown
 
 EVALUATIONS = ("separability", "semantics", "linprobe", "knn")
 
@@ -32,15 +33,16 @@ def main_process() -> bool:
     return launched_rank_is_zero()
 
 
-def resolve_config(cls: type, subject: Subject, preset: str | None = None, overrides: dict[str, Any] | None = None,
-                   sets: list[str] | None = None, base: dict[str, Any] | None = None) -> Any:
+def resolve_config(cls: type, subject: Subject | None, preset: str | None = None,
+                   overrides: dict[str, Any] | None = None, sets: list[str] | None = None,
+                   base: dict[str, Any] | None = None) -> Any:
     """defaults <- the run's data set, path and image size <- preset <- flags (dotted keys) <- ``--set`` items.
 
     ``base``: a whole saved configuration (a fine-tune being resumed) in place of the first three."""
     if base is not None:
         return resolve(copy.deepcopy(base), overrides, sets, cls)
     tree: dict[str, Any] = {}
-    run_data = (subject.train_config or {}).get("data") or {}
+    run_data = ((subject.train_config if subject is not None else None) or {}).get("data") or {}
     tree["data"] = {k: copy.deepcopy(run_data[k]) for k in RUN_DATA_KEYS if run_data.get(k) is not None}
     if preset:
         for key, value in preset_tree(preset, cls, foreign=PretrainConfig).items():
@@ -95,9 +97,12 @@ def open_session(ckpt: str | Path, *, preset: str | None = None, overrides: dict
                  base: dict[str, Any] | None = None) -> Session:
     """Load ``ckpt``, resolve the configuration (see ``resolve_config``), and (``move``) put the model on the
     configured device."""
-    subject = load_subject(ckpt)
+    try:
+        subject: Subject | None = load_subject(ckpt)
+    except HeadCountUnknown:  # an official layout of a non-standard width: --set num_heads=N says it (or is asked for)
+        subject = None
     cfg = resolve_config(cls, subject, preset, overrides, sets, base)
-    if cfg.num_heads and cfg.num_heads != subject.model.arch.num_heads:
+    if subject is None or (cfg.num_heads and cfg.num_heads != subject.model.arch.num_heads):
         subject = load_subject(ckpt, cfg.num_heads)
     device = resolve_device(cfg.device)
     if move:
@@ -165,7 +170,7 @@ def compare_checkpoints(a: str | Path, b: str | Path, *, reference: str | None =
 
     s = open_session(a, preset=preset, overrides=overrides, sets=sets)
     if not (overrides or {}).get("output_dir"):
-        s.out_dir = load_subject(b).default_output_dir
+        s.out_dir = load_subject(b, s.cfg.num_heads).default_output_dir
     results = compare(s, b, reference or s.cfg.separability.reference, s.cfg)
     record = {"checkpoint": results["b"], "data": s.describe_data(s.split("eval")), "config": s.cfg.to_dict(),
               "results": results, "timing": {}}

@@ -8,13 +8,12 @@ image size; an official checkpoint (``{"model": state_dict}``) needs ``--preset`
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imae.checksum import content_sha256
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
 from imae.eval.separability_result import ROLE_NOTES
@@ -33,7 +32,7 @@ class Subject:
     run_dir: Path | None  # the run directory when the checkpoint is ours
     model: MaskedAutoencoder  # MaskedAutoencoder or IMAE
     train_config: dict[str, Any] | None  # the resolved pre-training configuration (ours only)
-    fingerprint: str  # what cached features of this checkpoint are keyed by
+    fingerprint: str  # what cached features of this checkpoint are keyed by: its content hash and head count
     label: str  # a short name for tables and figures
     source: Path  # what was asked for: the checkpoint file or run directory
     epoch: int | None = None
@@ -55,16 +54,8 @@ class Subject:
     @cached_property
     def sha256(self) -> str:
         """Content hash of the checkpoint file (of a Hugging Face folder: of its files, by name): what identifies
-        a reference across folders and machines."""
-        h = hashlib.sha256()
-        files = sorted(f for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else [self.path]
-        for file in files:
-            if self.path.is_dir():
-                h.update(str(file.relative_to(self.path)).encode())
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-        return h.hexdigest()
+        a reference across folders and machines, and keys the feature cache (hashed once per subject)."""
+        return content_sha256(self.path)
 
     @property
     def teacher(self) -> str | None:
@@ -92,7 +83,8 @@ class Subject:
     def describe(self) -> dict[str, Any]:
         """What a result file records about the checkpoint."""
         return {"path": str(self.path), "label": self.label, "kind": self.kind, "epoch": self.epoch,
-                "official_layout": self.train_config is None, "arch": self.model.arch.to_dict()}
+                "official_layout": self.train_config is None, "arch": self.model.arch.to_dict(),
+                "heads_from": getattr(self.model, "heads_from", None)}
 
 
 def load_subject(spec: str | Path, num_heads: int | None = None) -> Subject:
@@ -108,14 +100,13 @@ def load_subject(spec: str | Path, num_heads: int | None = None) -> Subject:
         run_dir = None
     else:
         run_dir = spec if spec.is_dir() else (path.parent if config is not None else None)
-    files = [Path(f) for f in ck.get("_weights", [])] or [path]  # a Hugging Face folder: its weight files
-    stats = [(os.path.realpath(f), f.stat()) for f in files]
-    fingerprint = "|".join(f"{real}|{st.st_mtime_ns}|{st.st_size}" for real, st in stats)
-    fingerprint += f"|heads={model.arch.num_heads}"
     label = run_dir.name if run_dir is not None else path.stem
     epoch = ck.get("epoch")
-    return Subject(path, run_dir, model, config, fingerprint, label, spec,
-                   int(epoch) + 1 if isinstance(epoch, int) else None)
+    subject = Subject(path, run_dir, model, config, "", label, spec, int(epoch) + 1 if isinstance(epoch, int) else None)
+    # the content, not path/mtime/size: a different checkpoint copied over with its mtime kept (cp -p, rsync -a,
+    # tar) must not reuse another's features; the split checkpoint's .pth names its weights by a per-save token
+    subject.fingerprint = f"sha256={subject.sha256}|heads={model.arch.num_heads}"
+    return subject
 
 
 REFEREE_HOW = ("an MAE none of the evaluated models was trained towards, e.g. one trained like the teacher with "

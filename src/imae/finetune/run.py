@@ -51,7 +51,7 @@ def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dic
     s = open_session(ckpt_spec, preset=preset, overrides=overrides, sets=sets, cls=FinetuneConfig, move=False)
     resume_ck = None
     if resume:
-        found = find_resume(resume, str(_run_dir(s)))
+        found = find_resume(resume, str(_run_dir(s)), s.show_progress)
         if found is not None:
             run_dir, _, resume_ck = found
             s = _resumed_session(ckpt_spec, run_dir, resume_ck, overrides, sets)

@@ -1,9 +1,11 @@
 """Rebuild a model from a checkpoint: ours (architecture stored inside) or an official MAE release.
 
 Official checkpoints store only weights; their architecture is read off the tensor shapes. The number
-of attention heads cannot be read off shapes: the official sizes' head counts are used (ViT-B 12,
-ViT-L/H 16, decoder 16) and widths elsewhere get one head per 64 channels (decoder: per 32);
-``overrides`` (e.g. ``num_heads=...``) correct that.
+of attention heads cannot be read off shapes: it is taken where it is unambiguous (a count the checkpoint
+records; the standard widths' counts of the official and timm ViTs, 192: 3, 384: 6, 768: 12, 1024: 16,
+1280: 16; an explicit ``num_heads`` override) and refused in one line otherwise. The model built keeps
+how it was decided in ``heads_from``. The decoder's count (which mask-free evaluations do not use) is its
+standard (512: 16) or our presets' (128: 4, 192: 6, 64: 2), else one head per 32 channels, said so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from imae.models.mae import MAEArch, MaskedAutoencoder
 
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 DECODER_HEADS = {512: 16, 128: 4, 192: 6, 64: 2}
+HEADS_HINT = "give it with --set num_heads=N (imae export: --num-heads N)"
+
+
+class HeadCountUnknown(CheckpointError):
+    """An official-layout checkpoint whose encoder width has no standard head count, and none was given."""
 
 
 def _depth(sd: dict[str, torch.Tensor], prefix: str) -> int:
@@ -29,7 +36,14 @@ def _depth(sd: dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor], **overrides: Any) -> MAEArch:
-    """The MAEArch of an official-layout state dict (encoder-only releases get the default decoder)."""
+    """The MAEArch of an official-layout state dict (encoder-only releases get the default decoder); a
+    one-line CheckpointError when the encoder's head count is not known (see the module's notes)."""
+    return _infer(state_dict, overrides)[0]
+
+
+def _infer(state_dict: dict[str, torch.Tensor], overrides: dict[str, Any], source: str = "the checkpoint",
+           heads_hint: str = HEADS_HINT) -> tuple[MAEArch, dict[str, str]]:
+    """(architecture, how each head count was decided) of an official-layout state dict."""
     sd = strip_prefixes(state_dict)
     try:
         w = sd["patch_embed.proj.weight"]  # [D, C, p, p]
@@ -39,23 +53,43 @@ def infer_arch(state_dict: dict[str, torch.Tensor], **overrides: Any) -> MAEArch
     d, c, p = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
     grid = int(round(length**0.5))
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    if overrides.get("num_heads"):
+        heads, how = int(overrides["num_heads"]), f"given (num_heads={overrides['num_heads']})"
+    elif d in ENCODER_HEADS:
+        heads, how = ENCODER_HEADS[d], f"the standard count for width {d} (official/timm ViT)"
+    else:
+        known = ", ".join(f"{k}: {v}" for k, v in ENCODER_HEADS.items())
+        raise HeadCountUnknown(f"cannot tell how many attention heads the {d}-wide encoder of {source} has: the "
+                              f"checkpoint records none and only standard widths have a known count ({known}); "
+                              f"{heads_hint}")
     arch: dict[str, Any] = dict(img_size=grid * p, patch_size=p, in_chans=c, embed_dim=d, depth=_depth(sd, "blocks"),
-                                num_heads=ENCODER_HEADS.get(d, max(1, d // 64)),
-                                mlp_ratio=float(fc1.shape[0] / d) if fc1 is not None else 4.0)
+                                num_heads=heads, mlp_ratio=float(fc1.shape[0] / d) if fc1 is not None else 4.0)
+    heads_from = {"num_heads": how}
     if "decoder_pos_embed" in sd:
         dd = int(sd["decoder_pos_embed"].shape[-1])
         arch.update(decoder_embed_dim=dd, decoder_depth=_depth(sd, "decoder_blocks"),
                     decoder_num_heads=DECODER_HEADS.get(dd, max(1, dd // 32)))
+        heads_from["decoder_num_heads"] = (f"the usual count for width {dd}" if dd in DECODER_HEADS
+                                           else f"guessed, one per 32 channels of width {dd}")
+    if overrides.get("decoder_num_heads"):
+        heads_from["decoder_num_heads"] = f"given (decoder_num_heads={overrides['decoder_num_heads']})"
     arch.update({k: v for k, v in overrides.items() if v is not None})
-    return MAEArch(**arch)
+    return MAEArch(**arch), heads_from
 
 
-def _arch_of(ck: dict[str, Any], **overrides: Any) -> MAEArch:
+def _arch_of(ck: dict[str, Any], overrides: dict[str, Any],
+             heads_hint: str = HEADS_HINT) -> tuple[MAEArch, dict[str, str]]:
     stored = ck.get("arch")
     if isinstance(stored, dict):
         valid = {f.name for f in fields(MAEArch)}
-        return MAEArch(**{**{k: v for k, v in stored.items() if k in valid}, **overrides})
-    return infer_arch(ck["model"], **overrides)
+        heads_from = {}
+        for key in ("num_heads", "decoder_num_heads"):
+            given = overrides.get(key)
+            heads_from[key] = ("recorded in the checkpoint" if given is None or given == stored.get(key)
+                               else f"given ({key}={given}; the checkpoint records {stored.get(key)})")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return MAEArch(**{**{k: v for k, v in stored.items() if k in valid}, **given}), heads_from
+    return _infer(ck["model"], overrides, ck.get("_path", "the checkpoint"), heads_hint)
 
 
 def imae_options(ck: dict[str, Any]) -> IMAEOptions:
@@ -82,32 +116,36 @@ def refuse_classifier(ck: dict[str, Any], use: str = "this command") -> None:
                           f"MAE: {instead}")
 
 
-def model_from_checkpoint(ck: dict[str, Any], **overrides: Any) -> MaskedAutoencoder:
+def model_from_checkpoint(ck: dict[str, Any], heads_hint: str = HEADS_HINT, **overrides: Any) -> MaskedAutoencoder:
     """The checkpoint's own model (MaskedAutoencoder or IMAE) with its weights, strictly loaded.
 
     An encoder-only official release loads into a MaskedAutoencoder whose decoder stays untrained. A
-    fine-tuned classifier is refused in one line (:func:`refuse_classifier`).
+    fine-tuned classifier is refused in one line (:func:`refuse_classifier`). ``model.heads_from`` says how its
+    head counts were decided; ``heads_hint``: what the user does when a count cannot be told (the end of the
+    one-line error).
     """
     refuse_classifier(ck)
-    arch = _arch_of(ck, **overrides)
+    arch, heads_from = _arch_of(ck, overrides, heads_hint)
     source = ck.get("_path", "checkpoint")
     if ck.get("kind") == "imae" or is_imae_state(ck["model"]):
         model: MaskedAutoencoder = IMAE(arch, imae_options(ck))
         load_state_dict(model, ck["model"], source=source)
-        return model
-    model = MaskedAutoencoder(arch)
-    encoder_only = "decoder_pos_embed" not in strip_prefixes(ck["model"])
-    load_state_dict(model, ck["model"], source=source,
-                    ignore=("decoder", "mask_token") if encoder_only else ())
-    model.encoder_only = encoder_only
+    else:
+        model = MaskedAutoencoder(arch)
+        encoder_only = "decoder_pos_embed" not in strip_prefixes(ck["model"])
+        load_state_dict(model, ck["model"], source=source,
+                        ignore=("decoder", "mask_token") if encoder_only else ())
+        model.encoder_only = encoder_only
+    model.heads_from = heads_from
     return model
 
 
-def mae_from_checkpoint(ck: dict[str, Any], **overrides: Any) -> MaskedAutoencoder:
+def mae_from_checkpoint(ck: dict[str, Any], heads_hint: str = HEADS_HINT, **overrides: Any) -> MaskedAutoencoder:
     """A vanilla MaskedAutoencoder from any checkpoint (an i-MAE's is converted: see IMAE.mae_state_dict)."""
-    model = model_from_checkpoint(ck, **overrides)
+    model = model_from_checkpoint(ck, heads_hint, **overrides)
     if isinstance(model, IMAE):
         mae = MaskedAutoencoder(model.arch)
         mae.load_state_dict(model.mae_state_dict())
+        mae.heads_from = model.heads_from
         return mae
     return model

@@ -15,10 +15,11 @@ from imae.engine.objectives.mae import MAEObjective
 __all__ = ["MAEObjective", "build_objective", "model_overrides", "note_eps"]
 
 
-def build_objective(cfg: Config):
-    """The objective of ``cfg.method`` (``mae`` or ``imae``), holding a freshly built model."""
+def build_objective(cfg: Config, teacher=None):
+    """The objective of ``cfg.method`` (``mae`` or ``imae``), holding a freshly built model. ``teacher``: an
+    i-MAE's resolved teacher (:func:`imae.engine.teacher.resolve_teacher`), else loaded from ``imae.teacher``."""
     if cfg.method == "mae":
         return MAEObjective(cfg)
     from imae.engine.objectives.imae import IMAEObjective  # noqa: PLC0415  (i-MAE pulls in the teacher)
 
-    return IMAEObjective(cfg)
+    return IMAEObjective(cfg, teacher)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from imae.checkpoints.state import load_state_dict
+from imae.checkpoints.state import load_state_dict, strip_prefixes
 from imae.config import Config
 from imae.console import info
 from imae.data.datasets import ImageSet
@@ -17,10 +17,15 @@ from imae.data.pairing import choose_partners, needs_labels
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.objectives.common import model_overrides, note_eps
+from imae.engine.teacher import Teacher
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.loading import is_imae_state, mae_from_checkpoint, refuse_classifier
 from imae.models.registry import create_model
+
+# an official-layout teacher of a non-standard width: the student's --set num_heads is another model's
+TEACHER_HEADS_HINT = ("re-save the teacher with its count (imae export TEACHER --to mae --output TEACHER.pth "
+                      "--num-heads N) and pass --teacher TEACHER.pth")
 
 
 def student_name(name: str) -> str:
@@ -33,32 +38,36 @@ class IMAEObjective:
 
     kind = "imae"
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, teacher: Teacher | None = None) -> None:
+        """``teacher``: the resolved teacher (:func:`imae.engine.teacher.resolve_teacher`); None: load
+        ``imae.teacher`` here (nothing recorded about it in the checkpoints)."""
         i = cfg.imae
         self.cfg = cfg
         self.p = i.same_class_p
         self.class_pairs = needs_labels(self.p)
         self.alphas = AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)
         self.teacher_ck: dict[str, Any] | None = None
+        self.teacher_record: dict[str, str] | None = None
         teacher_dim = None
         if i.distill:
             if not i.teacher:
                 raise ConfigError("i-MAE with distillation needs a frozen MAE teacher: pass --teacher "
                                   "RUN_DIR_OR_CKPT (or --set imae.distill=false)")
-            self.teacher_ck = ckpt.load(i.teacher)
+            self.teacher_ck = teacher.ck if teacher is not None else ckpt.load(i.teacher)
+            self.teacher_record = teacher.record if teacher is not None else None
             refuse_classifier(self.teacher_ck, "--teacher (imae.teacher)")
-            teacher = mae_from_checkpoint(self.teacher_ck)
-            if getattr(teacher, "encoder_only", False):
+            if "decoder_pos_embed" not in strip_prefixes(self.teacher_ck["model"]):  # before its heads are asked for
                 raise CheckpointError(f"teacher {self.teacher_ck['_path']} holds only an encoder; distillation "
                                       f"needs its decoder_embed too: use a full MAE checkpoint")
-            teacher_dim = teacher.arch.decoder_embed_dim
+            teacher_model = mae_from_checkpoint(self.teacher_ck, heads_hint=TEACHER_HEADS_HINT)
+            teacher_dim = teacher_model.arch.decoder_embed_dim
         self.options = IMAEOptions(branches=i.branches, distill=i.distill, w_rec_sub=i.w_rec_sub,
                                    w_rec_dom=i.w_rec_dom, w_distill_sub=i.w_distill_sub,
                                    w_distill_dom=i.w_distill_dom, teacher_dim=teacher_dim)
         self.model: IMAE = create_model(student_name(cfg.model.name), **model_overrides(cfg), options=self.options)
         if i.distill:
             try:
-                self.model.attach_teacher(teacher)
+                self.model.attach_teacher(teacher_model)
             except ValueError as e:
                 raise ConfigError(f"teacher {self.teacher_ck['_path']}: {e}") from None
         self._stats = torch.zeros(4)
@@ -127,4 +136,7 @@ class IMAEObjective:
     def checkpoint_meta(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {"kind": "imae", "arch": self.model.arch.to_dict(), "imae_options": asdict(self.options)}
+        meta = {"kind": "imae", "arch": self.model.arch.to_dict(), "imae_options": asdict(self.options)}
+        if self.teacher_record is not None:  # what a resume checks the teacher against (imae.engine.teacher)
+            meta["teacher"] = dict(self.teacher_record)
+        return meta
