@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from imae.console import info
 from imae.checksum import tensor_checksum
+from imae.console import info
 from imae.data.decode import error_reason
 from imae.eval.data import digest
 from imae.eval.token_ridge import PairErrors
