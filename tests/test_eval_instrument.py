@@ -272,6 +272,7 @@ def test_compare_refuses_a_teacher_as_the_default_reference_and_labels_an_explic
 
 
 def test_encoders_a_1e_6_perturbation_apart_get_one_probe_penalty_and_the_same_accuracy(runs, tmp_path):
+    from imae.checkpoints.files import CHECKSUM_KEY
     from imae.engine import checkpoint as ckpt
     from imae.eval.run import compare_checkpoints
 
@@ -279,7 +280,9 @@ def test_encoders_a_1e_6_perturbation_apart_get_one_probe_penalty_and_the_same_a
     g = torch.Generator().manual_seed(0)
     model = {k: v + 1e-6 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
              for k, v in ck["model"].items()}
-    torch.save({k: v for k, v in ck.items() if not k.startswith("_")} | {"model": model}, tmp_path / "nudged.pth")
+    # another checkpoint: the same keys but not the checksum of the weights it was nudged from
+    kept = {k: v for k, v in ck.items() if not k.startswith("_") and k != CHECKSUM_KEY}
+    torch.save(kept | {"model": model}, tmp_path / "nudged.pth")
     sets = [f"{k}={v}" for k, v in {**FAST, "separability.alphas": [0.3], "separability.bootstrap": 200}.items()]
     res = compare_checkpoints(runs["mae"], tmp_path / "nudged.pth", reference=str(runs["imae"]),
                               overrides={"output_dir": str(tmp_path / "out")}, sets=sets)["results"]["metrics"]
