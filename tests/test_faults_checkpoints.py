@@ -292,3 +292,17 @@ def test_another_checkpoint_copied_with_its_mtime_kept_does_not_reuse_features(t
     assert torch.equal(fb.cls, fresh.cls) and second.fingerprint.startswith(f"sha256={second.sha256}")
     fault_case(outcome="the cache key is the content hash: the copied checkpoint's features were computed again",
                lost="nothing")
+
+
+def test_an_imae_checkpoint_copied_into_an_mae_run_is_refused_on_resume(teacher_and_student, tmp_path, capsys,
+                                                                        fault_case):
+    teacher, student = teacher_and_student
+    fault_case(injected="an i-MAE's checkpoint-last.pth copied over an MAE run's, then --resume of the MAE run",
+               expected="one line saying the checkpoint came from another (i-MAE) run; the MAE run left as it was")
+    mae = pretrain(tiny_config(tmp_path / "mae-run", **ONE_EPOCH))
+    shutil.copy(student / "checkpoint-last.pth", mae / "checkpoint-last.pth")
+    before = snapshot(mae)
+    code, _, err = run_cli(["pretrain", "--resume", str(mae), "--epochs", "2"], capsys)
+    line = one_line_error(code, err, "is the checkpoint of an imae run", "describes an mae run", "--init-from")
+    assert snapshot(mae) == before
+    fault_case(outcome=f"exit 2: {line[:160]}...; the MAE run's files unchanged", lost="nothing")

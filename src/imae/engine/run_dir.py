@@ -14,6 +14,7 @@ import yaml
 
 from imae.checkpoints.files import DamagedCheckpoint, checkpoints_in, latest_complete, skipped_note
 from imae.config import Config, assign, from_dict, save_config
+from imae.config.tree import load_yaml
 from imae.console import info
 from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
@@ -191,11 +192,26 @@ def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any])
         source = ck.get("source") or "CKPT"
         raise ConfigError(f"{run_dir} is a fine-tune run (of `imae finetune`), not a pre-training run; resume it "
                           f"with: imae finetune {source} --resume {run_dir}")
+    disk = _folder_config(run_dir)
+    if disk.get("method") and tree.get("method") and disk["method"] != tree["method"]:
+        raise CheckpointError(f"{ck.get('_path')} is the checkpoint of an {tree['method']} run, but "
+                              f"{Path(run_dir) / 'config.yaml'} describes an {disk['method']} run: it was copied in "
+                              f"from another run; resume that run's own folder, or start a new run from its weights "
+                              f"with --init-from")
     tree = copy.deepcopy(tree)
     for key, value in overrides.items():
         assign(tree, key, value)
     tree["output_dir"] = str(run_dir)
     return from_dict(Config, tree).validate()
+
+
+def _folder_config(run_dir: Path) -> dict[str, Any]:
+    """The run folder's config.yaml ({} when it is missing or unreadable), read with the bounded loader."""
+    try:
+        data = load_yaml((Path(run_dir) / "config.yaml").read_text(), str(Path(run_dir) / "config.yaml"))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
