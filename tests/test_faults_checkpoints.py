@@ -306,3 +306,22 @@ def test_an_imae_checkpoint_copied_into_an_mae_run_is_refused_on_resume(teacher_
     line = one_line_error(code, err, "is the checkpoint of an imae run", "describes an mae run", "--init-from")
     assert snapshot(mae) == before
     fault_case(outcome=f"exit 2: {line[:160]}...; the MAE run's files unchanged", lost="nothing")
+
+
+def test_a_configuration_of_a_huge_model_is_refused_before_the_model_is_built(tmp_path, capsys, fault_case):
+    import time
+
+    run = pretrain(tiny_config(tmp_path / "mae", **ONE_EPOCH))
+    ck = torch.load(run / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    ck["arch"] = {**ck["arch"], "embed_dim": 65536, "num_heads": 64, "depth": 48}  # ~2.5e12 parameters
+    ck["config"]["model"] = {**ck["config"]["model"], "embed_dim": 65536, "num_heads": 64, "depth": 48}
+    torch.save(ck, tmp_path / "huge.pth")
+    t0 = time.perf_counter()
+    code, _, err = run_cli(["knn", str(tmp_path / "huge.pth"), *DIGITS, "--output-dir", str(tmp_path / "out")], capsys)
+    seconds = time.perf_counter() - t0
+    line = one_line_error(code, err, "its weights do not match the model its configuration describes",
+                          "patch_embed.proj.weight")
+    assert seconds < 30 and not (tmp_path / "out").exists()
+    fault_case(injected="a checkpoint whose recorded architecture asks for a 65536-wide, 48-deep encoder beside "
+                        "the weights of a 32-wide one", expected="one line before anything is allocated",
+               outcome=f"exit 2 after {seconds:.1f} s: {line[:150]}...", lost="nothing")

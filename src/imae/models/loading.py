@@ -116,6 +116,25 @@ def refuse_classifier(ck: dict[str, Any], use: str = "this command") -> None:
                           f"MAE: {instead}")
 
 
+def check_shapes(arch: MAEArch, state_dict: dict[str, Any], source: str = "checkpoint") -> None:
+    """A one-line CheckpointError when the weights' shapes (read without building anything) are not those of
+    ``arch``: width, depth, patch and decoder width, so that a configuration that asks for another (say, a huge)
+    model is refused before the model is allocated."""
+    sd = strip_prefixes(state_dict)
+    e, p, c = arch.embed_dim, arch.patch_size, arch.in_chans
+    d = arch.decoder_embed_dim
+    expect = {"patch_embed.proj.weight": (e, c, p, p), "blocks.0.mlp.fc1.weight": (int(e * arch.mlp_ratio), e),
+              "decoder_embed.weight": (d, e), "decoder_embed_sub.weight": (d, e)}
+    wrong = [f"{k} {tuple(sd[k].shape)} (the configuration: {v})" for k, v in expect.items()
+             if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != v]
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=arch.depth - 1)
+    if depth != arch.depth:
+        wrong.append(f"{depth} encoder blocks (the configuration: {arch.depth})")
+    if wrong:
+        raise CheckpointError(f"{source}: its weights do not match the model its configuration describes ("
+                              f"{'; '.join(wrong[:3])}); the configuration belongs to another model: fix or remove it")
+
+
 def model_from_checkpoint(ck: dict[str, Any], heads_hint: str = HEADS_HINT, **overrides: Any) -> MaskedAutoencoder:
     """The checkpoint's own model (MaskedAutoencoder or IMAE) with its weights, strictly loaded.
 
@@ -127,6 +146,7 @@ def model_from_checkpoint(ck: dict[str, Any], heads_hint: str = HEADS_HINT, **ov
     refuse_classifier(ck)
     arch, heads_from = _arch_of(ck, overrides, heads_hint)
     source = ck.get("_path", "checkpoint")
+    check_shapes(arch, ck["model"], source)  # before building: a configuration of a huge model allocates it
     if ck.get("kind") == "imae" or is_imae_state(ck["model"]):
         model: MaskedAutoencoder = IMAE(arch, imae_options(ck))
         load_state_dict(model, ck["model"], source=source)
