@@ -14,25 +14,15 @@ import torch
 
 from conftest import tiny_config
 from imae.checkpoints.files import latest_complete
-from imae.cli import main
 from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
 from imae.errors import CheckpointError, ConfigError
+from test_cli import run_cli
 
 pytestmark = pytest.mark.faults
 
 ONE_EPOCH = {"train.epochs": 1, "train.warmup_epochs": 0}
 DIGITS = ["--set", "data.dataset=digits", "--set", "data.train_per_class=20", "--set", "data.eval_per_class=12"]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str, *patterns: str) -> str:
