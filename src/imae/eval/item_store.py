@@ -12,15 +12,15 @@ An entry carries a SHA-1 of its tensors; a damaged or unreadable one is measured
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from imae.checkpoints.atomic import save_atomic, write_reason
 from imae.checksum import tensor_checksum
 from imae.console import info
-from imae.data.decode import error_reason
+from imae.errors import OutputError
 from imae.eval.data import digest
 from imae.eval.token_ridge import PairErrors
 
@@ -77,20 +77,14 @@ class ItemStore:
             return
         flat = {_name(k): ([v.sse, v.sst, [v.penalty, v.val_r2]] if isinstance(v, PairErrors) else v)
                 for k, v in raw.items()}
-        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            f = self._file(key)
-            tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-            torch.save({"key": digest(key), "results": results, "timing": timing, "raw": flat,
-                        "sha1": tensor_checksum(*_tensors(flat))}, tmp)
-            os.replace(tmp, f)
-        except (OSError, RuntimeError) as e:  # read-only or full: the next compare measures again
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+            save_atomic({"key": digest(key), "results": results, "timing": timing, "raw": flat,
+                         "sha1": tensor_checksum(*_tensors(flat))}, self._file(key))
+        except (OSError, OutputError) as e:  # read-only or full: the next compare measures again
             if not self._warned:
                 self._warned = True
-                info(f"warning: cannot store separability scores in {self.folder} ({error_reason(e)}); going on "
+                info(f"warning: cannot store separability scores in {self.folder} ({write_reason(e)}); going on "
                      f"without (imae compare will measure again)")
 
 
