@@ -7,7 +7,8 @@
 - **Referees.** Each referee ``OUT/referee-s<seed>`` must reach the teachers' final loss within the tolerance:
   its last epoch's ``loss`` (``log.jsonl``) at most (1 + ``--loss-tolerance``) x the mean of the teachers'
   last-epoch losses; and, where ``eval/semantics.json`` exists for the referee and the teachers, its linear
-  probe at least the teachers' mean minus ``--probe-tolerance``. A referee that fails is named, with a further
+  probe at least the teachers' mean minus ``--probe-tolerance``, every probe read at one penalty (the first
+  teacher's own choice, from each run's ``l2_curve``). A referee that fails is named, with a further
   seed to train in its place (the next seed no teacher or referee uses).
 - **Teachers that learned** (``--min-probe-gain``, the CIFAR-10 CPU scale): each teacher's linear probe
   (``OUT/teacher-s<seed>/eval/semantics.json``) must be at least ``--min-probe-gain`` above the untrained
@@ -37,9 +38,29 @@ def final_loss(run: Path) -> float | None:
     return None
 
 
-def probe(run: Path) -> float | None:
+def _linprobe(run: Path) -> dict | None:
     path = run / "eval" / "semantics.json"
-    return float(json.loads(path.read_text())["results"]["linprobe"]["top1"]) if path.is_file() else None
+    return json.loads(path.read_text())["results"]["linprobe"] if path.is_file() else None
+
+
+def probe(run: Path, l2: float | None = None) -> float | None:
+    """The run's linear-probe top-1 at penalty ``l2`` (read from its ``l2_curve``), else at its own choice. Runs
+    are compared at one penalty: each one's own one-standard-error choice flips between grid points."""
+    rec = _linprobe(run)
+    if rec is None:
+        return None
+    curve = rec.get("l2_curve") or {}
+    if l2 is not None:
+        for g, top1 in zip(curve.get("grid", []), curve.get("top1", [])):
+            if abs(g - l2) <= 1e-9 * max(abs(l2), 1e-30):
+                return float(top1)
+    return float(rec["top1"])
+
+
+def shared_l2(out: Path, teachers: list[str]) -> float | None:
+    """The one penalty of the start checks: the first teacher's own choice (fixed before any referee is read)."""
+    rec = _linprobe(out / f"teacher-s{teachers[0]}") if teachers else None
+    return None if rec is None or rec.get("l2") is None else float(rec["l2"])
 
 
 def check_referees(out: Path, teachers: list[str], referees: list[str], loss_tol: float,
@@ -50,7 +71,8 @@ def check_referees(out: Path, teachers: list[str], referees: list[str], loss_tol
         return [f"check: referees pending: the teachers are not trained yet; each referee must reach the teachers' "
                 f"final loss within {loss_tol:.0%} (and their probe within {probe_tol:.3f}) before any arm runs"], True
     limit = statistics.fmean(t_loss) * (1 + loss_tol)
-    t_probe = [x for s in teachers if (x := probe(out / f"teacher-s{s}")) is not None]
+    l2 = shared_l2(out, teachers)
+    t_probe = [x for s in teachers if (x := probe(out / f"teacher-s{s}", l2)) is not None]
     used = {int(s) for s in (*teachers, *referees)}
     spare = (n for n in range(max(used) + 1, max(used) + 100) if n not in used)
     for s in referees:
@@ -62,10 +84,12 @@ def check_referees(out: Path, teachers: list[str], referees: list[str], loss_tol
         bad = loss > limit
         text = (f"check: referee-s{s}: final loss {loss:.4f} against the teachers' mean {statistics.fmean(t_loss):.4f}"
                 f" (limit {limit:.4f}, +{loss_tol:.0%})")
-        p = probe(run)
+        p = probe(run, l2)
         if p is not None and len(t_probe) == len(teachers):
             low = statistics.fmean(t_probe) - probe_tol
-            text += f"; probe {p:.3f} against the teachers' mean {statistics.fmean(t_probe):.3f} (at least {low:.3f})"
+            at = f" at l2 {l2:g}" if l2 is not None else ""
+            text += (f"; probe{at} {p:.3f} against the teachers' mean {statistics.fmean(t_probe):.3f} (at least "
+                     f"{low:.3f})")
             bad = bad or p < low
         if bad:
             ok = False
@@ -77,10 +101,11 @@ def check_referees(out: Path, teachers: list[str], referees: list[str], loss_tol
 
 
 def check_teachers(out: Path, teachers: list[str], gain: float) -> tuple[list[str], bool]:
-    base = probe(out / "untrained")
+    l2 = shared_l2(out, teachers)
+    base = probe(out / "untrained", l2)
     lines, ok = [], True
     for s in teachers:
-        p = probe(out / f"teacher-s{s}")
+        p = probe(out / f"teacher-s{s}", l2)
         if p is None or base is None:
             lines.append(f"check: teacher-s{s} pending: its linear probe must be at least {gain:.2f} above the "
                          f"untrained encoder's before any arm runs (measured once both are evaluated)")

@@ -413,3 +413,27 @@ def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_p
     assert row[1] == "3"  # the three teachers pooled in one row
     assert table.main(folder) == table.main(folder, referee=None)  # without a referee: eval/ holds no separability
     assert "| b-imae | 3 | – |" in table.main(folder)
+
+
+def test_the_start_checks_read_every_probe_at_the_first_teachers_penalty(tmp_path):
+    """A referee whose own one-SE choice fell on another grid point is judged at the teachers' penalty."""
+    import check_start
+
+    grid = [1e-5, 1e-4, 1e-3, 1e-2]
+
+    def run(name: str, l2: float, curve: list[float]) -> None:
+        d = tmp_path / name
+        (d / "eval").mkdir(parents=True)
+        recs = [{"kind": "epoch", "epoch": 1, "loss": 0.29}]
+        (d / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+        top1 = curve[grid.index(l2)]
+        rec = {"top1": top1, "l2": l2, "l2_curve": {"grid": grid, "top1": curve}}
+        (d / "eval" / "semantics.json").write_text(json.dumps({"results": {"linprobe": rec}}))
+
+    for s in (0, 1, 2):
+        run(f"teacher-s{s}", 1e-3, [0.95, 0.95, 0.933, 0.897])
+    run("referee-s3", 1e-3, [0.93, 0.936, 0.894, 0.867])  # worse at the shared penalty: fails
+    run("referee-s5", 1e-2, [0.928, 0.933, 0.931, 0.900])  # its own choice (1e-2) says 0.900; at 1e-3 0.931
+    lines, ok = check_start.check_referees(tmp_path, ["0", "1", "2"], ["3", "5"], 0.10, 0.03)
+    assert "referee-s3" in lines[0] and "probe at l2 0.001 0.894" in lines[0] and "FAILS" in lines[0]
+    assert "probe at l2 0.001 0.931" in lines[1] and lines[1].endswith(": ok") and not ok
