@@ -101,3 +101,26 @@ def fault_case(request):
     if path:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def pretrain_stopped_mid_epoch(cfg, monkeypatch, at_step: int = 9):
+    """Pre-train ``cfg`` with a SIGTERM at optimiser step ``at_step`` (the 9th of 6-step epochs: epoch 2, step 3),
+    as a pre-empted job is stopped; returns the run folder, whose last checkpoint is mid-epoch."""
+    import signal
+
+    import imae.engine.loop as loop
+    from imae.engine.train import pretrain
+
+    real, calls = loop.lr_at, {"n": 0}
+
+    def lr_at(*args):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "lr_at", lr_at)
+    try:
+        return pretrain(cfg)
+    finally:
+        monkeypatch.setattr(loop, "lr_at", real)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_SETS, tiny_config
+from conftest import TINY_SETS, pretrain_stopped_mid_epoch, tiny_config
 from imae.checkpoints.files import latest_complete
 from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
@@ -601,21 +601,9 @@ def test_a_resumed_epoch_records_the_means_of_the_uninterrupted_one(tmp_path, mo
                expected="the resumed epoch's record equals the uninterrupted one's (every loss term, alpha and "
                         "same-class statistics within float tolerance, the same image count); the stopped event "
                         "names epoch 2")
-    import imae.engine.loop as loop
-
     sets = {"imae.distill": False, "train.save_every_steps": 0}
     ref = pretrain(tiny_config(tmp_path / "ref", preset="digits-imae", **sets))
-    real, calls = loop.lr_at, {"n": 0}
-
-    def lr_at(*args):
-        calls["n"] += 1
-        if calls["n"] == 9:  # the 9th optimiser step: epoch 2, step 3 of 6
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    monkeypatch.setattr(loop, "lr_at", lr_at)
-    run = pretrain(tiny_config(tmp_path / "run", preset="digits-imae", **sets))
-    monkeypatch.setattr(loop, "lr_at", real)
+    run = pretrain_stopped_mid_epoch(tiny_config(tmp_path / "run", preset="digits-imae", **sets), monkeypatch)
     stopped = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"stopped"' in x]
     assert [(e["epoch"], e["step_in_epoch"], e["epochs_done"]) for e in stopped] == [(2, 3, 1)]
     pretrain(tiny_config(tmp_path / "x", preset="digits-imae", **sets), resume=str(run))
@@ -634,19 +622,7 @@ def test_a_mid_epoch_resume_with_another_batch_layout_is_refused(tmp_path, monke
     fault_case(injected="a run stopped at step 3 of epoch 2, resumed with another train.batch_size, then with "
                         "another train.accum_iter",
                expected="refused in one line, as fine-tuning does (the rest of the epoch's batches would differ)")
-    import imae.engine.loop as loop
-
-    real, calls = loop.lr_at, {"n": 0}
-
-    def lr_at(*args):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    monkeypatch.setattr(loop, "lr_at", lr_at)
-    run = pretrain(tiny_config(tmp_path / "run"))
-    monkeypatch.setattr(loop, "lr_at", real)
+    run = pretrain_stopped_mid_epoch(tiny_config(tmp_path / "run"), monkeypatch)
     assert ckpt.load(run / "checkpoint-last.pth")["step_in_epoch"] == 3
     msgs, before = [], (run / "config.yaml").read_text()
     for key, value in (("train.batch_size", 8), ("train.accum_iter", 2)):

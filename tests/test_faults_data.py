@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_SETS, tiny_config
+from conftest import TINY_SETS, pretrain_stopped_mid_epoch, tiny_config
 from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
 from imae.errors import ConfigError, DataError
@@ -326,19 +326,7 @@ def test_a_mid_epoch_resume_over_a_data_set_of_another_size_is_refused(tmp_path,
                         "training images)",
                expected="refused in one line, as a batch-size change is (the rest of the epoch's batches would "
                         "differ); the checkpoint, config.yaml and log.jsonl untouched; the same data resumes")
-    import imae.engine.loop as loop
-
-    real, calls = loop.lr_at, {"n": 0}
-
-    def lr_at(*args):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    monkeypatch.setattr(loop, "lr_at", lr_at)
-    run = pretrain(tiny_config(tmp_path / "run"))
-    monkeypatch.setattr(loop, "lr_at", real)
+    run = pretrain_stopped_mid_epoch(tiny_config(tmp_path / "run"), monkeypatch)
     assert ckpt.load(run / "checkpoint-last.pth")["step_in_epoch"] == 3
     before = {name: (run / name).read_bytes() for name in ("config.yaml", "log.jsonl", "checkpoint-last.pth")}
     with pytest.raises(ConfigError) as e:
