@@ -36,8 +36,9 @@ scored against it); its committed results keep being read by them. A study of **
 - **Claim 2 (semantics):** the linear probe at the one fixed penalty of the comparison (``linprobe``, its
   ``l2`` shared by both models and chosen on the first referee's validation features, the same for every
   comparison), kNN (both from the comparisons against the first referee: they do not depend on the referee
-  otherwise) and NMI (``eval/semantics.json``, per teacher). The verdict reads the linear probe; kNN and NMI
-  are reported with their own intervals.
+  otherwise) and NMI (``eval/semantics.json``, per teacher), and where the study fine-tuned (a) and (b)
+  (``RUN/finetune/finetune.json``), the fine-tuning top-1 of the last epoch. The verdict reads the linear
+  probe; kNN, NMI and fine-tuning are reported with their own intervals over teachers.
 - **Claim 3 (same-class pairing changes the semantics):** (d) p = 0 and (e) p = random against (b) p = 1 per
   teacher (``imae compare b d``, ``imae compare b e``): linear probe (the verdict), kNN and NMI. A claim of a
   *change* holds when the interval of (d) − (b) or of (e) − (b) excludes 0 (either sign); otherwise
@@ -182,11 +183,18 @@ def _nmi(run: Path | None) -> float | None:
     return sem["nmi"] if sem else None
 
 
-def _nmi_diffs(folder: Path, teachers: list[str], b_tag: str, a_tag: str) -> dict[str, dict]:
-    """{teacher: {"a", "b", "diff"}} of NMI (semantics.json, no interval within a teacher) of B minus A."""
+def _finetune(run: Path | None) -> float | None:
+    """The last epoch's test top-1 of the run's fine-tune (``RUN/finetune/finetune.json``), if it has one."""
+    res = _results(run / "finetune" / "finetune.json") if run else None
+    return res["final_top1"] if res else None
+
+
+def _nmi_diffs(folder: Path, teachers: list[str], b_tag: str, a_tag: str, read=_nmi) -> dict[str, dict]:
+    """{teacher: {"a", "b", "diff"}} of a per-run number (NMI from semantics.json, or ``read``; no interval
+    within a teacher) of B minus A."""
     out = {}
     for t in teachers:
-        a, b = _nmi(_arm(folder, a_tag, t)), _nmi(_arm(folder, b_tag, t))
+        a, b = read(_arm(folder, a_tag, t)), read(_arm(folder, b_tag, t))
         if a is not None and b is not None:
             out[t] = {"a": a, "b": b, "diff": b - a}
     return out
@@ -231,6 +239,9 @@ def main_teachers(folder: Path) -> dict:
         c = {"linprobe": over_teachers(per_teacher("linprobe", tag, first)),
              "knn": over_teachers(per_teacher("knn", tag, first)),
              "nmi": over_teachers(_nmi_diffs(folder, teachers, "b", tag))}
+        tuned = _nmi_diffs(folder, teachers, "b", tag, read=_finetune)
+        if tuned:
+            c["finetune"] = over_teachers(tuned)
         c["verdict"] = c["linprobe"]["verdict"]
         claim2[tag] = c
     out["claim 2"] = {"referee": first, "l2": sorted(l2s), "vs": claim2}
@@ -274,10 +285,12 @@ def teachers_markdown(out: dict) -> str:
     l2 = ", ".join(f"{x:g}" for x in out["claim 2"]["l2"]) or "–"
     ref = out["claim 2"]["referee"]
     lines += ["", f"## Claim 2: linear probe at the one penalty l2 = {l2} (chosen on referee s{ref}'s validation "
-              "features), kNN, NMI", "", head, "| --- | --- | --- | --- | --- |"]
+              "features), kNN, NMI, and the fine-tuning top-1 of the last epoch where the study fine-tuned", "",
+              head, "| --- | --- | --- | --- | --- |"]
     for tag, c in out["claim 2"]["vs"].items():
-        for m in ("linprobe", "knn", "nmi"):
-            lines.append(_row(f"{m}: (b) − {CONTROLS[tag]}", c[m]))
+        for m in ("linprobe", "knn", "nmi", "finetune"):
+            if m in c:
+                lines.append(_row(f"{m}: (b) − {CONTROLS[tag]}", c[m]))
     lines += ["", "## Claim 3: (d) and (e) minus (b)", "", head, "| --- | --- | --- | --- | --- |"]
     for tag, c in out["claim 3"]["minus_b"].items():
         for m in ("linprobe", "knn", "nmi"):

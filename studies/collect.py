@@ -5,7 +5,8 @@
 
 For every run directory under SRC (any folder holding config.yaml): its config.yaml, the epoch records
 of log.jsonl (as epochs.jsonl), every JSON and PNG (under 1 MB) below its eval/ folder and its eval-referee-s<R>/
-folders (a study of independent teachers: one per referee, with the comparisons under them); plus report.md,
+folders (a study of independent teachers: one per referee, with the comparisons under them) and its
+fine-tune's finetune.json (RUN/finetune/, the run's fine-tuning for claim 2; not collected as a run); plus report.md,
 headline.png and report.html (under 1 MB; a larger page is left for `imae report` to rebuild) found under
 SRC; and SRC's plan.txt (the plan, with the train steps timed when the study last started).
 Checkpoints and feature caches are never copied.
@@ -26,7 +27,7 @@ def collect(src: Path, dst: Path) -> list[Path]:
     dst.mkdir(parents=True, exist_ok=True)
     for cfg in sorted(src.rglob("config.yaml")):
         run = cfg.parent
-        if any(part.startswith("eval") for part in run.parts[len(src.parts):]):
+        if any(part.startswith(("eval", "finetune")) for part in run.parts[len(src.parts):]):
             continue
         out = dst / run.relative_to(src)
         out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,8 @@ def collect(src: Path, dst: Path) -> list[Path]:
             epochs = [line for line in log.read_text().splitlines() if json.loads(line).get("kind") == "epoch"]
             (out / "epochs.jsonl").write_text("\n".join(epochs) + "\n")
         evals = [d for d in sorted(run.iterdir()) if d.is_dir() and d.name.startswith("eval")]
-        for f in (f for d in evals for f in sorted(d.rglob("*"))):
+        files = [f for d in evals for f in sorted(d.rglob("*"))] + sorted(run.glob("finetune/finetune.json"))
+        for f in files:
             if f.suffix in (".json", ".png") and f.stat().st_size < MAX_BYTES:
                 target = out / f.relative_to(run)
                 target.parent.mkdir(parents=True, exist_ok=True)

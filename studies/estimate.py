@@ -7,8 +7,13 @@
 Times MAE and i-MAE training steps (forward, backward, AdamW; the objective code of ``imae pretrain``, on
 random images of the presets' size and batch; warm-up first, then the median of interleaved steps) and
 prints images/s and the expected minutes: the teacher (``--teacher-epochs`` of the MAE preset), then each
-arm (``--arms``: counts of MAE and i-MAE arms, ``--epochs`` each). Data loading, evaluation and start-up
-come on top; the study scripts add their own measured allowance for those.
+arm (``--arms``: counts of MAE and i-MAE arms, ``--epochs`` each). Data loading and start-up come on top.
+
+Evaluation: ``--evals "separability 50 semantics 27 compare 30 finetune 6"`` counts what the study evaluates,
+and ``--eval-times FILE`` holds the wall time of each evaluation already run here (lines ``kind seconds``,
+appended by studies/lib.sh); each kind is estimated at the median of its timed runs, and a kind not timed
+yet is named as such. ``--eval-only`` prints just that (the study prints it again once its start's
+evaluations, one of each kind before any arm, have run).
 """
 
 from __future__ import annotations
@@ -46,21 +51,55 @@ def step_seconds(mae_preset: str, imae_preset: str, sets: list[str], device: tor
     return {k: (statistics.median(v), batches[k]) for k, v in times.items()}
 
 
+def eval_estimate(times: Path | None, counts: str) -> str:
+    """One line: the expected evaluation minutes, from the median wall time of each kind timed in ``times``."""
+    words = counts.split()
+    want = {words[i]: int(words[i + 1]) for i in range(0, len(words), 2)}
+    seen: dict[str, list[float]] = {}
+    if times is not None and times.is_file():
+        for line in times.read_text().splitlines():
+            kind, _, sec = line.partition(" ")
+            if sec.strip():
+                seen.setdefault(kind, []).append(float(sec))
+    parts, total, untimed = [], 0.0, []
+    for kind, n in want.items():
+        if n == 0:
+            continue
+        if kind in seen:
+            med = statistics.median(seen[kind])
+            total += n * med / 60
+            parts.append(f"{n} {kind} x {med / 60:.1f} min (median of {len(seen[kind])} timed here)")
+        else:
+            untimed.append(f"{n} {kind}")
+    line = f"expected evaluation time: {total:.0f} min" + (f" ({'; '.join(parts)})" if parts else "")
+    if untimed:
+        line += f"; not timed yet: {', '.join(untimed)} (timed once the first of each has run)"
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mae", required=True, help="the teacher / MAE arms' preset")
-    ap.add_argument("--imae", required=True, help="the i-MAE arms' preset")
-    ap.add_argument("--images", type=int, required=True, help="training images per epoch")
+    ap.add_argument("--mae", help="the teacher / MAE arms' preset (required unless --eval-only)")
+    ap.add_argument("--imae", help="the i-MAE arms' preset (required unless --eval-only)")
+    ap.add_argument("--images", type=int, help="training images per epoch (required unless --eval-only)")
     ap.add_argument("--teacher-epochs", type=int, default=0)
     ap.add_argument("--teachers", type=int, default=1, help="MAEs trained from scratch (teachers and referees)")
     ap.add_argument("--extra-mae-epochs", type=int, default=0,
                     help="further MAE epochs in all (the FLOP-matched arms (a+), which train longer)")
-    ap.add_argument("--epochs", type=int, required=True, help="epochs of each arm")
+    ap.add_argument("--epochs", type=int, default=0, help="epochs of each arm")
     ap.add_argument("--arms", default="1 mae 1 imae", help='"<n> mae <m> imae"')
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--evals", default="", help='"<kind> <count> ...": the evaluations the study runs')
+    ap.add_argument("--eval-times", type=Path, help="lines 'kind seconds' of evaluations timed here")
+    ap.add_argument("--eval-only", action="store_true", help="print the evaluation estimate only")
     args = ap.parse_args()
+    if args.eval_only:
+        print(eval_estimate(args.eval_times, args.evals))
+        return
+    if not (args.mae and args.imae and args.images):
+        ap.error("--mae, --imae and --images are required (unless --eval-only)")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     words = args.arms.split()
     counts = {words[i + 1]: int(words[i]) for i in range(0, len(words), 2)}
@@ -75,7 +114,9 @@ def main() -> None:
     total = args.teachers * teacher + sum(counts.get(k, 0) * arm[k] for k in arm) + extra
     print(f"expected training time: each teacher / referee {teacher:.1f} min (x {args.teachers}); per arm: MAE "
           f"{arm['mae']:.1f} min, i-MAE {arm['imae']:.1f} min; FLOP-matched MAE arms {extra:.1f} min in all; "
-          f"all {total:.0f} min (data loading, evaluation and start-up on top)")
+          f"all {total:.0f} min (data loading and start-up on top)")
+    if args.evals:
+        print(eval_estimate(args.eval_times, args.evals))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 #   TRAIN          array of flags every training run gets (data path, model and schedule overrides)
 #   EVAL           array of flags every evaluation gets; fixed before any arm is compared, never tuned per arm
 #   MIN_PROBE_GAIN optional: each teacher's linear probe must beat the untrained encoder's by this before any arm
+#   FINETUNE_PRESET, FINETUNE_EPOCHS  optional: fine-tune the arms FINETUNE_ARMS ("a b") of every teacher this many
+#                  epochs (claim 2 reads the last epoch's test top-1); unset: no fine-tuning (the plan says so)
 # and may override:
 #   TEACHER_SEEDS  ("0 1 2") the teachers, each trained independently from scratch: the unit of replication
 #   REFEREE_SEEDS  ("3 4") two more MAEs trained the same way: every evaluation's references, no arm's teacher or
@@ -43,6 +45,23 @@ REFEREE_SEEDS=${REFEREE_SEEDS:-"3 4"}
 REFEREE_TOLERANCE=${REFEREE_TOLERANCE:-0.10}
 ARMS=${ARMS-"a ap b d e h"}
 FIRST_ARMS=${FIRST_ARMS-"c f g"}
+FINETUNE_ARMS=${FINETUNE_ARMS-"a b"}
+
+timed() {  # kind command...: runs an evaluation and appends "kind seconds" (its wall time) to $OUT/eval-times.tsv,
+  local kind=$1 t0=$SECONDS  # which the plan's evaluation estimate reads
+  shift
+  "$@"
+  [[ -n "${DRY_RUN:-}" ]] || echo "$kind $((SECONDS - t0))" >> "$OUT/eval-times.tsv"
+}
+
+finetunes() {  # the fine-tuned arms' run folders, one per line (none without FINETUNE_EPOCHS)
+  local t tag
+  [[ -n "${FINETUNE_EPOCHS:-}" ]] || return 0
+  for t in $TEACHER_SEEDS; do
+    for tag in $FINETUNE_ARMS; do [[ " $ARMS " == *" $tag "* ]] && arm_dir "$tag" "$t"; done
+  done
+  return 0
+}
 
 study_arms() {  # tag name preset extra-sets...
   echo "a mae-continued $CONT_PRESET"
@@ -109,20 +128,39 @@ study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expec
     IFS='|' read -r name preset seed epochs extra <<<"$r"
     echo "arm $name: $preset${extra:+ $extra}, $epochs epochs, seed $seed, from $OUT/teacher-s$seed"
   done
-  local n_t n_r n_cmp=0 tag
-  n_t=$(wc -w <<<"$TEACHER_SEEDS") n_r=$(wc -w <<<"$REFEREE_SEEDS")
-  if [[ " $ARMS " == *" b "* ]]; then
-    for tag in a ap h d e; do [[ " $ARMS " == *" $tag "* ]] && n_cmp=$((n_cmp + n_t * n_r)); done
+  study_counts
+  echo "evaluations: $N_SEP separability (every arm, teacher and the untrained encoder against each of" \
+       "$(wc -w <<<"$REFEREE_SEEDS") referees), $N_SEM semantics, $N_CMP comparisons (each reads both runs' stored" \
+       "per-item scores)"
+  if [[ -n "${FINETUNE_EPOCHS:-}" ]]; then
+    echo "fine-tuning: arms $FINETUNE_ARMS of every teacher ($N_FT runs), $FINETUNE_EPOCHS epochs of $FINETUNE_PRESET"
+  else
+    echo "fine-tuning: none at this scale (FINETUNE_EPOCHS unset): claim 2 reads the probe, kNN and NMI only"
   fi
-  echo "evaluations: $(( (${#RUNS[@]} + n_t + 1) * n_r )) separability (every arm, teacher and the untrained" \
-       "encoder against each of $n_r referees), $(( ${#RUNS[@]} + n_start + 1 )) semantics, $n_cmp comparisons" \
-       "(each reads both runs' stored per-item scores)"
   $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
     --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} || true
   $PY studies/estimate.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
     --teacher-epochs "$TEACHER_EPOCHS" --teachers "$n_start" --epochs "$EPOCHS" --arms "$n_mae mae $n_imae imae" \
-    --extra-mae-epochs "$((n_ap * FLOPS_EPOCHS))" \
-    "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"
+    --extra-mae-epochs "$((n_ap * FLOPS_EPOCHS))" --eval-times "$OUT/eval-times.tsv" \
+    --evals "separability $N_SEP semantics $N_SEM compare $N_CMP finetune $N_FT" "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"
+}
+
+study_plan_evaluations() {  # the evaluation estimate alone (after the start's evaluations ran: timed here)
+  [[ -n "${DRY_RUN:-}" ]] && return 0
+  study_counts
+  $CALC studies/estimate.py --eval-only --eval-times "$OUT/eval-times.tsv" \
+    --evals "separability $N_SEP semantics $N_SEM compare $N_CMP finetune $N_FT"
+}
+
+study_counts() {  # N_SEP N_SEM N_CMP N_FT: the evaluations of the plan (RUNS set)
+  local n_t n_r tag
+  n_t=$(wc -w <<<"$TEACHER_SEEDS") n_r=$(wc -w <<<"$REFEREE_SEEDS")
+  N_CMP=0
+  if [[ " $ARMS " == *" b "* ]]; then
+    for tag in a ap h d e; do [[ " $ARMS " == *" $tag "* ]] && N_CMP=$((N_CMP + n_t * n_r)); done
+  fi
+  N_SEP=$(( (${#RUNS[@]} + n_t + 1) * n_r )) N_SEM=$(( ${#RUNS[@]} + n_t + n_r + 1 ))
+  N_FT=$(finetunes | wc -l)
 }
 
 study_flags() {  # SET_FLAGS: the --set pairs of TRAIN; DEVICE_FLAGS: its --device pair
@@ -149,8 +187,12 @@ study_start() {  # the teachers, the referees and the untrained encoder; their s
   $PY studies/untrained.py "$MAE_PRESET" "$OUT/untrained" "${TRAIN[@]}"  # the same architecture and data
   for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) $(printf 'referee-s%s ' $REFEREE_SEEDS); do
     [[ -f "$OUT/$d/eval/semantics.json" ]] || \
-      $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
+      timed semantics $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
   done
+  # one separability before any arm: it is needed later anyway, and it times the plan's evaluation estimate
+  [[ -f "$OUT/untrained/eval-referee-s$first_ref/separability.json" ]] || timed separability \
+    $IMAE separability "$OUT/untrained" --reference "$OUT/referee-s$first_ref" \
+    --output-dir "$OUT/untrained/eval-referee-s$first_ref" "${EVAL[@]}"
   if ! $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
       --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} \
       | tee -a "$OUT/plan.txt"; then
@@ -176,19 +218,19 @@ study_compare() {  # A B referee-seed: B minus A against the referee, in B's eva
   local a=$1 b=$2 r=$3 out
   out="$b/eval-referee-s$r/vs-$(basename "$a" | cut -d- -f1)"
   [[ -f "$out/compare.json" ]] || \
-    $IMAE compare "$a" "$b" --reference "$OUT/referee-s$r" --output-dir "$out" "${EVAL[@]}"
+    timed compare $IMAE compare "$a" "$b" --reference "$OUT/referee-s$r" --output-dir "$out" "${EVAL[@]}"
 }
 
 study_evaluate() {
   local d r t tag first_ref=${REFEREE_SEEDS%% *}
   for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) "${RUNS[@]%%|*}"; do
     for r in $REFEREE_SEEDS; do
-      [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || $IMAE separability "$OUT/$d" \
+      [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || timed separability $IMAE separability "$OUT/$d" \
         --reference "$OUT/referee-s$r" --output-dir "$OUT/$d/eval-referee-s$r" "${EVAL[@]}"
     done
     # semantics once, only what the claims read (probe, kNN, NMI: no mixtures, no referee needed)
     [[ -f "$OUT/$d/eval/semantics.json" ]] || \
-      $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
+      timed semantics $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
   done
   for t in $TEACHER_SEEDS; do
     [[ " $ARMS " == *" b "* ]] || continue
@@ -200,6 +242,15 @@ study_evaluate() {
         [[ " $ARMS " == *" $tag "* ]] && study_compare "$(arm_dir b "$t")" "$(arm_dir "$tag" "$t")" "$r"
       done
     done
+  done
+  return 0
+}
+
+study_finetune() {  # claim 2's fine-tuning top-1 (last epoch) of FINETUNE_ARMS, each with its teacher's seed
+  local d
+  for d in $(finetunes); do
+    [[ -f "$d/finetune/finetune.json" ]] || timed finetune $IMAE finetune "$d" --preset "$FINETUNE_PRESET" \
+      "${TRAIN[@]}" --epochs "$FINETUNE_EPOCHS" --seed "${d##*-t}" --output-dir "$d/finetune" --resume auto
   done
   return 0
 }
@@ -222,7 +273,9 @@ study_all() {  # the whole study; PLAN_ONLY=1 prints the plan and the estimate (
   study_plan | tee "$OUT/plan.txt"
   [[ -n "${PLAN_ONLY:-}" ]] && return 0
   study_start
+  study_plan_evaluations | tee -a "$OUT/plan.txt"  # again, now with the start's evaluations timed
   study_train
   study_evaluate
+  study_finetune
   study_publish
 }

@@ -172,6 +172,12 @@ def test_each_scale_plans_every_arm_for_every_teacher_scored_against_referees_th
     assert seps == {(r, f"{out}/referee-s{s}", f"{r}/eval-referee-s{s}") for r in runs for s in (3, 4)}
     semantics = [line.split()[2] for line in lines if line.startswith("imae semantics")]
     assert set(semantics) == runs | {f"{out}/referee-s3", f"{out}/referee-s4"}  # once each (a dry run skips nothing)
+    # claim 2's fine-tuning: (a) and (b) of every teacher, with the teacher's seed, where the scale budgets it
+    tunes = {(line.split()[2].rsplit("/", 1)[1], _flag(line, "--seed"), _flag(line, "--output-dir"))
+             for line in lines if line.startswith("imae finetune")}
+    want = {(f"{x}-t{t}", str(t), f"{out}/{x}-t{t}/finetune") for t in range(3) for x in ("a-mae-continued", "b-imae")}
+    assert tunes == (want if script == "digits" else set())
+    assert any(line.startswith("fine-tuning: " + ("arms a b" if script == "digits" else "none")) for line in lines)
     compares = {(line.split()[2].rsplit("/", 1)[1], line.split()[3].rsplit("/", 1)[1], _flag(line, "--reference"))
                 for line in lines if line.startswith("imae compare")}
     counted = next(line for line in lines if line.startswith("evaluations: ")).split()
@@ -252,11 +258,16 @@ def test_claims_of_independent_teachers_on_planted_results(tmp_path):
            "d": [0.5, 0.6, 0.55], "e": [0.5, 0.6, 0.55]}
     names = {"a": "a-mae-continued", "ap": "ap-mae-flops", "b": "b-imae", "h": "h-mae-distill", "d": "d-imae-p0",
              "e": "e-imae-prandom"}
+    tuned = {"a": [0.90, 0.91, 0.92], "b": [0.93, 0.95, 0.97]}  # fine-tuned (a) and (b) only: (b) - (a) 0.02 .. 0.05
     for t in range(3):
         for tag, arm in names.items():
             sem = tmp_path / f"{arm}-t{t}" / "eval" / "semantics.json"
             sem.parent.mkdir(parents=True, exist_ok=True)
             sem.write_text(json.dumps({"results": {"nmi": nmi[tag][t], "linprobe": {"top1": 0.9}}}))
+            if tag in tuned:
+                ft = tmp_path / f"{arm}-t{t}" / "finetune" / "finetune.json"
+                ft.parent.mkdir()
+                ft.write_text(json.dumps({"results": {"top1": 0.5, "final_top1": tuned[tag][t]}}))
         for r in (3, 4):
             for tag in ("a", "ap", "h"):
                 _planted(tmp_path, t, r, "b-imae", tag, {
@@ -278,12 +289,16 @@ def test_claims_of_independent_teachers_on_planted_results(tmp_path):
     assert two["referee"] == "3" and two["l2"] == [1e-3]  # the one penalty of the first referee's comparisons
     assert [two["vs"][t]["verdict"] for t in ("a", "ap", "h")] == ["holds", "cannot tell", "does not hold"]
     assert two["vs"]["a"]["nmi"]["across_teachers"]["mean"] == pytest.approx(0.1)
+    # fine-tuning: the last epoch's top-1, (b) minus (a) per teacher, where both were fine-tuned (not (a+), (h))
+    assert two["vs"]["a"]["finetune"]["per_teacher"]["2"]["diff"] == pytest.approx(0.05)
+    assert two["vs"]["a"]["finetune"]["verdict"] == "holds" and "finetune" not in two["vs"]["ap"]
     three = out["claim 3"]
     assert three["minus_b"]["d"]["linprobe"]["verdict"] == "does not hold" and three["verdict"] == "holds"
     assert out["claims"]["1 separability"] == {f"vs {claims.CONTROLS[t]}": v for t, v in
                                                (("a", "cannot tell"), ("ap", "holds"), ("h", "does not hold"))}
     md = (tmp_path / "claims.md").read_text()
     assert "within one teacher" in md and "| (b) − (a) MAE continued, referee s4 |" in md
+    assert "| finetune: (b) − (a) MAE continued |" in md
     assert json.loads((tmp_path / "claims.json").read_text()) == out
 
 
@@ -437,3 +452,16 @@ def test_the_start_checks_read_every_probe_at_the_first_teachers_penalty(tmp_pat
     lines, ok = check_start.check_referees(tmp_path, ["0", "1", "2"], ["3", "5"], 0.10, 0.03)
     assert "referee-s3" in lines[0] and "probe at l2 0.001 0.894" in lines[0] and "FAILS" in lines[0]
     assert "probe at l2 0.001 0.931" in lines[1] and lines[1].endswith(": ok") and not ok
+
+
+def test_the_plans_evaluation_estimate_is_the_median_wall_time_of_each_kind_timed_here(tmp_path):
+    from estimate import eval_estimate
+
+    times = tmp_path / "eval-times.tsv"  # what studies/lib.sh's `timed` appends: "kind seconds"
+    times.write_text("semantics 30\nsemantics 90\nsemantics 60\nseparability 120\n")
+    line = eval_estimate(times, "separability 10 semantics 4 compare 3 finetune 0")
+    # 10 x 2 min + 4 x 1 min (the median of 30, 60, 90 s); comparisons not timed yet; no fine-tuning planned
+    assert line.startswith("expected evaluation time: 24 min (10 separability x 2.0 min (median of 1 timed here); "
+                           "4 semantics x 1.0 min (median of 3 timed here)); not timed yet: 3 compare")
+    assert "finetune" not in line
+    assert eval_estimate(tmp_path / "none.tsv", "semantics 2").startswith("expected evaluation time: 0 min; not timed")

@@ -6,7 +6,8 @@
 # (h) MAE continued with the teacher's distillation on clean images; (c), (f), (g) for teacher 0.
 # Evaluation (fixed before any arm was compared; never tuned per arm): token separability and the un-mixing gain
 # against each referee on disjoint, class-independent test pairs, at the training mask ratio and unmasked; linear
-# probe, kNN and NMI once; `imae compare` per teacher and referee; claims by the rules of studies/claims.py.
+# probe, kNN and NMI once; `imae compare` per teacher and referee; arms (a) and (b) of every teacher fine-tuned
+# 15 epochs (finetune/digits, claim 2's fine-tuning top-1); claims by the rules of studies/claims.py.
 #
 #   OUT=$HOME/studies/digits bash studies/digits/run.sh          # resumable: finished steps are skipped
 #   PLAN_ONLY=1 ... (the plan and estimate)    DRY_RUN=1 ... (print every command, run none)
@@ -16,6 +17,7 @@ OUT=${OUT:-$HOME/studies/digits}
 RESULTS=${RESULTS:-studies/digits/results}
 MAE_PRESET=digits-mae CONT_PRESET=digits-mae-continued IMAE_PRESET=digits-imae
 TEACHER_EPOCHS=30 EPOCHS=${EPOCHS:-30} IMAGES=1408  # 22 batches of 64 an epoch
+FINETUNE_PRESET=finetune/digits FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-15}
 TRAIN=()
 EVAL=(--preset digits-mae --set separability.unmasked=true)
 source studies/lib.sh
