@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's three questions on the embedded digits (16 px, no download), issue 26's design (studies/lib.sh):
 # three teachers (digits-mae, 30 epochs, seeds 0 1 2) trained independently, two referees trained the same way
-# (seeds 3 4: every evaluation's references, no arm's start); per teacher, from its weights, 30 more epochs of
+# (seeds 4 5: every evaluation's references, no arm's start; referee s3 failed the start check, its probe 0.894
+# against the teachers' 0.932 at one penalty, so seed 5 replaced it: README.md here); per teacher, from its weights, 30 more epochs of
 # (a) MAE continued, (a+) MAE continued for (b)'s training FLOPs, (b) i-MAE, (d) p = 0, (e) p = random,
 # (h) MAE continued with the teacher's distillation on clean images; (c), (f), (g) for teacher 0.
 # Evaluation (fixed before any arm was compared; never tuned per arm): token separability and the un-mixing gain
@@ -17,6 +18,7 @@ OUT=${OUT:-$HOME/studies/digits}
 RESULTS=${RESULTS:-studies/digits/results}
 MAE_PRESET=digits-mae CONT_PRESET=digits-mae-continued IMAE_PRESET=digits-imae
 TEACHER_EPOCHS=30 EPOCHS=${EPOCHS:-30} IMAGES=1408  # 22 batches of 64 an epoch
+REFEREE_SEEDS=${REFEREE_SEEDS:-"4 5"}
 FINETUNE_PRESET=finetune/digits FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-15}
 TRAIN=()
 EVAL=(--preset digits-mae --set separability.unmasked=true)
