@@ -928,14 +928,15 @@ def test_top_level_and_every_command_help_print_without_error():
             assert "95% intervals" in " ".join(buf.getvalue().split())
 
 
-def test_the_readme_python_blocks_run_as_written():
+def test_the_python_block_of_the_method_page_runs_as_written():
     import re
 
-    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[1] / "README.md").read_text(), re.S)
+    page = Path(__file__).resolve().parents[1] / "docs" / "method.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
     assert blocks
     for code in blocks:
         namespace: dict = {}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
+        exec(compile(code, "docs/method.md", "exec"), namespace)  # noqa: S102  (the page's own code)
     assert set(namespace["out"]) >= {"loss", "rec_sub", "rec_dom", "mixture"} and namespace["feats"].ndim == 3
 
 
