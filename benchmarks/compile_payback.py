@@ -62,13 +62,14 @@ def bench(name: str, rounds: int, tmp: Path) -> dict:
     e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
     compile_s = first + second - 2 * c  # the first two calls beyond two ordinary compiled steps
     saving = e - c
-    payback = compile_s / saving if saving > 0 else float("inf")
+    payback = compile_s / saving if saving > 0 else None  # None: it never pays (compiled is not faster)
     out = {"case": name, "model": model, "batch_size": batch, "precision": precision.name(cpu, amp), "run": what,
            "run_steps": run_steps, "compile_s": compile_s, "eager_step_s": e, "compiled_step_s": c,
-           "speedup": e / c, "payback_steps": payback, "pays_within_run": payback < run_steps,
+           "speedup": e / c, "payback_steps": payback, "pays_within_run": payback is not None and payback < run_steps,
            "net_saving_s": run_steps * saving - compile_s, "step_s_all": times}
     print(f"{name}: compile {compile_s:.1f} s, eager {e:.3f} s/step, compiled {c:.3f} s/step (x{e / c:.2f}); pays "
-          f"back after {payback:.0f} steps of the run's {run_steps}: {'yes' if out['pays_within_run'] else 'no'}",
+          f"back after {'never' if payback is None else f'{payback:.0f}'} steps of the run's {run_steps}: "
+          f"{'yes' if out['pays_within_run'] else 'no'}",
           flush=True)
     return out
 
