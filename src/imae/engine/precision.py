@@ -5,7 +5,7 @@ The rules (``docs/performance.md``):
 - CUDA: bf16 autocast when ``amp`` (``train.amp`` / ``finetune.amp``) is on.
 - CPU: bf16 autocast when ``amp`` is on *and* the CPU has bf16 units (``avx512_bf16`` or ``amx_bf16`` on x86,
   ``bf16`` on Arm, as the kernel lists them, and oneDNN's bf16 kernels in this torch). A CPU without them would
-  emulate bf16 far slower than fp32 (60x on an AVX2 CPU), so it runs fp32, silently.
+  emulate bf16 many times slower than fp32 (an AVX2 CPU: ``docs/performance.md``), so it runs fp32, silently.
 - ``amp=false`` always gives fp32. Evaluation's feature extraction follows the same device rule.
 
 Detection happens once per process; ``IMAE_CPU_BF16=1`` (or ``0``) overrides it, e.g. to test the bf16 path on
