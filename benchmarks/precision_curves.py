@@ -9,8 +9,9 @@ autocast (seed 0; forced with ``IMAE_CPU_BF16=1``, so a CPU without bf16 units e
 the same rounding of the matrix products' inputs and fp32 accumulation) and fp32 with seed 1, the yardstick:
 how far two equally good fp32 curves lie apart. The tolerance (``TOLERANCE``): every epoch's mean loss of the
 bf16 run within 2% of the fp32 run's, and the last epoch's within 1%. Writes
-``benchmarks/results/precision-curves.json`` (epoch means, per-step losses of the CIFAR-10 run, the largest
-differences, pass / fail).
+``benchmarks/results/precision-curves.json`` (epoch means, per-step losses, the largest differences, pass /
+fail). ``--eval-only``: a digits MAE's linear probe and kNN with fp32 and with bf16 features, each bf16 top-1
+within the fp32 one's 95% binomial interval (``precision-eval.json``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,33 @@ def compare(name: str, preset: str, sets: dict, tmp: Path) -> dict:
     return out
 
 
+def evaluations(tmp: Path, epochs: int) -> dict:
+    """A digits MAE (fp32, ``epochs`` epochs) scored by the linear probe and kNN with features extracted in fp32
+    and in bf16: each bf16 top-1 must lie within the 95% binomial interval of the fp32 one's test accuracy."""
+    from imae.eval.run import evaluate
+
+    os.environ[precision.ENV] = "0"
+    run = pretrain(build_config("digits-mae", {"train.epochs": epochs, "train.warmup_epochs": 1, "device": "cpu",
+                                               "output_dir": str(tmp / "eval-subject")}))
+    out: dict = {"subject": f"digits-mae, {epochs} epochs, fp32", "scores": {}}
+    for prec in ("fp32", "bf16"):
+        os.environ[precision.ENV] = "1" if prec == "bf16" else "0"
+        over = {"device": "cpu", "features.cache_dir": str(tmp / f"features-{prec}"),
+                "output_dir": str(tmp / f"eval-{prec}")}
+        for cmd in ("linprobe", "knn"):
+            res = evaluate(cmd, run, overrides=over)["results"]
+            out["scores"][f"{cmd}/{prec}"] = {"top1": res["top1"], "test_images": res.get("test_images")}
+    for cmd in ("linprobe", "knn"):
+        a, b = out["scores"][f"{cmd}/fp32"], out["scores"][f"{cmd}/bf16"]
+        n = a["test_images"] or 360
+        half = 1.96 * (a["top1"] * (1 - a["top1"]) / n) ** 0.5
+        out[cmd] = {"fp32": a["top1"], "bf16": b["top1"], "diff": b["top1"] - a["top1"], "ci_half_width": half,
+                    "within_ci": abs(b["top1"] - a["top1"]) <= half}
+        print(f"{cmd}: top-1 fp32 {a['top1']:.4f}, bf16 {b['top1']:.4f} (95% interval +-{half:.4f}): "
+              f"{'within' if out[cmd]['within_ci'] else 'OUTSIDE'}", flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar10", help="CIFAR-10 folder for the short CIFAR-10 run")
@@ -76,6 +104,9 @@ def main() -> int:
     p.add_argument("--digits-epochs", type=int, help="shorten the digits run (default: the preset's 30)")
     p.add_argument("--cifar-small", action="store_true", help="a smaller ViT/4 for the CIFAR-10 run")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only the evaluation check: linear probe and kNN of a digits MAE with fp32 and bf16 features "
+                        "(writes precision-eval.json)")
     p.add_argument("--out", default=str(RESULTS / "precision-curves.json"))
     args = p.parse_args()
     if args.threads:
@@ -86,6 +117,14 @@ def main() -> int:
            "note": "run on a shared 2-core CPU beside other work (wall times are not benchmarks); bf16 forced with "
                    "IMAE_CPU_BF16=1 (emulated where the CPU has no bf16 units: same rounding, fp32 accumulation)",
            "runs": []}
+    if args.eval_only:
+        with tempfile.TemporaryDirectory() as tmpd:
+            res.pop("runs")
+            res.update(evaluations(Path(tmpd), args.digits_epochs or 30))
+        out = Path(args.out).with_name("precision-eval.json")
+        out.write_text(json.dumps(res, indent=1))
+        print(f"wrote {out}")
+        return 0
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         digits = {"train.log_every": 1}

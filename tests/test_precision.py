@@ -62,6 +62,7 @@ def test_the_flags_read_are_the_kernels_bf16_ones(monkeypatch):
         precision._detected.cache_clear()
 
 
+@pytest.mark.slow  # three tiny runs each, bf16 emulated on a CPU without bf16 units
 def test_bf16_and_fp32_train_with_agreeing_loss_curves_and_amp_false_is_fp32(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(precision.ENV, "0")  # a CPU without bf16 units: fp32, said once, no warning
     fp32 = pretrain(tiny_config(tmp_path / "fp32"))
@@ -83,6 +84,7 @@ def test_bf16_and_fp32_train_with_agreeing_loss_curves_and_amp_false_is_fp32(tmp
     assert {v.dtype for v in w.values() if v.is_floating_point()} == {torch.float32}  # weights stay fp32
 
 
+@pytest.mark.slow  # three tiny runs each, bf16 emulated on a CPU without bf16 units
 def test_a_killed_and_resumed_bf16_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch):
     monkeypatch.setenv(precision.ENV, "1")
     ref = pretrain(tiny_config(tmp_path / "ref"))
