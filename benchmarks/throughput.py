@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ import torch
 from imae.config import build_config
 from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
+from imae.engine import precision
 from imae.engine.flops import imae_train_flops, mae_train_flops
 from imae.engine.objectives import build_objective
 from imae.engine.optim import build_adamw
@@ -87,9 +87,11 @@ def make_objectives(model: str, device: torch.device, tmp: Path) -> dict:
     return {"mae": mae, "imae": imae}
 
 
-def make_step(objective, device: torch.device, batch_size: int, amp: bool):
-    """A closure running one training step exactly as the loop does (without logging)."""
+def make_step(objective, device: torch.device, batch_size: int, amp: bool, compile: bool = False):
+    """A closure running one training step exactly as the loop does (without logging); ``compile``: through
+    ``torch.compile`` of the model, as ``train.compile`` runs it."""
     model = objective.model.to(device).train()
+    net = torch.compile(model) if compile else model
     size = model.arch.img_size
     images = torch.randn(batch_size, 3, size, size, device=device)
     labels = torch.arange(batch_size, device=device) // 2  # pairs of the same class
@@ -97,14 +99,14 @@ def make_step(objective, device: torch.device, batch_size: int, amp: bool):
         classes = [str(i) for i in range(batch_size // 2)]
         objective.prepare(ImageSet("synthetic", "train", labels.cpu(), classes, (0.5,) * 3, (0.25,) * 3), device)
     opt = build_adamw(model, 1e-4, 0.05, (0.9, 0.95), device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    autocast = precision.autocast(device, amp)  # bf16 on CUDA and on CPUs with bf16 units, as the loop
     gen = torch.Generator(device=device)
 
     def step() -> None:
         gen.manual_seed(0)
         batch = Batch(images, labels, torch.arange(batch_size, device=device), gen)
         with autocast:
-            out = objective(model, batch, 0.75)
+            out = objective(net, batch, 0.75)
         loss = out["loss"]
         assert bool(torch.isfinite(loss))
         loss.backward()
@@ -143,11 +145,19 @@ def bench_size(name: str, device: torch.device, amp: bool, matmul: dict, tmp: Pa
         m.decode_branches = lambda z_sub, z_dom, ids: (m.decode_tokens(z_sub, ids), m.decode_tokens(z_dom, ids))
         steps["imae_separate_decoder"] = make_step(alt, device, batch, amp)
     n = matmul["best_size"]
-    steps["matmul"] = make_matmul(n, device, torch.bfloat16 if amp and device.type == "cuda" else torch.float32)
+    steps["matmul"] = make_matmul(n, device, torch.bfloat16 if precision.uses_bf16(device, amp) else torch.float32)
+    nb = n if device.type == "cuda" or precision.cpu_has_bf16() else 512  # emulated bf16: a size that ends soon
+    if device.type == "cpu":  # the CPU's other rate: utilisation against fp32 and against bf16 matmuls
+        steps["matmul_bf16"] = make_matmul(nb, device, torch.bfloat16)
+        steps["matmul_fp32"] = make_matmul(n, device, torch.float32)
     times = time_arms(steps, device, 2, repeats)
     peak = 2 * n**3 / min(times["matmul"]) / 1e9
     out = {"model": model, "img_size": arch.img_size, "batch_size": batch, "reference_gflops": peak,
-           "reference_gflops_all": [2 * n**3 / t / 1e9 for t in times["matmul"]]}
+           "reference_gflops_all": [2 * n**3 / t / 1e9 for t in times["matmul"]],
+           "precision": precision.name(device, amp)}
+    if device.type == "cpu":
+        out["matmul_gflops"] = {"fp32": 2 * n**3 / min(times["matmul_fp32"]) / 1e9,
+                                "bf16": 2 * nb**3 / min(times["matmul_bf16"]) / 1e9, "bf16_size": nb}
     if decoder_ab:
         out["decoder_batched_over_separate_time"] = (statistics.median(times["imae"])
                                                      / statistics.median(times["imae_separate_decoder"]))
@@ -156,6 +166,9 @@ def bench_size(name: str, device: torch.device, amp: bool, matmul: dict, tmp: Pa
         out[k] = {"step_s": med, "images_per_s": batch / med, "mflop_per_image": flops[k] / 1e6,
                   "gflops": flops[k] * batch / med / 1e9, "utilisation": flops[k] * batch / med / 1e9 / peak,
                   "step_s_all": times[k]}
+        for dt, rate in out.get("matmul_gflops", {}).items():
+            if dt in ("fp32", "bf16"):
+                out[k][f"utilisation_{dt}"] = out[k]["gflops"] / rate
     out["imae_over_mae_time"] = out["imae"]["step_s"] / out["mae"]["step_s"]
     out["imae_over_mae_flops"] = flops["imae"] / flops["mae"]
     out["imae_flops_rate_over_mae"] = out["imae"]["gflops"] / out["mae"]["gflops"]
@@ -242,6 +255,17 @@ def to_markdown(res: dict) -> str:
             lines.append(f"| {s['model']} ({s['img_size']} px) | {s['batch_size']} | {label} | "
                          f"{a['images_per_s']:.1f} | {a['mflop_per_image']:.0f} | {a['gflops']:.1f} | {ref:.0f} | "
                          f"{a['utilisation']:.2f} |")
+    both = [s for s in res["sizes"] if "matmul_gflops" in s]
+    if both:
+        lines += ["", "Utilisation against both CPU matmul rates, timed in the same rounds (steps in "
+                      f"{both[0]['precision']}):", "",
+                  "| model | arm | fp32 matmul GFLOP/s | of fp32 | bf16 matmul GFLOP/s | of bf16 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for s in both:
+            m = s["matmul_gflops"]
+            for k, label in (("mae", "MAE"), ("imae", "i-MAE")):
+                lines.append(f"| {s['model']} | {label} | {m['fp32']:.0f} | {s[k]['utilisation_fp32']:.2f} | "
+                             f"{m['bf16']:.1f} ({m['bf16_size']}^2) | {s[k]['utilisation_bf16']:.2f} |")
     lines += ["", "| model | i-MAE/MAE step time | i-MAE/MAE FLOPs | i-MAE FLOP/s / MAE FLOP/s |",
               "| --- | --- | --- | --- |"]
     for s in res["sizes"]:
@@ -297,7 +321,7 @@ def main() -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    dtype = torch.bfloat16 if device.type == "cuda" and amp else torch.float32
+    dtype = torch.bfloat16 if precision.uses_bf16(device, amp) else torch.float32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'} " \
         f"x{torch.get_num_threads()} threads"
     res: dict = {"device": name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,

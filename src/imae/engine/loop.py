@@ -36,6 +36,7 @@ from imae import __version__
 from imae.checkpoints.files import latest_complete, prune, save_checkpoint, with_checksum
 from imae.console import info, progress
 from imae.engine import distributed as D
+from imae.engine import precision
 from imae.engine.logs import RunLog
 from imae.engine.optim import grad_norm, lr_at, set_lr, step_unless
 from imae.engine.signals import StopRequest
@@ -137,8 +138,7 @@ class Loop:
         if p.max_steps:
             span = min(float(p.epochs), p.max_steps / math.ceil(len(loader) / p.accum_iter))
             self.sched_epochs, self.sched_warmup = span, p.warmup_epochs * span / p.epochs
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if p.amp and env.device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.autocast = precision.autocast(env.device, p.amp)  # bf16 where the device has bf16 units
 
     def run(self) -> str:
         """Train the remaining epochs. Returns ``done``, ``max_steps`` (``params.max_steps`` reached;

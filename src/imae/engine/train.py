@@ -26,6 +26,7 @@ from imae.data.datasets import load_split
 from imae.data.loader import build_train_loader
 from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
+from imae.engine import precision
 from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.objectives import build_objective
@@ -93,7 +94,7 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     teacher = resolve_teacher(cfg, run_dir, resume_ck, explicit_teacher, main)
     if resume_ck is not None:
         info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
-             f"{resume_ck.get('step_in_epoch', 0)} step(s) done)", main)
+             f"{resume_ck.get('step_in_epoch', 0)} step(s) done) in {precision.name(env.device, cfg.train.amp)}", main)
         original = resume_ck.get("config") or {}
         changes = config_changes(original, cfg.to_dict())
         for key, (old, new) in changes.items():
@@ -161,13 +162,15 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     if not resumed:
         info(f"training {cfg.method} {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters) on {len(data)} {cfg.data.dataset} images, {steps} steps/epoch x {t.epochs} epochs, "
-             f"{env.world_size} process(es) on {env.device.type}; lr {base_lr:.3g}; writing {run_dir}", main)
+             f"{env.world_size} process(es) on {env.device.type} in {precision.name(env.device, t.amp)}; "
+             f"lr {base_lr:.3g}; writing {run_dir}", main)
         if t.warmup_epochs and t.epochs <= t.warmup_epochs:  # e.g. a one-epoch try of a preset warming up 100
             peak = lr_at(t.epochs, base_lr, t.min_lr, t.warmup_epochs, t.epochs)
             info(f"warning: train.epochs {t.epochs} <= train.warmup_epochs {t.warmup_epochs:g}: the learning rate "
                  f"never leaves its warm-up (it peaks at {peak:.3g} of {base_lr:.3g}); lower train.warmup_epochs "
                  f"for a short run", main)
         log.write("event", {"event": "start", "version": __version__, "epochs_from": 1, "world_size": env.world_size,
+                            "precision": precision.name(env.device, t.amp),
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
                             "skipped_files": data.skipped,
                             **({"teacher": objective.teacher_record} if getattr(objective, "teacher_record", None)

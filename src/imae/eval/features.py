@@ -28,6 +28,7 @@ from imae.console import info, progress
 from imae.data.augment import Normalize
 from imae.data.decode import default_cache_dir, error_reason
 from imae.data.mixing import mix
+from imae.engine import precision
 from imae.eval.data import Split, digest
 from imae.models.mae import MaskedAutoencoder
 
@@ -118,9 +119,11 @@ def _jsonable(key: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def eval_precision(device: torch.device | str):
-    """bf16 autocast with TF32 matmuls on CUDA (as training); nothing elsewhere, so CPU results are unchanged."""
+    """bf16 autocast with TF32 matmuls on CUDA (as training); bf16 autocast on a CPU with bf16 units
+    (:mod:`imae.engine.precision`); nothing elsewhere, so results on other CPUs are unchanged."""
     if torch.device(device).type != "cuda":
-        yield
+        with precision.autocast(device):
+            yield
         return
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -151,7 +154,7 @@ def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: 
         inputs = {"inputs": "mixture", "pairs": digest(pairs), "alpha": float(alpha)}
         index = pairs
     key = {"version": FEATURE_VERSION, "checkpoint": fingerprint, "split": split.key, **inputs}
-    if device.type == "cuda":  # bf16 features are not the fp32 ones (CPU keys stay as they were)
+    if precision.uses_bf16(device):  # bf16 features are not the fp32 ones (fp32 keys stay as they were)
         key["precision"] = "bf16"
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit

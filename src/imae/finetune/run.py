@@ -29,6 +29,7 @@ from imae.config.finetune import FinetuneConfig
 from imae.config.tree import save_config
 from imae.console import info
 from imae.engine import distributed as D
+from imae.engine import precision
 from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.optim import absolute_lr, adamw
@@ -122,7 +123,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
                             "epochs_from": 1})
     info(f"fine-tuning {s.subject.path} ({sum(p.numel() for p in vit.parameters()) / 1e6:.2f}M parameters) on "
          f"{len(train)} {train.data.name} images, {steps} steps/epoch x {t.epochs} epochs, {env.world_size} "
-         f"process(es); lr {base_lr:.3g}; writing {run_dir}", main)
+         f"process(es) in {precision.name(env.device, t.amp)}; lr {base_lr:.3g}; writing {run_dir}", main)
     loop = Loop(objective, net, optimizer, loader, t, env, log, run_dir, base_lr, state, section="finetune",
                 config=cfg.to_dict(), resume_hint=f"imae finetune {s.subject.path} --resume {run_dir}",
                 desc="fine-tune", step_prefix="finetune")
