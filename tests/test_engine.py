@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_mae
+from imae import checkpoints as ckpt
 from imae.checkpoints.files import latest_complete
-from imae.engine import checkpoint as ckpt
 from imae.engine import loop as loop_mod
 from imae.engine.optim import absolute_lr, lr_at, param_groups
 from imae.engine.train import pretrain

@@ -175,7 +175,7 @@ def test_a_mid_epoch_checkpoint_of_the_old_fine_tune_loop_still_resumes_exactly(
 
 def test_fine_tuning_writes_safetensors_checkpoints_of_the_same_weights(source, cifar10_dir, uninterrupted, tmp_path):
     pytest.importorskip("safetensors")
-    from imae.engine.checkpoint import load
+    from imae.checkpoints import load
 
     run = _run(source, cifar10_dir, tmp_path / "st", sets=["finetune.checkpoint_format=safetensors"])
     assert (run / "checkpoint-last.safetensors").is_file() and (run / f"checkpoint-{EPOCHS}.safetensors").is_file()

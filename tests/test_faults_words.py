@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import tiny_cli_sets, tiny_config, tiny_mae
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.engine.train import pretrain
 from imae.errors import TrainingError
 from test_cli import run_cli
@@ -208,8 +208,7 @@ HF_CONFIG = dict(model_type="vit_mae", hidden_size=64, num_hidden_layers=2, num_
                          ids=["list", "patch_size_0", "hidden_size_null"])
 def test_a_damaged_hf_config_json_gives_one_line(tmp_path, capsys, fault_case, config):
     pytest.importorskip("safetensors")
-    from imae.checkpoints import safetensors_io
-    from imae.models import hf
+    from imae.checkpoints import hf, safetensors_io
 
     name = {list: "a list"}.get(type(config)) or ("patch_size: 0" if config["patch_size"] == 0 else
                                                    "hidden_size: null")
@@ -227,8 +226,7 @@ def test_a_damaged_hf_config_json_gives_one_line(tmp_path, capsys, fault_case, c
 @pytest.mark.parametrize("where", ["parent", "absolute"])
 def test_hf_index_shards_outside_the_folder_are_refused(tmp_path, capsys, fault_case, where):
     pytest.importorskip("safetensors")
-    from imae.checkpoints import safetensors_io
-    from imae.models import hf
+    from imae.checkpoints import hf, safetensors_io
 
     fault_case(injected=f"a Hugging Face weight index naming a shard outside its folder ({where}: "
                         f"{'../x.safetensors' if where == 'parent' else '/abs/x.safetensors'}), a valid file there",

@@ -1,7 +1,8 @@
 """i-MAE: interactive Masked Autoencoders (reference implementation).
 
 Subpackages follow the data flow: ``data`` (data sets, caching, augmentation, pairing, mixing) ->
-``models`` (MAE, i-MAE) -> ``engine`` (training loop, optimiser, checkpoints, logs) -> ``eval``
+``checkpoints`` (reading any source, writing, converting) -> ``models`` (MAE, i-MAE) -> ``engine`` (training
+loop, optimiser, logs) -> ``eval``
 (separability, semantics, linear probe, kNN, fine-tune) -> ``viz`` (figures, report) -> ``cli``.
 """
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import yaml
 
+from imae import checkpoints
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.files import DamagedCheckpoint, checkpoints_in, latest_complete, skipped_note
 from imae.config import Config, assign, from_dict, save_config
 from imae.config.tree import load_yaml
 from imae.console import info
-from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
 
 
@@ -140,7 +141,7 @@ def lock_run_dir(run_dir: Path, env) -> RunLock | None:
 
 
 def find_resume(resume: str, output_dir: str | None,
-                main: bool = True) -> tuple[Path, Path, dict[str, Any]] | None:
+                main: bool = True) -> tuple[Path, Path, Checkpoint] | None:
     """(run_dir, checkpoint path, checkpoint) to continue from, or None for ``auto`` with nothing to resume.
 
     ``resume``: a run directory, a checkpoint file, or ``auto`` (the newest complete checkpoint of
@@ -168,7 +169,7 @@ def find_resume(resume: str, output_dir: str | None,
         _note_skipped(found[1], main)
         return path, found[0], found[1]
     try:
-        return path.parent, path, ckpt.load(path, RESUME_PARTS)
+        return path.parent, path, checkpoints.load(path, RESUME_PARTS)
     except DamagedCheckpoint as e:
         raise DamagedCheckpoint(f"{e}; --resume {path.parent} resumes from the newest intact one") from None
 
@@ -176,25 +177,25 @@ def find_resume(resume: str, output_dir: str | None,
 RESUME_PARTS = ("model", "optimizer")  # what a resumed run reads, so what its checksum check covers
 
 
-def _note_skipped(ck: dict[str, Any], main: bool) -> None:
+def _note_skipped(ck: Checkpoint, main: bool) -> None:
     note = skipped_note(ck, "resuming from")
     if note:
         info(note, main)
 
 
-def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> Config:
+def resumed_config(ck: Checkpoint, run_dir: Path, overrides: dict[str, Any]) -> Config:
     """The configuration a checkpoint was trained with, with explicit flags (e.g. more epochs) on top."""
-    tree = ck.get("config")
-    if not isinstance(tree, dict):
-        raise CheckpointError(f"{ck.get('_path')} holds no training configuration; it cannot be resumed "
+    tree = ck.config
+    if tree is None:
+        raise CheckpointError(f"{ck.path} holds no training configuration; it cannot be resumed "
                               f"(use --init-from to start a new run from its weights)")
-    if ck.get("kind") == "vit" or "finetune" in tree:  # `imae finetune`'s run: its configuration is another one
+    if ck.kind == "vit" or "finetune" in tree:  # `imae finetune`'s run: its configuration is another one
         source = ck.get("source") or "CKPT"
         raise ConfigError(f"{run_dir} is a fine-tune run (of `imae finetune`), not a pre-training run; resume it "
                           f"with: imae finetune {source} --resume {run_dir}")
     disk = _folder_config(run_dir)
     if disk.get("method") and tree.get("method") and disk["method"] != tree["method"]:
-        raise CheckpointError(f"{ck.get('_path')} is the checkpoint of an {tree['method']} run, but "
+        raise CheckpointError(f"{ck.path} is the checkpoint of an {tree['method']} run, but "
                               f"{Path(run_dir) / 'config.yaml'} describes an {disk['method']} run: it was copied in "
                               f"from another run; resume that run's own folder, or start a new run from its weights "
                               f"with --init-from")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from imae import __version__
+from imae import __version__, checkpoints
 from imae.checkpoints import safetensors_io
 from imae.checkpoints.files import remove_partial_writes
 from imae.checkpoints.state import restore
@@ -24,7 +24,6 @@ from imae.config import Config
 from imae.console import info
 from imae.data.datasets import load_split
 from imae.data.loader import build_train_loader
-from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
@@ -117,7 +116,7 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     del teacher  # its tensors are in the model now
     model: nn.Module = objective.model
     if cfg.init_from and resume_ck is None:
-        init = ckpt.load(cfg.init_from)
+        init = checkpoints.load(cfg.init_from)
         refuse_classifier(init, "--init-from")
         objective.load_init(init)
         del init

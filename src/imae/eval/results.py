@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +73,31 @@ def make_output_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def read_results(folder: Path) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True, eq=False)
+class Result(Mapping[str, Any]):
+    """A result record (the mapping: what its file holds) and the file it was written to or read from."""
+
+    path: Path
+    record: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+
+def read_results(folder: Path) -> dict[str, Result]:
     """The result files under ``folder`` (searched recursively), by command; unreadable files are skipped."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, Result] = {}
     for path in sorted(Path(folder).rglob("*.json")):
         try:
             obj = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(obj, dict) and obj.get("command") in COMMANDS and "results" in obj:
-            obj["_path"] = str(path)
-            found.setdefault(obj["command"], obj)
+            found.setdefault(obj["command"], Result(path, obj))
     return found

@@ -67,7 +67,7 @@ def _resumed_session(ckpt_spec: str | Path, run_dir: Path, ck: dict[str, Any], o
                      sets: list[str] | None) -> Session:
     """The session of a fine-tune being resumed: its saved configuration, explicit flags on top."""
     if ck.get("kind") != "vit" or not isinstance(ck.get("config"), dict) or "finetune" not in ck["config"]:
-        raise CheckpointError(f"{ck['_path']} is not a checkpoint of `imae finetune`; --resume takes a fine-tune's "
+        raise CheckpointError(f"{ck.path} is not a checkpoint of `imae finetune`; --resume takes a fine-tune's "
                               f"run directory (or auto)")
     base = copy.deepcopy(ck["config"])
     base["output_dir"] = str(run_dir)

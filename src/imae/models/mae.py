@@ -77,6 +77,7 @@ class MaskedAutoencoder(nn.Module):
     def __init__(self, arch: MAEArch) -> None:
         super().__init__()
         self.arch = arch
+        self.heads_from: dict[str, str] | None = None  # built from a checkpoint: how each head count was decided
         a = arch
         # encoder
         self.patch_embed = PatchEmbed(a.img_size, a.patch_size, a.in_chans, a.embed_dim)

@@ -134,7 +134,7 @@ def run_results(run: Path, warn: bool = False) -> dict[str, dict[str, Any]]:
     for command, rec in list(res.items()):
         missing = [k for k in ("checkpoint", "results") if not isinstance(rec.get(k), dict)]
         if missing:
-            info(f"warning: {rec['_path']} is not a complete {command} result (no {', '.join(missing)}); it is "
+            info(f"warning: {rec.path} is not a complete {command} result (no {', '.join(missing)}); it is "
                  f"left out of the report: run `imae {command}` again to replace it", warn)
             del res[command]
     return res

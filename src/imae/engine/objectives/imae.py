@@ -7,14 +7,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from imae.checkpoints.state import load_state_dict, strip_prefixes
+from imae import checkpoints
+from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.state import load_state_dict
 from imae.config import Config
 from imae.console import info
 from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
 from imae.data.mixing import AlphaSampler
 from imae.data.pairing import choose_partners, needs_labels
-from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.engine.teacher import Teacher
@@ -46,18 +47,18 @@ class IMAEObjective:
         self.p = i.same_class_p
         self.class_pairs = needs_labels(self.p)
         self.alphas = AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)
-        self.teacher_ck: dict[str, Any] | None = None
+        self.teacher_ck: Checkpoint | None = None
         self.teacher_record: dict[str, str] | None = None
         teacher_dim = None
         if i.distill:
             if not i.teacher:
                 raise ConfigError("i-MAE with distillation needs a frozen MAE teacher: pass --teacher "
                                   "RUN_DIR_OR_CKPT (or --set imae.distill=false)")
-            self.teacher_ck = teacher.ck if teacher is not None else ckpt.load(i.teacher)
+            self.teacher_ck = teacher.ck if teacher is not None else checkpoints.load(i.teacher)
             self.teacher_record = teacher.record if teacher is not None else None
             refuse_classifier(self.teacher_ck, "--teacher (imae.teacher)")
-            if "decoder_pos_embed" not in strip_prefixes(self.teacher_ck["model"]):  # before its heads are asked for
-                raise CheckpointError(f"teacher {self.teacher_ck['_path']} holds only an encoder; distillation "
+            if not self.teacher_ck.has_decoder:  # before its heads are asked for
+                raise CheckpointError(f"teacher {self.teacher_ck.path} holds only an encoder; distillation "
                                       f"needs its decoder_embed too: use a full MAE checkpoint")
             teacher_model = mae_from_checkpoint(self.teacher_ck, heads_hint=TEACHER_HEADS_HINT)
             teacher_dim = teacher_model.arch.decoder_embed_dim
@@ -69,7 +70,7 @@ class IMAEObjective:
             try:
                 self.model.attach_teacher(teacher_model)
             except ValueError as e:
-                raise ConfigError(f"teacher {self.teacher_ck['_path']}: {e}") from None
+                raise ConfigError(f"teacher {self.teacher_ck.path}: {e}") from None
         self._stats = torch.zeros(4)
         self.labeled = True
 
@@ -80,21 +81,21 @@ class IMAEObjective:
                             f"use --set imae.same_class_p=random")
         if self.teacher_ck is not None:
             t = self.model.teacher.arch
-            info(f"teacher: {self.teacher_ck['_path']} (ViT {t.embed_dim}x{t.depth}, decoder width "
+            info(f"teacher: {self.teacher_ck.path} (ViT {t.embed_dim}x{t.depth}, decoder width "
                  f"{t.decoder_embed_dim}{', adapter to it' if self.model.distill_adapter is not None else ''})")
             self.teacher_ck = None  # its tensors are in the teacher now
         self._stats = torch.zeros(4, device=device)
         self.labeled = data.has_labels
 
-    def load_init(self, ck: dict[str, Any]) -> None:
+    def load_init(self, ck: Checkpoint) -> None:
         """Start from an MAE checkpoint (both branch maps from its decoder_embed) or an i-MAE one."""
-        source = ck.get("_path", "--init-from")
+        source = str(ck.path)
         note_eps(ck, self.model)
-        if is_imae_state(ck["model"]):
-            load_state_dict(self.model, ck["model"], source=source)
+        if is_imae_state(ck.model):
+            load_state_dict(self.model, ck.model, source=source)
             return
         try:
-            self.model.load_mae_state_dict(ck["model"], source=source)
+            self.model.load_mae_state_dict(ck.model, source=source)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
 

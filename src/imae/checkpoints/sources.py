@@ -1,29 +1,24 @@
-"""Any checkpoint source as one dict: a ``.pth`` or ``.safetensors`` file, a run directory, a Hugging Face
-ViTMAE folder (see :mod:`imae.models.hf`).
-
-The files themselves (atomic writes, safe reading, the run's numbered/last policy, split ``.safetensors``
-weights, strict state-dict loading) are :mod:`imae.checkpoints`, below the models; this module only
-adds the sources that need the model layer.
-"""
+"""Any checkpoint source as one :class:`~imae.checkpoints.checkpoint.Checkpoint`: a ``.pth`` or ``.safetensors``
+file, a run directory (its newest intact checkpoint) or a Hugging Face ViTMAE folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from imae.checkpoints import files, safetensors_io
+from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.hf import load_folder
 from imae.errors import CheckpointError
-from imae.models.hf import load_folder
 
 
-def load(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors, containers and allow-listed types only.
+def load(source: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True``: tensors, containers and allow-listed types only.
 
-    A bare state dict is wrapped as ``{"model": state_dict}``. The stored checksum of ``verify_parts`` is
+    A bare state dict is read as ``{"model": state_dict}``. The stored checksum of ``verify_parts`` is
     checked: a damaged file is a one-line CheckpointError, and so is a run directory whose newest checkpoint
     is damaged (it names the newest intact one; only ``--resume`` falls back to it by itself).
     """
-    path = Path(path)
+    path = Path(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pth or .safetensors file, a run "
                               f"directory or a Hugging Face model folder")
@@ -35,8 +30,8 @@ def load(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> dict[s
             raise CheckpointError(f"{path} holds no readable checkpoint-*.pth; pass a checkpoint file or a "
                                   f"run directory of `imae pretrain`")
         ck = found[1]
-        if ck["_skipped"]:
-            newest, why = ck["_skipped"][0]
+        if ck.skipped:
+            newest, why = ck.skipped[0]
             raise CheckpointError(f"{newest} is damaged ({why}); the newest intact checkpoint of {path} is "
                                   f"{found[0]}: pass it explicitly to use it")
         return ck
@@ -47,4 +42,4 @@ def load(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> dict[s
 
 def latest_in(run_dir: Path) -> Path:
     """The checkpoint file of a run directory to evaluate or resume: the newest complete one."""
-    return Path(load(run_dir)["_path"])
+    return load(run_dir).path
