@@ -19,6 +19,7 @@ import torch
 
 from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.state import load_state_dict, strip_prefixes
+from imae.data.datasets import NORMALIZATION
 from imae.errors import CheckpointError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.mae import MAEArch, MaskedAutoencoder
@@ -160,6 +161,9 @@ def model_from_checkpoint(ck: Checkpoint | dict[str, Any], heads_hint: str = HEA
         model = MaskedAutoencoder(arch)
         load_state_dict(model, ck.model, source=source, ignore=() if ck.has_decoder else ("decoder", "mask_token"))
     model.heads_from = heads_from
+    dataset = ((ck.config or {}).get("data") or {}).get("dataset")
+    if dataset in NORMALIZATION:  # the pixel statistics it was trained with (preprocess applies them)
+        model.normalization = NORMALIZATION[dataset]
     return model
 
 
@@ -170,6 +174,6 @@ def mae_from_checkpoint(ck: Checkpoint | dict[str, Any], heads_hint: str = HEADS
     if isinstance(model, IMAE):
         mae = MaskedAutoencoder(model.arch)
         mae.load_state_dict(model.mae_state_dict())
-        mae.heads_from = model.heads_from
+        mae.heads_from, mae.normalization = model.heads_from, model.normalization
         return mae
     return model
