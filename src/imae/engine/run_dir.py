@@ -26,11 +26,6 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def new_run_dir(cfg: Config) -> Path:
-    """The output folder of a new run; refuses to start over a folder that already holds checkpoints."""
-    return prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg), fresh=True)
-
-
 def prepare_run_dir(run_dir: Path, fresh: bool) -> Path:
     """Create ``run_dir``; a ``fresh`` run (not a resumed one) refuses a folder that holds checkpoints."""
     if fresh and checkpoints_in(run_dir):

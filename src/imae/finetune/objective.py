@@ -17,6 +17,7 @@ import torch.nn as nn
 from imae.config.finetune import FinetuneConfig
 from imae.data.loader import derive_seed
 from imae.engine import distributed as D
+from imae.engine.objectives.base import Objective
 from imae.eval.data import Split
 from imae.finetune.data import LabeledBatch
 from imae.finetune.evaluate import evaluate_classifier
@@ -35,7 +36,7 @@ def mixing(t, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-class ClassifyObjective:
+class ClassifyObjective(Objective):
     """Supervised classification of augmented, mixed images by ``model`` (a timm ViT)."""
 
     kind = "vit"

@@ -17,6 +17,7 @@ from imae.data.loader import Batch
 from imae.data.mixing import AlphaSampler
 from imae.data.pairing import choose_partners, needs_labels
 from imae.engine import distributed as D
+from imae.engine.objectives.base import Objective
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.engine.teacher import Teacher
 from imae.errors import CheckpointError, ConfigError, DataError
@@ -34,7 +35,7 @@ def student_name(name: str) -> str:
     return "i" + name if name.startswith("mae_") else name
 
 
-class IMAEObjective:
+class IMAEObjective(Objective):
     """Each sample is the subordinate; its in-batch partner is the dominant image."""
 
     kind = "imae"
@@ -44,8 +45,8 @@ class IMAEObjective:
         ``imae.teacher`` here (nothing recorded about it in the checkpoints)."""
         i = cfg.imae
         self.cfg = cfg
-        self.p = i.same_class_p
-        self.class_pairs = needs_labels(self.p)
+        self.same_class_p = i.same_class_p
+        self.class_pairs = needs_labels(self.same_class_p)
         self.alphas = AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)
         self.teacher_ck: Checkpoint | None = None
         self.teacher_record: dict[str, str] | None = None
@@ -77,7 +78,7 @@ class IMAEObjective:
     def prepare(self, data: ImageSet, device: torch.device) -> None:
         """Check the data set can be paired as configured."""
         if self.class_pairs and not data.has_labels:
-            raise DataError(f"imae.same_class_p={self.p} needs class labels, and {data.name} has none; "
+            raise DataError(f"imae.same_class_p={self.same_class_p} needs class labels, and {data.name} has none; "
                             f"use --set imae.same_class_p=random")
         if self.teacher_ck is not None:
             t = self.model.teacher.arch
@@ -106,7 +107,7 @@ class IMAEObjective:
         x, g = batch.images, batch.generator
         n = x.shape[0]
         alpha = self.alphas.sample(n, g, x.device)
-        partner, same = choose_partners(batch.labels, self.p, g)
+        partner, same = choose_partners(batch.labels, self.same_class_p, g)
         noise = torch.rand(n, self.model.arch.num_patches, generator=g, device=x.device)
         # the sampler checked its range when it was built: no per-step check (a host sync, a graph break)
         out = net(x, x[partner], alpha, mask_ratio=mask_ratio, noise=noise, check_alpha=False)
@@ -122,7 +123,7 @@ class IMAEObjective:
         n = max(float(s[3]), 1.0)
         mean = float(s[1]) / n
         out = {"alpha_mean": mean, "alpha_std": max(float(s[2]) / n - mean**2, 0.0) ** 0.5}
-        if self.p != "self" and self.labeled:
+        if self.same_class_p != "self" and self.labeled:
             out["same_class_rate"] = float(s[0]) / n
         return out
 

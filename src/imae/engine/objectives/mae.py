@@ -11,11 +11,12 @@ from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.state import load_state_dict
 from imae.config import Config
 from imae.data.loader import Batch
+from imae.engine.objectives.base import Objective
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.models.registry import create_model
 
 
-class MAEObjective:
+class MAEObjective(Objective):
     """Vanilla MAE: reconstruct the masked patches of each augmented image."""
 
     kind = "mae"
