@@ -9,7 +9,6 @@ dataclass defaults -> preset file (``configs/<name>.yaml``, which may name a ``b
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import reprlib
 import types
@@ -261,10 +260,6 @@ def load_config(path: Path, cls: type) -> Any:
         raise ConfigError(f"cannot read configuration {path}: {short(str(e), 200)}") from None
     data = load_yaml(text, f"configuration {path}")
     return from_dict(cls, {} if data is None else data)
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    return dataclasses.replace(cfg, **changes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
@@ -63,9 +62,3 @@ def layer_decay_groups(vit: VisionTransformer, weight_decay: float, layer_decay:
         g["params"].append(p)
         g["names"].append(name)
     return list(groups.values())
-
-
-@torch.no_grad()
-def vit_features(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """The pooled pre-logits features [N, D] (what the head sees)."""
-    return vit.forward_head(vit.forward_features(x), pre_logits=True)
