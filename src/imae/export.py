@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from imae import checkpoints
+from imae.atomic import save_atomic, write_reason
 from imae.checkpoints import hf
-from imae.checkpoints.atomic import save_atomic, write_reason
 from imae.checkpoints.files import with_checksum
 from imae.checkpoints.timm_export import save_timm
 from imae.errors import ConfigError, OutputError
@@ -52,7 +52,7 @@ def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None 
             save_atomic(with_checksum({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}), output)
             return [output]
         return hf.save_folder(sd, model.arch.to_dict(), output, encoder_only=encoder_only, mask_ratio=mask_ratio)
-    except (OSError, OutputError) as e:  # a full disk, a read-only folder: remove what this export began
+    except OSError as e:  # a full disk, a read-only folder: remove what this export began
         made = _existing(output, to) - before
         if to == "hf" and output.is_dir() and output not in made:  # it was empty before
             made |= set(output.iterdir())

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
+from imae.atomic import save_atomic, write_reason
 from imae.checkpoints import safetensors_io
-from imae.checkpoints.atomic import save_atomic, write_reason
 from imae.checkpoints.checkpoint import Checkpoint
 from imae.checksum import tensor_checksum
-from imae.errors import CheckpointError, MissingDependency, OutputError, TrainingError
+from imae.errors import CheckpointError, MissingDependency, TrainingError
 
 # what the weights-only unpickler may build besides tensors and plain containers: official MAE
 # checkpoints carry their argparse.Namespace of training arguments
@@ -202,7 +202,7 @@ def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
             safetensors_io.save_split(obj, path)
         else:
             save_atomic(obj, path)
-    except (OSError, OutputError) as e:
+    except OSError as e:
         state = (f"the previous checkpoint is intact; free space or fix permissions, then resume with --resume "
                  f"{path.parent}" if checkpoints_in(path.parent) else
                  "no checkpoint of this run was written before, so there is none to resume from; free space or "

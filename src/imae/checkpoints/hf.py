@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from imae.atomic import write_atomic
 from imae.checkpoints import safetensors_io
 from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.files import read_pth
@@ -296,5 +297,5 @@ def save_folder(sd: dict[str, torch.Tensor], arch: dict[str, Any], folder: Path,
     weights = folder / "model.safetensors"
     safetensors_io.write(to_hf(sd, encoder_only), weights)
     config = folder / "config.json"
-    config.write_text(json.dumps(config_from_arch(arch, encoder_only, mask_ratio), indent=2) + "\n")
+    write_atomic(config, json.dumps(config_from_arch(arch, encoder_only, mask_ratio), indent=2) + "\n")
     return [config, weights]

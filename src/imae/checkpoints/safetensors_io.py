@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from imae.checkpoints.atomic import save_atomic, write_atomic
+from imae.atomic import save_atomic, write_atomic
 from imae.checkpoints.checkpoint import Checkpoint
 from imae.errors import CheckpointError, MissingDependency
 
@@ -48,7 +48,7 @@ def write(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]
     if metadata is not None:
         header[META_KEY] = json.dumps(metadata)
     data = st.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header)
-    write_atomic(Path(path), lambda f: f.write(data))
+    write_atomic(Path(path), data)
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

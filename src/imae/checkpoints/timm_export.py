@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from imae.atomic import write_atomic
 from imae.checkpoints import safetensors_io
 
 _SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
@@ -56,5 +57,5 @@ def save_timm(encoder: dict[str, torch.Tensor], arch: dict[str, Any], path: Path
     info = {"model_name": timm_name(arch), "kwargs": timm_kwargs(arch), "layer_norm_eps": arch["layer_norm_eps"],
             "python": timm_call(arch, path)}
     meta = path.with_name(f"{path.stem}.timm.json")
-    meta.write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(meta, json.dumps(info, indent=2) + "\n")
     return [path, meta]

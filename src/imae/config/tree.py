@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from imae.atomic import write_atomic
 from imae.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
@@ -249,7 +250,8 @@ class Settings:
 
 
 def save_config(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
+    """``config.yaml``: the configuration as plain YAML, written atomically."""
+    write_atomic(path, yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
 
 
 def load_config(path: Path, cls: type) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from imae import checkpoints
+from imae.atomic import write_atomic
 from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.files import DamagedCheckpoint, checkpoints_in, latest_complete, skipped_note
 from imae.config import Config, assign, from_dict, save_config
@@ -266,5 +267,5 @@ def write_config(cfg: Config, run_dir: Path, original: dict[str, Any] | None = N
     """``config.yaml``. ``original``: the configuration a resume changed (its checkpoint's), kept as
     ``config.orig.yaml`` from the first change on; later changes are in the resume events of log.jsonl."""
     if original is not None and not (run_dir / "config.orig.yaml").exists():
-        (run_dir / "config.orig.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
+        write_atomic(run_dir / "config.orig.yaml", yaml.safe_dump(original, sort_keys=False))
     save_config(cfg, run_dir / "config.yaml")

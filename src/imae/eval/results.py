@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imae import __version__
+from imae.atomic import write_atomic, write_reason
 from imae.errors import ConfigError, ImaeError
 
 COMMANDS = ("separability", "semantics", "linprobe", "knn", "finetune", "compare")
@@ -45,20 +45,11 @@ def write_result(out_dir: Path, command: str, record: dict[str, Any]) -> Path:
     """Write ``{"command", "version", **record}`` to ``out_dir/<command>.json`` (atomically)."""
     out_dir = make_output_dir(out_dir)
     path = out_dir / f"{command}.json"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     text = json.dumps(_clean({"command": command, "version": __version__, **record}), indent=2) + "\n"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as e:  # a full disk or a read-only folder: the previous result file stays as it was
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise ImaeError(f"cannot write {path} ({e.strerror or e}); "
+        raise ImaeError(f"cannot write {path} ({write_reason(e)}); "
                         f"{'the previous one is intact; ' if path.exists() else ''}free space or choose another "
                         f"--output-dir") from None
     return path
