@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,12 @@ class TrainState:
     partial: dict[str, Any] | None = None
 
     @classmethod
-    def from_checkpoint(cls, ck: dict[str, Any] | None, world_size: int = 1) -> TrainState:
+    def from_checkpoint(cls, ck: Mapping[str, Any] | None) -> TrainState:
+        """The state a checkpoint records (a new run's for None)."""
         if ck is None:
             return cls()
         step = ck.get("step_in_epoch", 0)
         partial = ck.get("partial") if step else None
-        if partial and "loss_sum" in partial:  # a fine-tune checkpoint of imae <= 0.4: image-weighted sums
-            mean = partial["loss_sum"] / max(partial.get("seen", 0), 1)
-            partial = {"sums": {"loss": mean * step * world_size}, "finite_steps": step,
-                       "seen": partial.get("seen", 0) // world_size, "time_s": partial.get("time_s", 0.0)}
         return cls(ck.get("epoch", -1), step, ck.get("global_step", 0), ck.get("nonfinite_skipped", 0), partial)
 
 

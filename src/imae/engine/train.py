@@ -105,7 +105,7 @@ def _train(cfg: Config, session: RunSession, explicit_teacher: bool = False) -> 
     eff_batch = t.batch_size * t.accum_iter * env.world_size
     base_lr = absolute_lr(t.blr, t.lr, eff_batch)
     optimizer = build_adamw(model, base_lr, t.weight_decay, t.betas, env.device)
-    state = TrainState.from_checkpoint(resume_ck, env.world_size)
+    state = TrainState.from_checkpoint(resume_ck)
     if resume_ck is not None:
         restore(model, optimizer, resume_ck)
         del resume_ck

@@ -34,7 +34,7 @@ from imae.engine.session import RunSession
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.eval.results import write_result
 from imae.eval.run import Session, open_session
-from imae.finetune.data import PlanLoader, transforms
+from imae.finetune.loader import PlanLoader, transforms
 from imae.finetune.objective import ClassifyObjective
 from imae.finetune.vit import layer_decay_groups, vit_from_encoder
 
@@ -96,7 +96,7 @@ def _finetune(s: Session, session: RunSession) -> Path:
     steps = len(loader)
     base_lr = absolute_lr(t.blr, None, t.batch_size * t.accum_iter * env.world_size)
     optimizer = adamw(layer_decay_groups(vit, t.weight_decay, t.layer_decay), base_lr, t.betas, device)
-    state = TrainState.from_checkpoint(resume_ck, env.world_size)
+    state = TrainState.from_checkpoint(resume_ck)
     if resume_ck is not None:
         check_layout(resume_ck, t, env, "finetune", run_dir, images=len(train))
         if state.epoch + 1 > t.epochs:
@@ -126,17 +126,15 @@ def _finetune(s: Session, session: RunSession) -> Path:
         history = history + [rec]
         info(f"reached finetune.max_steps={t.max_steps}: loss {rec['loss']:.4f}, test top-1 "
              f"{rec['test_top1']:.4f}", main)
+    elif ended == "max_steps" and history and "test_top1" not in history[-1]:  # ended at an unscored epoch
+        history = history[:-1] + [{**history[-1], **objective.evaluate()}]
     session.log.close()
     if ended == "stopped":
         return run_dir  # checkpoint written; the stop was reported
     if main:
-        evaluated = [h for h in history if "test_top1" in h]
-        if not evaluated:  # only a checkpoint of an older imae, resumed after its last epoch, lacks them
-            raise CheckpointError(f"{run_dir} holds no epoch records to report; fine-tune again into another "
-                                  f"--output-dir")
-        # the headline is the last epoch's; a maximum over epochs scored on the test split would select on
-        # it, and no validation split is held out of training here, so no "best" is reported
-        last = evaluated[-1]
+        # the headline is the last epoch's (always scored); a maximum over epochs scored on the test split would
+        # select on it, and no validation split is held out of training here, so no "best" is reported
+        last = history[-1]
         results = {"top1": last["test_top1"], "top5": last.get("test_top5"), "epoch": last["epoch"],
                    "final_top1": last["test_top1"], "final_top5": last.get("test_top5"),
                    "epochs": t.epochs, "pool": t.pool, "train_images": len(train), "test_images": len(test),
