@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +62,12 @@ def make_output_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-@dataclass(frozen=True, eq=False)
-class Result(Mapping[str, Any]):
-    """A result record (the mapping: what its file holds) and the file it was written to or read from."""
+class Result(dict):
+    """A result record (the dict: what its file holds) and ``path``, the file it was written to or read from."""
 
-    path: Path
-    record: dict[str, Any]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.record[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.record)
-
-    def __len__(self) -> int:
-        return len(self.record)
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        super().__init__(record)
+        self.path = Path(path)
 
 
 def read_results(folder: Path) -> dict[str, Result]:
