@@ -19,11 +19,11 @@ class Checkpoint(Mapping[str, Any]):
     """A checkpoint as read: where it came from, its weights, and what it records about them.
 
     As a read-only mapping it is the file's own entries (``ck["epoch"]``, ``ck["optimizer"]``, the official
-    MAE layout's ``ck["model"]``), so the training loop resumes from it as the file stores it.
+    MAE layout's ``ck["model"]`` as stored), so the training loop resumes from it as the file stores it.
     """
 
     path: Path  # the checkpoint file (for a run directory: its newest intact one; a Hugging Face folder itself)
-    model: dict[str, torch.Tensor]  # the weights, official MAE names (wrapper prefixes as stored)
+    model: dict[str, torch.Tensor]  # the weights, official MAE names (DDP's / torch.compile's prefixes stripped)
     format: str  # one of FORMATS; "pth+safetensors": train.checkpoint_format=safetensors's split checkpoint
     arch: dict[str, Any] | None  # MAEArch fields when recorded (ours, Hugging Face), else None (read off shapes)
     config: dict[str, Any] | None  # the resolved training configuration (our runs only)
@@ -39,8 +39,8 @@ class Checkpoint(Mapping[str, Any]):
         if isinstance(entries, Checkpoint):
             return entries
         entries = dict(entries)
-        sd = entries["model"]
-        keys = set(strip_prefixes(sd)) if isinstance(sd, dict) else set()
+        sd = strip_prefixes(entries["model"]) if isinstance(entries["model"], dict) else entries["model"]
+        keys = set(sd) if isinstance(sd, dict) else set()
         arch = entries.get("arch") if isinstance(entries.get("arch"), dict) else None
         config = entries.get("config") if isinstance(entries.get("config"), dict) else None
         return cls(path=Path(path), model=sd, format=format, arch=arch, config=config,

@@ -40,7 +40,7 @@ from imae.engine.run_dir import (
 class RunSession:
     """The run folder of one pre-training or fine-tuning job (see the module's notes).
 
-    ``found``: what :func:`~imae.engine.run_dir.find_resume` returned, (run_dir, checkpoint path, checkpoint),
+    ``found``: what :func:`~imae.checkpoints.sources.find_resume` returned, (run_dir, checkpoint path, checkpoint),
     or None for a new run; ``settings``: the loop's section of the configuration (``cfg.train`` or
     ``cfg.finetune``; its ``section`` names it in messages); ``resume_hint``: the command that continues it.
     """

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from imae import __version__, checkpoints
 from imae.checkpoints import safetensors_io
+from imae.checkpoints.sources import find_resume
 from imae.checkpoints.state import restore
 from imae.config import Config
 from imae.console import info
@@ -27,7 +28,7 @@ from imae.engine import distributed as D
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, lr_at
-from imae.engine.run_dir import default_run_dir, find_resume, resumed_config
+from imae.engine.run_dir import default_run_dir, resumed_config
 from imae.engine.session import RunSession
 from imae.engine.teacher import resolve_teacher
 from imae.models.loading import refuse_classifier

@@ -23,13 +23,13 @@ import torch
 
 from imae.checkpoints import safetensors_io
 from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.sources import find_resume
 from imae.checkpoints.state import restore
 from imae.config.finetune import FinetuneConfig
 from imae.console import info
 from imae.engine import distributed as D
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.optim import absolute_lr, adamw
-from imae.engine.run_dir import find_resume
 from imae.engine.session import RunSession
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.eval.results import write_result

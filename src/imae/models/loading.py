@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from imae.checkpoints.checkpoint import Checkpoint
-from imae.checkpoints.state import load_state_dict, strip_prefixes
+from imae.checkpoints.state import load_state_dict
 from imae.data.datasets import NORMALIZATION
 from imae.errors import CheckpointError
 from imae.models.imae import IMAE, IMAEOptions
@@ -38,16 +38,10 @@ def _depth(sd: dict[str, torch.Tensor], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_arch(state_dict: dict[str, torch.Tensor], **overrides: Any) -> MAEArch:
-    """The MAEArch of an official-layout state dict (encoder-only releases get the default decoder); a
-    one-line CheckpointError when the encoder's head count is not known (see the module's notes)."""
-    return _infer(state_dict, overrides)[0]
-
-
 def _infer(state_dict: dict[str, torch.Tensor], overrides: dict[str, Any], source: str = "the checkpoint",
            heads_hint: str = HEADS_HINT) -> tuple[MAEArch, dict[str, str]]:
-    """(architecture, how each head count was decided) of an official-layout state dict."""
-    sd = strip_prefixes(state_dict)
+    """(architecture, how each head count was decided) of an official-layout state dict (prefixes stripped)."""
+    sd = state_dict
     try:
         w = sd["patch_embed.proj.weight"]  # [D, C, p, p]
         length = sd["pos_embed"].shape[1] - 1
@@ -101,15 +95,11 @@ def imae_options(ck: Checkpoint) -> IMAEOptions:
     return IMAEOptions(**{k: v for k, v in stored.items() if k in valid})
 
 
-def is_imae_state(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith("decoder_embed_sub.") for k in strip_prefixes(state_dict))
-
-
 def refuse_classifier(ck: Checkpoint, use: str = "this command") -> None:
     """A one-line CheckpointError when ``ck`` is a fine-tuned classifier (``imae finetune``'s timm ViT, or any
     state dict with a classification ``head``), which ``use`` cannot take: it needs a pre-trained MAE."""
     sd = ck.model if isinstance(ck.model, dict) else {}
-    if ck.kind != "vit" and not any(k.startswith("head.") for k in strip_prefixes(sd)):
+    if ck.kind != "vit" and not any(k.startswith("head.") for k in sd):
         return
     source = ck.get("source")
     instead = (f"pass the MAE it was fine-tuned from ({source})" if source else
@@ -123,7 +113,7 @@ def check_shapes(arch: MAEArch, state_dict: dict[str, Any], source: str = "check
     """A one-line CheckpointError when the weights' shapes (read without building anything) are not those of
     ``arch``: width, depth, patch and decoder width, so that a configuration that asks for another (say, a huge)
     model is refused before the model is allocated."""
-    sd = strip_prefixes(state_dict)
+    sd = state_dict
     e, p, c = arch.embed_dim, arch.patch_size, arch.in_chans
     d = arch.decoder_embed_dim
     expect = {"patch_embed.proj.weight": (e, c, p, p), "blocks.0.mlp.fc1.weight": (int(e * arch.mlp_ratio), e),
@@ -154,7 +144,7 @@ def model_from_checkpoint(ck: Checkpoint | dict[str, Any], heads_hint: str = HEA
     arch, heads_from = _arch_of(ck, overrides, heads_hint)
     source = str(ck.path)
     check_shapes(arch, ck.model, source)  # before building: a configuration of a huge model allocates it
-    if ck.kind == "imae" or is_imae_state(ck.model):
+    if ck.kind == "imae":
         model: MaskedAutoencoder = IMAE(arch, imae_options(ck))
         load_state_dict(model, ck.model, source=source)
     else:

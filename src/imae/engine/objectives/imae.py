@@ -22,7 +22,7 @@ from imae.engine.objectives.common import model_overrides, note_eps
 from imae.engine.teacher import Teacher
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
-from imae.models.loading import is_imae_state, mae_from_checkpoint, refuse_classifier
+from imae.models.loading import mae_from_checkpoint, refuse_classifier
 from imae.models.registry import create_model
 
 # an official-layout teacher of a non-standard width: the student's --set num_heads is another model's
@@ -92,7 +92,7 @@ class IMAEObjective(Objective):
         """Start from an MAE checkpoint (both branch maps from its decoder_embed) or an i-MAE one."""
         source = str(ck.path)
         note_eps(ck, self.model)
-        if is_imae_state(ck.model):
+        if ck.kind == "imae":
             load_state_dict(self.model, ck.model, source=source)
             return
         try:
