@@ -131,7 +131,7 @@ def test_the_first_checkpoint_on_a_full_disk_does_not_claim_a_previous_one(tmp_p
 def test_export_to_a_read_only_or_full_disk_says_nothing_was_exported(tmp_path, monkeypatch, capsys, fault_case,
                                                                       target, fault):
     pytest.importorskip("safetensors")
-    from imae.checkpoints import atomic
+    from imae import atomic
 
     cause = {"read_only": (errno.EROFS, "Read-only file system"), "disk_full": (errno.ENOSPC, "No space left on "
                                                                                              "device")}[fault]
