@@ -7,7 +7,7 @@
 Sections (each one's failure is recorded in the JSON and the next one runs):
 - ``steps``: MAE and i-MAE training steps (forward + backward + fused AdamW, the objectives of ``imae
   pretrain``) at tiny/4 B1024 and base/16 B128, bf16 autocast, eager and ``torch.compile``; img/s and
-  achieved TFLOP/s (analytic FLOPs, ``imae.engine.flops``) against the bf16 dense peak.
+  achieved TFLOP/s (analytic FLOPs, ``imae.models.flops``) against the bf16 dense peak.
 - ``hf``: the same MAE step of Hugging Face's ``ViTMAEForPreTraining`` (built from a ``ViTMAEConfig`` of the
   same size, no download) and ``lightly``'s MAE when lightly is installed, in the same process.
 - ``epoch``: one CIFAR-10 ``imae pretrain`` epoch with the GPU-resident pipeline: epoch time / sum of steps.
@@ -34,9 +34,9 @@ from throughput import sync  # noqa: E402
 from imae.config import build_config  # noqa: E402
 from imae.data.datasets import ImageSet  # noqa: E402
 from imae.data.loader import Batch  # noqa: E402
-from imae.engine.flops import imae_train_flops, mae_train_flops  # noqa: E402
 from imae.engine.objectives import build_objective  # noqa: E402
 from imae.engine.optim import build_adamw  # noqa: E402
+from imae.models.flops import imae_train_flops, mae_train_flops  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H100/H200 SXM dense bf16 tensor-core peak (no sparsity)
 SIZES = {"tiny4": ("mae_vit_tiny_patch4", 1024), "base16": ("mae_vit_base_patch16", 128)}

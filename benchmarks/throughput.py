@@ -7,7 +7,7 @@
 Writes ``benchmarks/results/throughput-<device>.json`` and ``.md``. Everything is measured in one
 process: a train step is forward + backward + AdamW through the same objective code as ``imae pretrain``;
 the MAE and i-MAE arms are interleaved (warm-up first, then the median of the timed steps), so noise from
-other work on the machine hits both alike. FLOPs are counted analytically (``imae.engine.flops``, equal to
+other work on the machine hits both alike. FLOPs are counted analytically (``imae.models.flops``, equal to
 torch's FlopCounterMode). Utilisation is achieved FLOP/s over the machine's matmul rate measured in
 the same rounds: a large matmul (the fastest size found at start) is timed between the steps, as one more
 interleaved arm, and the best of its timings is the reference, so a shared machine that slows down
@@ -31,9 +31,9 @@ from imae.config import build_config
 from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
 from imae.engine import precision
-from imae.engine.flops import imae_train_flops, mae_train_flops
 from imae.engine.objectives import build_objective
 from imae.engine.optim import build_adamw
+from imae.models.flops import imae_train_flops, mae_train_flops
 
 SIZES = {  # name: (model, batch size on CPU, batch size on GPU)
     "tiny4": ("mae_vit_tiny_patch4", 128, 1024),

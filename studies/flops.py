@@ -3,7 +3,7 @@
 
     python studies/flops.py --mae digits-mae --imae digits-imae --epochs 30 [--set model.depth=6 ...]
 
-Counts with the project's analytic FLOP count (:mod:`imae.engine.flops`: matrix products, forward +
+Counts with the project's analytic FLOP count (:mod:`imae.models.flops`: matrix products, forward +
 backward of the student, plus the frozen teacher's forward on each clean image, i.e. both teacher passes of a
 two-branch i-MAE), for the two presets' architectures, mask ratio, branches and distillation. Both arms see
 the same images per epoch, so arm (a+), the MAE continued for the same training FLOPs as the i-MAE arm (b),
@@ -21,8 +21,8 @@ import argparse
 import math
 
 from imae.config import build_config
-from imae.engine.flops import imae_train_flops, mae_train_flops
 from imae.engine.objectives.common import model_overrides
+from imae.models.flops import imae_train_flops, mae_train_flops
 from imae.models.registry import create_model
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     imae, mae, r = ratio(args.mae, args.imae, args.sets)
     r = round(r, 3)
     print(f"FLOP ratio i-MAE/MAE per training image (teacher passes included): {r:.3f} ({imae / 1e6:.1f} / "
-          f"{mae / 1e6:.1f} MFLOP, imae.engine.flops); arm (a+) epochs: round({args.epochs} x {r:.3f}) = "
+          f"{mae / 1e6:.1f} MFLOP, imae.models.flops); arm (a+) epochs: round({args.epochs} x {r:.3f}) = "
           f"{matched_epochs(args.epochs, r)}")
 
 

@@ -22,7 +22,7 @@
 #                  (set by it): the warm-up epochs of the shortened schedules
 # Arms, each from its teacher's weights (seed = the teacher's), on the same data, EPOCHS more epochs:
 #   a  MAE continued (the same images seen)     ap (a+) MAE continued for the training FLOPs of (b): the epochs
-#   b  i-MAE, two branches, distillation, p = 1     round(EPOCHS x ratio), ratio from imae.engine.flops (flops.py)
+#   b  i-MAE, two branches, distillation, p = 1     round(EPOCHS x ratio), ratio from imae.models.flops (flops.py)
 #   c  b without distillation                    d  b with p = 0
 #   e  b with p = random                         f  b with the subordinate branch only
 #   g  the unmixed-input MAE (p = self, no distillation)

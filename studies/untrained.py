@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from imae.checkpoints.atomic import save_atomic
+from imae.atomic import save_atomic
 from imae.config import build_config
 from imae.engine.run_dir import write_config
 from imae.models import create_model

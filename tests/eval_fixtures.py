@@ -33,7 +33,7 @@ def digits_runs(tmp_path_factory) -> dict[str, Path]:
 
 def official_checkpoint(run_dir: Path, out: Path) -> Path:
     """The run's weights alone, as an official MAE release stores them: ``{"model": state_dict}``."""
-    from imae.engine import checkpoint as ckpt
+    from imae import checkpoints as ckpt
 
     sd = ckpt.load(run_dir)["model"]
     torch.save({"model": sd}, out)

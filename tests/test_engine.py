@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_mae
-from imae.checkpoints.files import latest_complete
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.engine import loop as loop_mod
 from imae.engine.optim import absolute_lr, lr_at, param_groups
 from imae.engine.train import pretrain
@@ -130,27 +129,3 @@ def _scalars(accumulator, run, tag):
     acc = accumulator(str(run / "tb"))
     acc.Reload()
     return acc.Scalars(tag)
-
-
-def test_zero_based_checkpoint_names_and_logs_of_older_runs_are_still_read(tmp_path):
-    from imae.viz.report import epoch_records
-
-    run = pretrain(tiny_config(tmp_path / "r", **{"train.save_every": 1}))  # 2 epochs
-    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-1.pth", "checkpoint-2.pth",
-                                                                     "checkpoint-last.pth"]
-    # lay the folder out as an older imae wrote it: files and epoch records numbered from 0
-    (run / "checkpoint-last.pth").unlink()
-    (run / "checkpoint-1.pth").rename(run / "checkpoint-0.pth")
-    (run / "checkpoint-2.pth").rename(run / "checkpoint-1.pth")
-    def older(r: dict) -> dict:
-        return {**r, "epoch": r["epoch"] - 1} if r["kind"] == "epoch" else \
-            {k: v for k, v in r.items() if k != "epochs_from"}
-
-    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
-    (run / "log.jsonl").write_text("".join(json.dumps(older(r)) + "\n" for r in lines))
-    assert [r["epoch"] for r in epoch_records(run)] == [1, 2]
-    path, ck = latest_complete(run)
-    assert path.name == "checkpoint-1.pth" and ck["epoch"] == 1  # the old name of epoch 2's checkpoint
-    pretrain(tiny_config(run, **{"train.epochs": 3}), resume="auto", overrides={"train.epochs": 3})
-    assert ckpt.load(run / "checkpoint-3.pth")["epoch"] == 2
-    assert [r["epoch"] for r in epoch_records(run)] == [1, 2, 3]

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, TINY, tiny_mae
 from eval_fixtures import digits_runs
-from imae.finetune.vit import layer_decay_groups, vit_features, vit_from_encoder
+from imae.finetune.vit import layer_decay_groups, vit_from_encoder
 
 
 def test_timm_vit_from_our_encoder_gives_our_cls_features():
@@ -24,7 +24,8 @@ def test_timm_vit_from_our_encoder_gives_our_cls_features():
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         ours = model.forward_features(x)[:, 0]
-    assert torch.allclose(vit_features(vit, x), ours, atol=1e-5)
+        pooled = vit.forward_head(vit.forward_features(x), pre_logits=True)  # what the head sees
+    assert torch.allclose(pooled, ours, atol=1e-5)
     assert vit.head.weight.shape == (10, TINY["embed_dim"]) and float(vit.head.weight.detach().abs().max()) < 1e-3
 
 
@@ -41,8 +42,9 @@ def test_mean_pooling_starts_fc_norm_from_the_encoders_final_norm():
 def test_layer_decay_scales_and_weight_decay_groups():
     vit = vit_from_encoder(tiny_mae(), 10)  # depth 2: layers 0 (embeddings), 1, 2 (blocks), 3 (norm, head)
     groups = layer_decay_groups(vit, weight_decay=0.05, layer_decay=0.5)
-    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
-    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    names = {id(p): n for n, p in vit.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
     expected = {"patch_embed.proj.weight": 0.125, "cls_token": 0.125, "pos_embed": 0.125,
                 "blocks.0.attn.qkv.weight": 0.25, "blocks.0.norm1.bias": 0.25, "blocks.1.mlp.fc2.weight": 0.5,
                 "norm.weight": 1.0, "head.weight": 1.0, "head.bias": 1.0}

@@ -155,27 +155,9 @@ def test_sigkill_at_random_steps_then_resume_auto_matches_an_uninterrupted_run(s
     assert [h["loss"] for h in resumed] == pytest.approx([h["loss"] for h in whole], rel=1e-6)
 
 
-def test_a_mid_epoch_checkpoint_of_the_old_fine_tune_loop_still_resumes_exactly(source, cifar10_dir, uninterrupted,
-                                                                                tmp_path, monkeypatch):
-    # imae before the shared loop kept a stopped epoch's image-weighted loss sum and image count
-    _stop_at(monkeypatch, 1 + 2 / 5)
-    run = _run(source, cifar10_dir, tmp_path / "ft")
-    monkeypatch.undo()
-    ck = torch.load(run / "checkpoint-last.pth", weights_only=True)
-    part, batch = ck["partial"], 24
-    assert ck["step_in_epoch"] == part["finite_steps"] == 3 and part["seen"] == 3 * batch
-    old = {k: v for k, v in ck.items() if k not in ("nonfinite_skipped", "rng", "metrics", "version", "scaler")}
-    old["partial"] = {"loss_sum": part["sums"]["loss"] * batch, "seen": part["seen"], "time_s": part["time_s"]}
-    torch.save(old, run / "checkpoint-last.pth")
-    _run(source, cifar10_dir, run, resume="auto")
-    _equal(_weights(run), _weights(uninterrupted))
-    assert [h["loss"] for h in _history(run)] == pytest.approx([h["loss"] for h in _history(uninterrupted)],
-                                                                rel=1e-6)
-
-
 def test_fine_tuning_writes_safetensors_checkpoints_of_the_same_weights(source, cifar10_dir, uninterrupted, tmp_path):
     pytest.importorskip("safetensors")
-    from imae.engine.checkpoint import load
+    from imae.checkpoints import load
 
     run = _run(source, cifar10_dir, tmp_path / "st", sets=["finetune.checkpoint_format=safetensors"])
     assert (run / "checkpoint-last.safetensors").is_file() and (run / f"checkpoint-{EPOCHS}.safetensors").is_file()

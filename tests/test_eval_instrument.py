@@ -272,8 +272,8 @@ def test_compare_refuses_a_teacher_as_the_default_reference_and_labels_an_explic
 
 
 def test_encoders_a_1e_6_perturbation_apart_get_one_probe_penalty_and_the_same_accuracy(runs, tmp_path):
+    from imae import checkpoints as ckpt
     from imae.checkpoints.files import CHECKSUM_KEY
-    from imae.engine import checkpoint as ckpt
     from imae.eval.run import compare_checkpoints
 
     ck = ckpt.load(runs["mae"])

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from conftest import TINY_SETS, pretrain_stopped_mid_epoch, tiny_config
+from imae import checkpoints as ckpt
 from imae.checkpoints.files import latest_complete
-from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
 from imae.errors import CheckpointError, ConfigError, TrainingError
 
@@ -729,8 +729,11 @@ def _full_disk_save(real):
     """torch.save that writes a little, then fails as it does on a full disk (a RuntimeError, not an OSError)."""
 
     def save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 partial")
+        if hasattr(f, "write"):  # imae.atomic hands torch.save the open temporary file
+            f.write(b"PK\x03\x04 partial")
+        else:
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04 partial")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4021")
 
     return save
@@ -775,6 +778,7 @@ def test_a_full_disk_while_writing_a_result_keeps_the_previous_one(tmp_path, mon
                expected="one-line error; the earlier JSON intact; no partial file left")
     import builtins
 
+    from imae import atomic
     from imae.errors import ImaeError
     from imae.eval import results
 
@@ -793,7 +797,7 @@ def test_a_full_disk_while_writing_a_result_keeps_the_previous_one(tmp_path, mon
             f.write = write
         return f
 
-    monkeypatch.setattr(results, "open", full_open, raising=False)
+    monkeypatch.setattr(atomic, "open", full_open, raising=False)  # every file is written by imae.atomic
     with pytest.raises(ImaeError) as e:
         results.write_result(tmp_path, "knn", {"results": {"top1": 0.9}})
     assert str(e.value) == (f"cannot write {first} (No space left on device); the previous one is intact; free space "
@@ -1015,9 +1019,9 @@ def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeyp
     from imae.finetune import finetune
 
     src = pretrain(tiny_config(tmp_path / "src", **{"train.epochs": 1}))
-    real, calls = ft.mixing, {"n": 0}
+    real, calls = ft.mixup_and_loss, {"n": 0}
 
-    def mixing(t, num_classes):
+    def mixup_and_loss(t, num_classes):
         mix, criterion = real(t, num_classes)
 
         def crit(logits, y):
@@ -1027,7 +1031,7 @@ def test_nonfinite_gradients_stop_a_finetune_before_the_update(tmp_path, monkeyp
 
         return mix, crit
 
-    monkeypatch.setattr(ft, "mixing", mixing)
+    monkeypatch.setattr(ft, "mixup_and_loss", mixup_and_loss)
     out = tmp_path / "ft"
     with pytest.raises(TrainingError, match=r"gradient norm became non-finite at epoch 2 step 5 \(grad_norm=(inf|nan); "
                                             r"loss=.*\); the update was not applied; last good checkpoint: "):

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from imae import checkpoints as ckpt
 from imae.checkpoints.files import latest_complete
-from imae.engine import checkpoint as ckpt
 from imae.engine.train import pretrain
 from imae.errors import CheckpointError, ConfigError
 from test_cli import run_cli

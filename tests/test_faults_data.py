@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_SETS, pretrain_stopped_mid_epoch, tiny_config
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.engine.train import pretrain
 from imae.errors import ConfigError, DataError
 from test_cli import assert_one_line_error, run_cli

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import tiny_cli_sets, tiny_config, tiny_mae
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.engine.train import pretrain
 from imae.errors import TrainingError
 from test_cli import run_cli
@@ -131,7 +131,7 @@ def test_the_first_checkpoint_on_a_full_disk_does_not_claim_a_previous_one(tmp_p
 def test_export_to_a_read_only_or_full_disk_says_nothing_was_exported(tmp_path, monkeypatch, capsys, fault_case,
                                                                       target, fault):
     pytest.importorskip("safetensors")
-    from imae.checkpoints import atomic
+    from imae import atomic
 
     cause = {"read_only": (errno.EROFS, "Read-only file system"), "disk_full": (errno.ENOSPC, "No space left on "
                                                                                              "device")}[fault]
@@ -208,8 +208,7 @@ HF_CONFIG = dict(model_type="vit_mae", hidden_size=64, num_hidden_layers=2, num_
                          ids=["list", "patch_size_0", "hidden_size_null"])
 def test_a_damaged_hf_config_json_gives_one_line(tmp_path, capsys, fault_case, config):
     pytest.importorskip("safetensors")
-    from imae.checkpoints import safetensors_io
-    from imae.models import hf
+    from imae.checkpoints import hf, safetensors_io
 
     name = {list: "a list"}.get(type(config)) or ("patch_size: 0" if config["patch_size"] == 0 else
                                                    "hidden_size: null")
@@ -227,8 +226,7 @@ def test_a_damaged_hf_config_json_gives_one_line(tmp_path, capsys, fault_case, c
 @pytest.mark.parametrize("where", ["parent", "absolute"])
 def test_hf_index_shards_outside_the_folder_are_refused(tmp_path, capsys, fault_case, where):
     pytest.importorskip("safetensors")
-    from imae.checkpoints import safetensors_io
-    from imae.models import hf
+    from imae.checkpoints import hf, safetensors_io
 
     fault_case(injected=f"a Hugging Face weight index naming a shard outside its folder ({where}: "
                         f"{'../x.safetensors' if where == 'parent' else '/abs/x.safetensors'}), a valid file there",

@@ -26,6 +26,7 @@ from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState
 from imae.engine.objectives import build_objective
 from imae.engine.optim import build_adamw
+from imae.engine.session import RunSession
 
 CUDA = torch.device("cuda", 0)
 
@@ -174,14 +175,13 @@ def run_fake_cuda_epoch(tmp_path, monkeypatch, method: str, steps: int = 4):
                 model.attach_teacher(teacher)
             images = torch.zeros(len(labels), 3, 16, 16, dtype=torch.uint8)
             data = _LabelledSet("fake", "train", labels, ["a", "b", "c", "d"], (0.5,) * 3, (0.25,) * 3, images)
-            if hasattr(objective, "prepare"):
-                objective.prepare(data, CUDA)
+            objective.prepare(data, CUDA)
             optimizer = build_adamw(model, 1e-3, 0.05, (0.9, 0.95), CUDA)
         aug = loader_mod.BatchAugment(16, data.mean, data.std)
         loader = loader_mod.TensorLoader(data, plan, aug, CUDA)
-        log = RunLog(tmp_path, enabled=False)
-        loop = Loop(objective, model, optimizer, loader, cfg.train, env, log, tmp_path, 1e-3, TrainState(),
-                    section="train", config=cfg.to_dict(), resume_hint="")
+        session = RunSession(env, tmp_path, None, settings=cfg.train, section="train", resume_hint="")
+        log = session.log = RunLog(tmp_path, enabled=False)
+        loop = Loop(session, objective, model, optimizer, loader, TrainState(), 1e-3)
         monkeypatch.setattr(loop, "_save", lambda *a, **k: None)
         written = []
         monkeypatch.setattr(log, "write", lambda kind, rec, step=None, prefix="": written.append(step)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_cli_sets, tiny_config
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.engine.train import pretrain
 from test_cli import assert_one_line_error, run_cli
 

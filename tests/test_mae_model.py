@@ -157,7 +157,7 @@ def test_official_layout_checkpoint_loads_strictly_and_reproduces_outputs(tmp_pa
 
 
 def test_checkpoint_saved_before_layer_norm_eps_existed_loads_with_the_official_eps(tmp_path):
-    from imae.engine import checkpoint as ckpt
+    from imae import checkpoints as ckpt
     from imae.models.loading import model_from_checkpoint
 
     src = tiny_mae(layer_norm_eps=1e-5)

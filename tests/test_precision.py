@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import pretrain_stopped_mid_epoch, tiny_config, tiny_mae
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.engine import precision
 from imae.engine.train import pretrain
 

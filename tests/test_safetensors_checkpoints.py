@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from imae import checkpoints as ckpt
 from imae.checkpoints import safetensors_io
-from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError
 from imae.models.loading import model_from_checkpoint
 from test_engine import _stop_after_first_epoch

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from conftest import TINY, tiny_cli_sets, tiny_config, tiny_mae
-from imae.engine import checkpoint as ckpt
+from imae import checkpoints as ckpt
 from imae.errors import CheckpointError
 from imae.eval.subject import load_subject
 from imae.models.loading import model_from_checkpoint
@@ -79,7 +79,7 @@ def test_hf_folder_gives_transformers_loss_pred_and_mask(tmp_path, eps, norm_pix
 def test_every_transformers_naming_gives_the_same_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from imae.models.hf import to_ours
+    from imae.checkpoints.hf import to_ours
 
     hf, folder = hf_folder(tmp_path)
     saved = load_file(folder / "model.safetensors")  # transformers 5 saves decoder.decoder_encoder.layer.N
@@ -111,8 +111,9 @@ def test_encoder_only_folder_and_hub_cache_snapshot_give_transformers_hidden_sta
     with torch.no_grad():  # noise 0, 1, 2, ... keeps every patch in raster order
         want = hf(pixel_values=x, noise=torch.arange(64.0).expand(2, -1)).last_hidden_state
     for source in (folder, entry):
-        ours = model_from_checkpoint(ckpt.load(source)).eval()
-        assert ours.encoder_only
+        ck = ckpt.load(source)
+        assert ck.format == "hf" and not ck.has_decoder  # the model's decoder stays untrained
+        ours = model_from_checkpoint(ck).eval()
         assert torch.allclose(ours.forward_features(x), want, atol=1e-5)
     # evaluation results never go into the hub cache
     assert load_subject(entry).default_output_dir == Path("runs") / "org--tiny-mae-eval"
@@ -147,8 +148,8 @@ DIGITS = dict(SMALL, hidden_size=32, num_hidden_layers=1, intermediate_size=128,
 def test_hf_folder_as_teacher_and_init_from_of_an_imae(tmp_path, capsys):
     from safetensors.torch import load_file
 
+    from imae.checkpoints.hf import to_ours
     from imae.engine.objectives.imae import IMAEObjective
-    from imae.models.hf import to_ours
 
     _, folder = hf_folder(tmp_path, **DIGITS)
     hf_sd = to_ours(load_file(folder / "model.safetensors"))

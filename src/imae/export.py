@@ -11,14 +11,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from imae.checkpoints.atomic import save_atomic, write_reason
+from imae import checkpoints
+from imae.atomic import save_atomic, write_reason
+from imae.checkpoints import hf
 from imae.checkpoints.files import with_checksum
-from imae.engine import checkpoint as ckpt
+from imae.checkpoints.timm_export import save_timm
 from imae.errors import ConfigError, OutputError
-from imae.models import hf
 from imae.models.imae import IMAE
 from imae.models.loading import model_from_checkpoint
-from imae.models.timm_export import save_timm
 
 TARGETS = {"hf": "", "timm": ".safetensors", "mae": ".pth"}  # target -> required suffix of --output
 
@@ -32,26 +32,27 @@ def export(spec: str | Path, to: str, output: str | Path, num_heads: int | None 
         raise ConfigError(f"--to {to} writes a {TARGETS[to]} file; name --output like {output.stem}{TARGETS[to]}")
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise ConfigError(f"{output} already exists; remove it or choose another --output")
-    ck = ckpt.load(spec)
+    ck = checkpoints.load(spec)
     model = model_from_checkpoint(ck, **({"num_heads": num_heads} if num_heads else {}))
-    encoder_only = bool(getattr(model, "encoder_only", False))
+    encoder_only = not ck.has_decoder
     sd = model.mae_state_dict() if isinstance(model, IMAE) else model.state_dict()
+    encoder = {k: v for k, v in sd.items() if k in set(model.encoder_keys())}
     if encoder_only:
-        sd = {k: v for k, v in sd.items() if k in set(model.encoder_keys())}
+        sd = encoder
     # config.json's mask_ratio: the run's train.mask_ratio, a Hugging Face input's own, else the MAE default
-    train = (ck.get("config") or {}).get("train") if isinstance(ck.get("config"), dict) else None
+    train = (ck.config or {}).get("train")
     mask_ratio = float(train.get("mask_ratio", 0.75)) if isinstance(train, dict) else float(ck.get("mask_ratio", 0.75))
     before = _existing(output, to)
     try:
         if to == "timm":
-            return save_timm(model, output)
+            return save_timm(encoder, model.arch.to_dict(), output)
         if to == "mae":
             output.parent.mkdir(parents=True, exist_ok=True)
             # the official layout under "model"; "arch" (ignored by the official code) keeps heads and eps
             save_atomic(with_checksum({"model": sd, "kind": "mae", "arch": model.arch.to_dict()}), output)
             return [output]
-        return hf.save_folder(sd, model.arch, output, encoder_only=encoder_only, mask_ratio=mask_ratio)
-    except (OSError, OutputError) as e:  # a full disk, a read-only folder: remove what this export began
+        return hf.save_folder(sd, model.arch.to_dict(), output, encoder_only=encoder_only, mask_ratio=mask_ratio)
+    except OSError as e:  # a full disk, a read-only folder: remove what this export began
         made = _existing(output, to) - before
         if to == "hf" and output.is_dir() and output not in made:  # it was empty before
             made |= set(output.iterdir())

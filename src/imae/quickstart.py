@@ -58,7 +58,7 @@ def evaluate_runs(mae_dir: Path, cont_dir: Path | None, imae_dir: Path, referee_
     """Separability (the referee as every run's reference) and linear probe (one penalty: the referee's) of each
     run, the comparison of the i-MAE with the continued MAE (or, without one, the teacher), the figures and the
     report under ``out``; prints the table and the difference. Returns report.html's path."""
-    from imae.engine.checkpoint import latest_in
+    from imae.checkpoints import latest_in
     from imae.eval.run import compare_checkpoints, evaluate
     from imae.eval.separability_result import SeparabilityResult
     from imae.viz.figures import make_figures

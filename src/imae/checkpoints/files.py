@@ -14,7 +14,8 @@ numbers: the checksum (:func:`imae.checksum.tensor_checksum`, the caches' helper
 Checkpoints written before it existed (and official releases) carry none and load unverified.
 
 With ``train.checkpoint_format=safetensors`` the weights live in ``checkpoint-*.safetensors`` beside the
-``.pth`` (see :mod:`imae.checkpoints.safetensors_io`); :func:`read_pth` joins them again.
+``.pth`` (see :mod:`imae.checkpoints.safetensors_io`); :func:`read_pth` joins them again. Reading returns a
+:class:`~imae.checkpoints.checkpoint.Checkpoint`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from typing import Any
 
 import torch
 
+from imae.atomic import save_atomic, write_reason
 from imae.checkpoints import safetensors_io
-from imae.checkpoints.atomic import save_atomic, write_reason
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.checksum import tensor_checksum
-from imae.errors import CheckpointError, MissingDependency, OutputError, TrainingError
+from imae.errors import CheckpointError, MissingDependency, TrainingError
 
 # what the weights-only unpickler may build besides tensors and plain containers: official MAE
 # checkpoints carry their argparse.Namespace of training arguments
@@ -83,7 +85,7 @@ def remove_partial_writes(run_dir: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def read_pth(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+def read_pth(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> Checkpoint:
     """Load one ``.pth`` (or ``pytorch_model.bin``) with ``weights_only=True``: tensors, containers and
     allow-listed types only.
 
@@ -110,7 +112,8 @@ def read_pth(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> di
                               f"file") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a dict of weights (got {type(obj).__name__})")
-    if "model" not in obj and "model_file" in obj:  # train.checkpoint_format=safetensors
+    split = "model" not in obj and "model_file" in obj  # train.checkpoint_format=safetensors
+    if split:
         safetensors_io.attach_weights(obj, path)
     if "model" not in obj:
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -120,8 +123,7 @@ def read_pth(path: str | Path, verify_parts: tuple[str, ...] = ("model",)) -> di
         else:
             raise CheckpointError(f"{path} has no 'model' entry (keys: {', '.join(list(obj)[:8])})")
     verify(obj, path, verify_parts)
-    obj["_path"] = str(path)
-    return obj
+    return Checkpoint.of(obj, path, "pth+safetensors" if split else "pth")
 
 
 def checkpoints_in(run_dir: Path) -> list[Path]:
@@ -133,13 +135,13 @@ def checkpoints_in(run_dir: Path) -> list[Path]:
     return files + numbered
 
 
-def latest_complete(run_dir: Path, verify_parts: tuple[str, ...] = ("model",)) -> tuple[Path, dict[str, Any]] | None:
+def latest_complete(run_dir: Path, verify_parts: tuple[str, ...] = ("model",)) -> tuple[Path, Checkpoint] | None:
     """(path, checkpoint) of the newest intact checkpoint, or None.
 
     ``checkpoint-last.pth`` is always at least as new as any numbered file (it is written first, with the
     same content), so the files are tried in that order and the first readable one whose ``verify_parts``
     match their checksum is returned: one file is read unless the newest is damaged. The newer files passed
-    over are listed in the checkpoint's ``"_skipped"`` as ``[(path, why), ...]`` for the caller to report.
+    over are listed in the checkpoint's ``skipped`` as ``((path, why), ...)`` for the caller to report.
     Tensors are memory-mapped, so a large checkpoint costs little until its weights are used.
     """
     skipped: list[tuple[Path, str]] = []
@@ -147,7 +149,8 @@ def latest_complete(run_dir: Path, verify_parts: tuple[str, ...] = ("model",)) -
         try:
             with torch.serialization.safe_globals(SAFE_GLOBALS):
                 ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-            if isinstance(ck, dict) and "model" not in ck and "model_file" in ck:
+            split = isinstance(ck, dict) and "model" not in ck and "model_file" in ck
+            if split:
                 safetensors_io.attach_weights(ck, p)
         except MissingDependency:
             raise
@@ -162,20 +165,18 @@ def latest_complete(run_dir: Path, verify_parts: tuple[str, ...] = ("model",)) -
         if why is not None:
             skipped.append((p, why))
             continue
-        ck["_path"] = str(p)
-        ck["_skipped"] = skipped
-        return p, ck
+        return p, Checkpoint.of(ck, p, "pth+safetensors" if split else "pth", tuple(skipped))
     return None
 
 
-def skipped_note(ck: dict[str, Any], action: str) -> str | None:
+def skipped_note(ck: Checkpoint, action: str) -> str | None:
     """One line saying which newer checkpoints :func:`latest_complete` passed over for ``ck``, or None."""
-    skipped = ck.get("_skipped") or []
+    skipped = ck.skipped
     if not skipped:
         return None
     newest, why = skipped[0]
     more = f" (and {len(skipped) - 1} more damaged)" if len(skipped) > 1 else ""
-    return (f"warning: {newest} is damaged ({why}){more}; {action} {Path(ck['_path']).name}, the newest intact "
+    return (f"warning: {newest} is damaged ({why}){more}; {action} {ck.path.name}, the newest intact "
             f"checkpoint")
 
 
@@ -201,7 +202,7 @@ def save_checkpoint(obj: dict[str, Any], path: Path, fmt: str = "pth") -> None:
             safetensors_io.save_split(obj, path)
         else:
             save_atomic(obj, path)
-    except (OSError, OutputError) as e:
+    except OSError as e:
         state = (f"the previous checkpoint is intact; free space or fix permissions, then resume with --resume "
                  f"{path.parent}" if checkpoints_in(path.parent) else
                  "no checkpoint of this run was written before, so there is none to resume from; free space or "

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from imae.checkpoints.atomic import save_atomic, write_atomic
+from imae.atomic import save_atomic, write_atomic
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.errors import CheckpointError, MissingDependency
 
 EXTRA_HINT = "pip install -e '.[hf]' (or pip install safetensors)"
@@ -47,7 +48,7 @@ def write(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]
     if metadata is not None:
         header[META_KEY] = json.dumps(metadata)
     data = st.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header)
-    write_atomic(Path(path), lambda f: f.write(data))
+    write_atomic(Path(path), data)
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -69,13 +70,13 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta if isinstance(meta, dict) else {}
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A standalone ``.safetensors`` file as a checkpoint dict: ``{"model", "kind"?, "arch"?, ...}``."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """A standalone ``.safetensors`` file as a Checkpoint (its entries: ``model``, and ``kind``, ``arch``,
+    ``imae_options`` when written by imae)."""
     tensors, meta = read(path)
     ck: dict[str, Any] = {k: meta[k] for k in ("kind", "arch", "imae_options") if k in meta}
     ck["model"] = tensors
-    ck["_path"] = str(path)
-    return ck
+    return Checkpoint.of(ck, path, "safetensors")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,13 +36,14 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sourc
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
-def restore(model: nn.Module, optimizer: torch.optim.Optimizer, ck: dict[str, Any]) -> None:
-    """Load a checkpoint being resumed (``ck``, as ``load`` returns it) into ``model`` and ``optimizer``."""
-    load_state_dict(model, ck["model"], source=ck["_path"])
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer, ck: Mapping[str, Any]) -> None:
+    """Load a checkpoint being resumed (a :class:`~imae.checkpoints.checkpoint.Checkpoint`) into ``model`` and
+    ``optimizer``."""
+    load_state_dict(model, ck["model"], source=str(ck.path))
     try:
         optimizer.load_state_dict(ck["optimizer"])
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"the optimiser state of {ck['_path']} does not fit ({e}); resume with the "
+        raise CheckpointError(f"the optimiser state of {ck.path} does not fit ({e}); resume with the "
                               f"configuration it was saved with") from None
 
 

@@ -69,8 +69,8 @@ def _evaluate(args: argparse.Namespace, name: str, epochs_key: str | None) -> Pa
 
     record = evaluate(name, args.ckpt, reference=getattr(args, "reference", None), preset=args.preset,
                       overrides=overrides_from_args(args, name, epochs_key), sets=args.sets)
-    print(record["_path"])
-    return Path(record["_path"])
+    print(record.path)
+    return record.path
 
 
 @command("separability", "linear separability of mixtures' latents: the un-mixing gain (R^2 from the mixture minus "
@@ -174,5 +174,5 @@ def cmd_compare(args: argparse.Namespace) -> Path:
 
     record = compare_checkpoints(args.a, args.b, reference=args.reference, preset=args.preset,
                                  overrides=overrides_from_args(args, "compare", None), sets=args.sets)
-    print(record["_path"])
-    return Path(record["_path"])
+    print(record.path)
+    return record.path

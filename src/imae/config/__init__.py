@@ -24,12 +24,11 @@ from imae.config.tree import (
     preset_label,
     preset_path,
     preset_tree,
-    replace,
     resolve,
     save_config,
 )
 
 __all__ = ["CONFIG_DIR", "Config", "DataConfig", "IMAEConfig", "LoopConfig", "ModelConfig", "TrainConfig",
            "assign", "build_config", "from_dict", "list_presets", "load_config", "load_preset", "parse_set",
-           "plain", "preset_label", "preset_path", "preset_tree", "replace", "resolve", "save_config",
+           "plain", "preset_label", "preset_path", "preset_tree", "resolve", "save_config",
            "validate_loop"]

@@ -9,7 +9,6 @@ dataclass defaults -> preset file (``configs/<name>.yaml``, which may name a ``b
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import reprlib
 import types
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from imae.atomic import write_atomic
 from imae.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
@@ -250,7 +250,8 @@ class Settings:
 
 
 def save_config(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
+    """``config.yaml``: the configuration as plain YAML, written atomically."""
+    write_atomic(path, yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
 
 
 def load_config(path: Path, cls: type) -> Any:
@@ -261,10 +262,6 @@ def load_config(path: Path, cls: type) -> Any:
         raise ConfigError(f"cannot read configuration {path}: {short(str(e), 200)}") from None
     data = load_yaml(text, f"configuration {path}")
     return from_dict(cls, {} if data is None else data)
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    return dataclasses.replace(cfg, **changes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -91,13 +91,13 @@ def load_split(dataset: str, split: str, path: str | None = None, img_size: int 
     if dataset == "digits":
         images, labels, classes = _digits(split)
         images, labels = _cap_per_class_tensor(images, labels, max_per_class)
-        images = _resize_tensor(images, size)
+        images = resize_images(images, size)
         return ImageSet(dataset, split, labels, classes, mean, std, images=images)
     root = _existing_root(dataset, path, download)
     if dataset in ("cifar10", "cifar100") and not _is_imagefolder(root / "train"):
         images, labels, classes = _cifar(dataset, root, split, download)
         images, labels = _cap_per_class_tensor(images, labels, max_per_class)
-        return ImageSet(dataset, split, labels, classes, mean, std, images=_resize_tensor(images, size))
+        return ImageSet(dataset, split, labels, classes, mean, std, images=resize_images(images, size))
     if dataset == "tiny-imagenet":
         files, labels, classes = _tiny_imagenet_files(root, split)
     else:
@@ -375,7 +375,7 @@ def _cap_per_class_files(files: list[str], labels: list[int], cap: int | None) -
     return out_f, out_l
 
 
-def _resize_tensor(images: torch.Tensor, size: int | None) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """uint8 [N, 3, h, w] -> [N, 3, size, size] (bilinear, antialiased) when the size differs."""
     if size is None or (images.shape[-1] == size and images.shape[-2] == size):
         return images

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from imae.atomic import save_atomic, write_reason
 from imae.checksum import tensor_checksum
 from imae.errors import DataError
 
@@ -144,11 +145,8 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
         # torch.load does not check the zip CRCs: damaged bytes would load as wrong pixels
         if hit is not None and hit.get("sha1") == tensor_checksum(images, kept):
             return images, kept, list(hit["skipped"])
-        if hit is not None and "sha1" in hit:
-            damage = "checksum mismatch"
-        if damage is not None:  # (an entry of an older imae, without a checksum, is replaced silently)
-            tqdm.write(f"warning: the decoded-image cache {cache} is damaged ({damage}); decoding the images "
-                       f"again", file=sys.stderr)
+        tqdm.write(f"warning: the decoded-image cache {cache} is damaged ({damage or 'checksum mismatch'}); "
+                   f"decoding the images again", file=sys.stderr)
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(files), dtype=bool)
     skipped: list[str] = []
@@ -173,7 +171,7 @@ def decode_files(files: list[str], size: int, cache_dir: str | Path | None = Non
     images = torch.from_numpy(out[ok]).permute(0, 3, 1, 2).contiguous()
     skipped.sort()
     if cache is not None:
-        _save_atomic({"images": images, "kept": kept, "skipped": skipped, "sha1": tensor_checksum(images, kept)},
+        _save_cache({"images": images, "kept": kept, "skipped": skipped, "sha1": tensor_checksum(images, kept)},
                      cache)
     return images, kept, skipped
 
@@ -195,29 +193,14 @@ def _cache_path(files: list[str], size: int, skip_corrupt: bool, cache_dir: str 
 _WARNED: set[str] = set()
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    """Write the cache file through a temporary file. The cache is an optimisation: when it cannot be written
-    (a read-only or full disk; torch.save reports the latter as a RuntimeError), warn once, remove the
-    partial file and go on."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+def _save_cache(obj: dict, path: Path) -> None:
+    """Write the cache file atomically. The cache is an optimisation: when it cannot be written (a read-only
+    or full disk), warn once and go on."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        save_atomic(obj, path)
+    except OSError as e:
         if "images" not in _WARNED:
             _WARNED.add("images")
-            tqdm.write(f"warning: cannot write the decoded-image cache in {path.parent} ({error_reason(e)}); going "
+            tqdm.write(f"warning: cannot write the decoded-image cache in {path.parent} ({write_reason(e)}); going "
                        f"on without it (set data.cache_dir to another folder, or none)", file=sys.stderr)
-
-
-def error_reason(e: BaseException) -> str:
-    """The reason an OSError or RuntimeError gives, in a few words."""
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    lines = str(e).strip().splitlines()
-    return lines[0][:160] if lines else type(e).__name__

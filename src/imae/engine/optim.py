@@ -6,23 +6,20 @@ import math
 
 import torch
 import torch.nn as nn
+from timm.optim import param_groups_weight_decay
 
-# parameters that never get weight decay (besides every 1-D tensor: norms and biases)
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "dist_token")
+# parameters that never get weight decay (besides every 1-D tensor: norms and biases), in pre-training and
+# fine-tuning alike: the tokens and the position embeddings (timm's ViT.no_weight_decay(), and the decoder's)
+NO_WEIGHT_DECAY = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "dist_token")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weight decay on matrices; none on norms, biases, tokens and position embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.split(".")[-1]
-        if p.ndim <= 1 or leaf in NO_DECAY_NAMES or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Two groups, as imae's checkpoints store them: weight decay on matrices; none on norms, biases, tokens and
+    position embeddings (which parameters decay: timm's ``param_groups_weight_decay``)."""
+    split = param_groups_weight_decay(model, 1.0, no_weight_decay_list=NO_WEIGHT_DECAY)  # 1.0: always two
+    by_decay = {bool(g["weight_decay"]): g["params"] for g in split}
+    return [{"params": by_decay.get(True, []), "weight_decay": weight_decay},
+            {"params": by_decay.get(False, []), "weight_decay": 0.0}]
 
 
 def absolute_lr(blr: float, lr: float | None, effective_batch: int) -> float:

@@ -12,22 +12,18 @@ from typing import Any
 
 import yaml
 
-from imae.checkpoints.files import DamagedCheckpoint, checkpoints_in, latest_complete, skipped_note
+from imae.atomic import write_atomic
+from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.files import checkpoints_in
 from imae.config import Config, assign, from_dict, save_config
 from imae.config.tree import load_yaml
 from imae.console import info
-from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
 
 
 def default_run_dir(cfg: Config) -> Path:
     name = cfg.preset or cfg.method
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def new_run_dir(cfg: Config) -> Path:
-    """The output folder of a new run; refuses to start over a folder that already holds checkpoints."""
-    return prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg), fresh=True)
 
 
 def prepare_run_dir(run_dir: Path, fresh: bool) -> Path:
@@ -139,62 +135,19 @@ def lock_run_dir(run_dir: Path, env) -> RunLock | None:
     return lock
 
 
-def find_resume(resume: str, output_dir: str | None,
-                main: bool = True) -> tuple[Path, Path, dict[str, Any]] | None:
-    """(run_dir, checkpoint path, checkpoint) to continue from, or None for ``auto`` with nothing to resume.
-
-    ``resume``: a run directory, a checkpoint file, or ``auto`` (the newest complete checkpoint of
-    ``output_dir``, if any). A run directory (and ``auto``) falls back past damaged checkpoints (weights or
-    optimiser state not matching their checksum, unreadable files) to the newest intact one, and says so
-    (``main``: this process prints); a damaged checkpoint file named explicitly is refused.
-    """
-    if resume == "auto":
-        if not output_dir or not Path(output_dir).is_dir():
-            return None
-        found = latest_complete(Path(output_dir), RESUME_PARTS)
-        if found is None and checkpoints_in(Path(output_dir)):
-            raise CheckpointError(f"--resume auto: {output_dir} holds checkpoints but none can be read (damaged or "
-                                  f"partial); move them aside to start again there, or choose another --output-dir")
-        if found is not None:
-            _note_skipped(found[1], main)
-        return None if found is None else (Path(output_dir), found[0], found[1])
-    path = Path(resume)
-    if not path.exists():
-        raise CheckpointError(f"--resume {path}: no such run directory or checkpoint")
-    if path.is_dir():
-        found = latest_complete(path, RESUME_PARTS)
-        if found is None:
-            raise CheckpointError(f"--resume {path}: the folder holds no readable checkpoint")
-        _note_skipped(found[1], main)
-        return path, found[0], found[1]
-    try:
-        return path.parent, path, ckpt.load(path, RESUME_PARTS)
-    except DamagedCheckpoint as e:
-        raise DamagedCheckpoint(f"{e}; --resume {path.parent} resumes from the newest intact one") from None
-
-
-RESUME_PARTS = ("model", "optimizer")  # what a resumed run reads, so what its checksum check covers
-
-
-def _note_skipped(ck: dict[str, Any], main: bool) -> None:
-    note = skipped_note(ck, "resuming from")
-    if note:
-        info(note, main)
-
-
-def resumed_config(ck: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> Config:
+def resumed_config(ck: Checkpoint, run_dir: Path, overrides: dict[str, Any]) -> Config:
     """The configuration a checkpoint was trained with, with explicit flags (e.g. more epochs) on top."""
-    tree = ck.get("config")
-    if not isinstance(tree, dict):
-        raise CheckpointError(f"{ck.get('_path')} holds no training configuration; it cannot be resumed "
+    tree = ck.config
+    if tree is None:
+        raise CheckpointError(f"{ck.path} holds no training configuration; it cannot be resumed "
                               f"(use --init-from to start a new run from its weights)")
-    if ck.get("kind") == "vit" or "finetune" in tree:  # `imae finetune`'s run: its configuration is another one
+    if ck.kind == "vit" or "finetune" in tree:  # `imae finetune`'s run: its configuration is another one
         source = ck.get("source") or "CKPT"
         raise ConfigError(f"{run_dir} is a fine-tune run (of `imae finetune`), not a pre-training run; resume it "
                           f"with: imae finetune {source} --resume {run_dir}")
     disk = _folder_config(run_dir)
     if disk.get("method") and tree.get("method") and disk["method"] != tree["method"]:
-        raise CheckpointError(f"{ck.get('_path')} is the checkpoint of an {tree['method']} run, but "
+        raise CheckpointError(f"{ck.path} is the checkpoint of an {tree['method']} run, but "
                               f"{Path(run_dir) / 'config.yaml'} describes an {disk['method']} run: it was copied in "
                               f"from another run; resume that run's own folder, or start a new run from its weights "
                               f"with --init-from")
@@ -270,5 +223,5 @@ def write_config(cfg: Config, run_dir: Path, original: dict[str, Any] | None = N
     """``config.yaml``. ``original``: the configuration a resume changed (its checkpoint's), kept as
     ``config.orig.yaml`` from the first change on; later changes are in the resume events of log.jsonl."""
     if original is not None and not (run_dir / "config.orig.yaml").exists():
-        (run_dir / "config.orig.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
+        write_atomic(run_dir / "config.orig.yaml", yaml.safe_dump(original, sort_keys=False))
     save_config(cfg, run_dir / "config.yaml")

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imae import checkpoints
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.files import checkpoints_in
 from imae.checksum import content_sha256
 from imae.config import Config
 from imae.console import info
-from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
 
 
@@ -31,7 +32,7 @@ class Teacher:
     """The resolved teacher: its checkpoint (tensors not yet in a model), what checkpoints record about it, and
     for a resume given an explicit ``--teacher``, the ``teacher_override`` event to log (None otherwise)."""
 
-    ck: dict[str, Any]
+    ck: Checkpoint
     record: dict[str, str]
     override: dict[str, Any] | None = None
 
@@ -41,7 +42,7 @@ def absolute(spec: str) -> str:
     return os.path.abspath(os.path.expanduser(spec))
 
 
-def resolve_teacher(cfg: Config, run_dir: Path, resume_ck: dict[str, Any] | None, explicit: bool,
+def resolve_teacher(cfg: Config, run_dir: Path, resume_ck: Checkpoint | None, explicit: bool,
                     main: bool = True) -> Teacher | None:
     """Load the teacher of ``cfg`` (None when the run distils from none) and make ``cfg.imae.teacher`` absolute.
 
@@ -54,15 +55,15 @@ def resolve_teacher(cfg: Config, run_dir: Path, resume_ck: dict[str, Any] | None
     spec = absolute(str(i.teacher))
     _refuse_self(spec, run_dir)
     i.teacher = spec
-    ck = ckpt.load(spec)
-    record = {"path": spec, "file": absolute(ck["_path"]), "sha256": content_sha256(ck["_path"])}
+    ck = checkpoints.load(spec)
+    record = {"path": spec, "file": absolute(str(ck.path)), "sha256": content_sha256(ck.path)}
     teacher = Teacher(ck, record)
     if resume_ck is None:
         return teacher
     stored = resume_ck.get("teacher")
     if not isinstance(stored, dict) or not stored.get("sha256"):
         if not explicit:
-            info(f"note: {resume_ck.get('_path')} does not record its teacher's content hash (written by an older "
+            info(f"note: {resume_ck.path} does not record its teacher's content hash (written by an older "
                  f"imae); distilling from {spec} as it is now", main)
         return teacher
     if stored["sha256"] == record["sha256"]:

@@ -16,33 +16,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from imae import __version__
+from imae import __version__, checkpoints
 from imae.checkpoints import safetensors_io
-from imae.checkpoints.files import remove_partial_writes
+from imae.checkpoints.sources import find_resume
 from imae.checkpoints.state import restore
 from imae.config import Config
 from imae.console import info
 from imae.data.datasets import load_split
 from imae.data.loader import build_train_loader
-from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
 from imae.engine import precision
-from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.objectives import build_objective
 from imae.engine.optim import absolute_lr, build_adamw, lr_at
-from imae.engine.run_dir import (
-    StartUndo,
-    config_changes,
-    default_run_dir,
-    find_resume,
-    hand_edits,
-    lock_run_dir,
-    new_run_dir,
-    resumed_config,
-    warn_hand_edits,
-    write_config,
-)
+from imae.engine.run_dir import default_run_dir, resumed_config
+from imae.engine.session import RunSession
 from imae.engine.teacher import resolve_teacher
 from imae.models.loading import refuse_classifier
 
@@ -56,57 +44,34 @@ def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] |
 def _pretrain(cfg: Config, env: D.DistEnv, resume: str | None, overrides: dict[str, Any]) -> Path:
     main = env.is_main
     found = find_resume(resume, cfg.output_dir, main) if resume else None
-    resume_ck, undo = None, None
     if found is not None:
-        run_dir, path, resume_ck = found
-        cfg = resumed_config(resume_ck, run_dir, overrides)
-        undo = StartUndo(run_dir) if main else None
+        run_dir = found[0]
+        cfg = resumed_config(found[2], run_dir, overrides)
     else:
-        if main:
-            cfg.output_dir = str(Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg))
-            undo = StartUndo(Path(cfg.output_dir))
-        run_dir = Path(D.broadcast_object(str(new_run_dir(cfg)) if main else None))
+        run_dir = Path(D.broadcast_object(str(cfg.output_dir or default_run_dir(cfg)) if main else None))
         cfg.output_dir = str(run_dir)
-    lock = lock_run_dir(run_dir, env)
-    held = [found]  # _train takes it out, so that the resumed checkpoint is freed once restored
-    del found, resume_ck
-    try:
-        return _train(cfg, env, run_dir, held, undo, explicit_teacher="imae.teacher" in overrides)
-    except BaseException:
-        if undo is not None:  # a failed start leaves nothing behind (a run that trained keeps its logs)
-            undo.undo()
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
+    session = RunSession(env, run_dir, found, settings=cfg.train, section="train",
+                         resume_hint=f"imae pretrain --resume {run_dir}")
+    del found  # the session hands the checkpoint over once, so that it is freed once restored
+    with session:
+        return _train(cfg, session, explicit_teacher="imae.teacher" in overrides)
 
 
-def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUndo | None,
-           explicit_teacher: bool = False) -> Path:
+def _train(cfg: Config, session: RunSession, explicit_teacher: bool = False) -> Path:
+    env, run_dir = session.env, session.run_dir
     main = env.is_main
-    found = held.pop()
-    resume_ck, changes, original, edits = None, {}, None, {}
-    if found is not None:
-        _, path, resume_ck = found
-        del found
+    resume_ck = session.take_resume()
+    if resume_ck is not None:
         check_layout(resume_ck, cfg.train, env, "train", run_dir)
     # before anything is written: a changed teacher, or the run itself as its teacher, is refused here
     teacher = resolve_teacher(cfg, run_dir, resume_ck, explicit_teacher, main)
     if resume_ck is not None:
-        info(f"resuming {run_dir} from {path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
+        info(f"resuming {run_dir} from {session.resume_path.name} ({resume_ck.get('epoch', -1) + 1} epoch(s) and "
              f"{resume_ck.get('step_in_epoch', 0)} step(s) done) in {precision.name(env.device, cfg.train.amp)}", main)
-        original = resume_ck.get("config") or {}
-        changes = config_changes(original, cfg.to_dict())
-        for key, (old, new) in changes.items():
-            info(f"resume: {key} changed: {old!r} -> {new!r}", main)
-        edits = hand_edits(run_dir, original, cfg.to_dict()) if main else {}
-        warn_hand_edits(run_dir, edits)
     D.check_same_config(cfg.to_dict())
     if cfg.train.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
         safetensors_io.require("train.checkpoint_format=safetensors")
-    if main:
-        remove_partial_writes(run_dir)
-        write_config(cfg, run_dir, original=original if changes else None)
+    session.write_config(cfg)
     t = cfg.train
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -118,7 +83,7 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     del teacher  # its tensors are in the model now
     model: nn.Module = objective.model
     if cfg.init_from and resume_ck is None:
-        init = ckpt.load(cfg.init_from)
+        init = checkpoints.load(cfg.init_from)
         refuse_classifier(init, "--init-from")
         objective.load_init(init)
         del init
@@ -130,35 +95,31 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
         info(f"skipped {len(data.skipped)} unreadable image(s) (--skip-corrupt), e.g. {data.skipped[0]}", main)
     if resume_ck is not None:
         check_layout(resume_ck, cfg.train, env, "train", run_dir, images=len(data))
-        if main:  # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
-            note = RunLog(run_dir, tensorboard=False)
-            note.write("event", {"event": "resume", "from": path.name, "global_step": resume_ck.get("global_step", 0),
-                                 "changes": changes, "epochs_from": 1,
-                                 **({"hand_edits_ignored": sorted(edits)} if edits else {})})
-            if override is not None:
-                note.write("event", override)
-            note.close()
-    if hasattr(objective, "prepare"):
-        objective.prepare(data, env.device)  # i-MAE: check labels for pairing
+        # log.jsonl may hold records past this checkpoint: they are redone (and logged again) now
+        note = session.open_log(tensorboard=False)
+        note.write("event", session.resume_event(global_step=resume_ck.get("global_step", 0)))
+        if override is not None:
+            note.write("event", override)
+    objective.prepare(data, env.device)  # i-MAE: check labels for pairing
     place_model(model, env.device, t.amp)
     net = wrap(model, env, t.compile)
 
     eff_batch = t.batch_size * t.accum_iter * env.world_size
     base_lr = absolute_lr(t.blr, t.lr, eff_batch)
     optimizer = build_adamw(model, base_lr, t.weight_decay, t.betas, env.device)
-    state = TrainState.from_checkpoint(resume_ck, env.world_size)
+    state = TrainState.from_checkpoint(resume_ck)
     if resume_ck is not None:
         restore(model, optimizer, resume_ck)
         del resume_ck
 
     loader = build_train_loader(
         data, t.batch_size, arch.img_size, env.device, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
-        class_pairs=getattr(objective, "class_pairs", False), scale=cfg.data.crop_scale,
+        class_pairs=objective.class_pairs, scale=cfg.data.crop_scale,
         ratio=cfg.data.crop_ratio, hflip=cfg.data.hflip, num_workers=cfg.data.num_workers,
         skip_corrupt=cfg.data.skip_corrupt)
     steps = len(loader)
     resumed = state.epoch >= 0 or state.step_in_epoch > 0
-    log = RunLog(run_dir, enabled=main, purge_step=state.global_step + 1 if resumed else None)
+    log = session.open_log(purge_step=state.global_step + 1 if resumed else None)
     if not resumed:
         info(f"training {cfg.method} {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
              f"parameters) on {len(data)} {cfg.data.dataset} images, {steps} steps/epoch x {t.epochs} epochs, "
@@ -173,18 +134,11 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
                             "precision": precision.name(env.device, t.amp),
                             "images": len(data), "steps_per_epoch": steps, "lr": base_lr,
                             "skipped_files": data.skipped,
-                            **({"teacher": objective.teacher_record} if getattr(objective, "teacher_record", None)
-                               else {})})
+                            **({"teacher": objective.teacher_record} if objective.teacher_record else {})})
 
-    if undo is not None:
-        undo.keep()
-    loop = Loop(objective, net, optimizer, loader, t, env, log, run_dir, base_lr, state, section="train",
-                config=cfg.to_dict(), resume_hint=f"imae pretrain --resume {run_dir}")
-    loop.load_skipped = len(data.skipped)
-    try:
-        ended = loop.run()
-    finally:
-        log.close()
+    session.started()
+    loop = Loop(session, objective, net, optimizer, loader, state, base_lr, load_skipped=len(data.skipped))
+    ended = loop.run()
     if ended == "stopped":
         return run_dir  # checkpoint written; the stop was reported
     if ended == "max_steps" and loop.max_reached:

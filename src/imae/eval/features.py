@@ -15,7 +15,6 @@ result equals the freshly computed one bit for bit.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ from typing import Any
 
 import torch
 
+from imae.atomic import save_atomic, write_reason
 from imae.checksum import tensor_checksum
 from imae.console import info, progress
 from imae.data.augment import Normalize
-from imae.data.decode import default_cache_dir, error_reason
+from imae.data.decode import default_cache_dir
 from imae.data.mixing import mix
 from imae.engine import precision
 from imae.eval.data import Split, digest
@@ -78,10 +78,8 @@ class FeatureCache:
             obj, damage = None, f"unreadable: {type(e).__name__}"
         if damage is None and obj.get("key") != _jsonable(key):
             return None
-        if damage is None and "sha1" not in obj:  # written before entries carried a checksum: recompute it
-            return None
         # torch.load does not check the zip CRCs: damaged bytes inside a tensor would load as wrong features
-        if damage is None and obj["sha1"] != tensor_checksum(obj.get("cls"), obj.get("mean")):
+        if damage is None and obj.get("sha1") != tensor_checksum(obj.get("cls"), obj.get("mean")):
             damage = "checksum mismatch"
         if damage is not None:
             info(f"warning: the feature cache entry {f} is damaged ({damage}); computing the features again")
@@ -91,23 +89,14 @@ class FeatureCache:
     def put(self, key: dict[str, Any], feats: Features) -> None:
         if not self.enabled:
             return
-        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            f = self._file(key)
-            tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-            torch.save({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean,
-                        "sha1": tensor_checksum(feats.cls, feats.mean)}, tmp)
-            os.replace(tmp, f)
-        except (OSError, RuntimeError) as e:  # read-only or full (torch.save: RuntimeError): costs the next run time
-            if tmp is not None:
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
+            save_atomic({"key": _jsonable(key), "cls": feats.cls, "mean": feats.mean,
+                         "sha1": tensor_checksum(feats.cls, feats.mean)}, self._file(key))
+        except OSError as e:  # read-only or full: costs the next run time
             if not self._warned:
                 self._warned = True
-                info(f"warning: cannot write the feature cache in {self.folder} ({error_reason(e)}); going on "
+                info(f"warning: cannot write the feature cache in {self.folder} ({write_reason(e)}); going on "
                      f"without it (set features.cache_dir to another folder, or features.cache=false)")
 
 

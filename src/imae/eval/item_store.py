@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from imae.checkpoints.atomic import save_atomic, write_reason
+from imae.atomic import save_atomic, write_reason
 from imae.checksum import tensor_checksum
 from imae.console import info
-from imae.errors import OutputError
 from imae.eval.data import digest
 from imae.eval.token_ridge import PairErrors
 
@@ -81,7 +80,7 @@ class ItemStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_atomic({"key": digest(key), "results": results, "timing": timing, "raw": flat,
                          "sha1": tensor_checksum(*_tensors(flat))}, self._file(key))
-        except (OSError, OutputError) as e:  # read-only or full: the next compare measures again
+        except OSError as e:  # read-only or full: the next compare measures again
             if not self._warned:
                 self._warned = True
                 info(f"warning: cannot store separability scores in {self.folder} ({write_reason(e)}); going on "

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from imae import __version__
+from imae.atomic import write_atomic, write_reason
 from imae.errors import ConfigError, ImaeError
 
 COMMANDS = ("separability", "semantics", "linprobe", "knn", "finetune", "compare")
@@ -43,20 +43,11 @@ def write_result(out_dir: Path, command: str, record: dict[str, Any]) -> Path:
     """Write ``{"command", "version", **record}`` to ``out_dir/<command>.json`` (atomically)."""
     out_dir = make_output_dir(out_dir)
     path = out_dir / f"{command}.json"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     text = json.dumps(_clean({"command": command, "version": __version__, **record}), indent=2) + "\n"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as e:  # a full disk or a read-only folder: the previous result file stays as it was
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise ImaeError(f"cannot write {path} ({e.strerror or e}); "
+        raise ImaeError(f"cannot write {path} ({write_reason(e)}); "
                         f"{'the previous one is intact; ' if path.exists() else ''}free space or choose another "
                         f"--output-dir") from None
     return path
@@ -71,15 +62,22 @@ def make_output_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def read_results(folder: Path) -> dict[str, dict[str, Any]]:
+class Result(dict):
+    """A result record (the dict: what its file holds) and ``path``, the file it was written to or read from."""
+
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        super().__init__(record)
+        self.path = Path(path)
+
+
+def read_results(folder: Path) -> dict[str, Result]:
     """The result files under ``folder`` (searched recursively), by command; unreadable files are skipped."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, Result] = {}
     for path in sorted(Path(folder).rglob("*.json")):
         try:
             obj = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(obj, dict) and obj.get("command") in COMMANDS and "results" in obj:
-            obj["_path"] = str(path)
-            found.setdefault(obj["command"], obj)
+            found.setdefault(obj["command"], Result(path, obj))
     return found

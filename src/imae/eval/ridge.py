@@ -1,4 +1,4 @@
-"""Closed-form ridge regression with many penalties for the price of one, and variance-weighted R^2.
+"""Closed-form ridge regression with many penalties for the price of one (validation R^2 is variance-weighted).
 
 ``fit_ridge`` centres X [N, D] and Y [N, T] (the intercept is not penalised) and diagonalises
 ``Xc^T Xc = V diag(s) V^T`` once, so the solution for any penalty is
@@ -58,20 +58,6 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor) -> RidgeFit:
     return RidgeFit(mx, my, s, v, v.T @ (xc.T @ yc))
 
 
-def ridge_solve(x: torch.Tensor, y: torch.Tensor, rel_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One solve: (W [D, T], b [T]) minimising |Y - XW - b|^2 + lam |W|^2, lam = rel_penalty * mean eigenvalue."""
-    return fit_ridge(x, y).weights(rel_penalty)
-
-
-def r2_score(y: torch.Tensor, pred: torch.Tensor) -> float:
-    """Variance-weighted R^2 over all target dimensions: 1 - sum of squared errors / total sum of squares
-    (about each dimension's own mean). Dimensions with more variance count more; constant ones add 0."""
-    y, pred = y.double(), pred.double()
-    sst = ((y - y.mean(0)) ** 2).sum()
-    sse = ((y - pred) ** 2).sum()
-    return float(1.0 - sse / sst.clamp_min(1e-300))
-
-
 @dataclass
 class PenaltyChoice:
     penalty: float  # relative penalty with the best validation R^2
@@ -106,17 +92,3 @@ def choose_penalty(fit: RidgeFit, ptp: torch.Tensor, pty: torch.Tensor, y2: floa
         curve.append(float(1.0 - sse / sst))
     best = max(range(len(penalties)), key=lambda i: curve[i])
     return PenaltyChoice(float(penalties[best]), curve[best], curve)
-
-
-def select_penalties(fit: RidgeFit, x_val: torch.Tensor, y_val: torch.Tensor, penalties: list[float],
-                     groups: dict[str, slice]) -> dict[str, PenaltyChoice]:
-    """For each target group (a slice of Y's columns) the relative penalty with the best validation R^2."""
-    p = (x_val.double() - fit.mean_x) @ fit.eigvecs  # [Nv, D]
-    yv = y_val.double() - fit.mean_y  # centred by the fit mean, as predictions are
-    ptp = p.T @ p  # [D, D]
-    out = {}
-    for name, cols in groups.items():
-        yg = yv[:, cols]
-        sst = ((yg - yg.mean(0)) ** 2).sum()
-        out[name] = choose_penalty(fit, ptp, p.T @ yg, float((yg**2).sum()), float(sst), penalties, cols)
-    return out

@@ -20,7 +20,7 @@ from imae.errors import ConfigError
 from imae.eval.data import Split, load_eval_split
 from imae.eval.features import FeatureCache
 from imae.eval.item_store import ItemStore
-from imae.eval.results import write_result
+from imae.eval.results import Result, write_result
 from imae.eval.separability_result import SeparabilityResult
 from imae.eval.subject import Subject, load_reference, load_subject, separability_defaults
 from imae.models.loading import HeadCountUnknown
@@ -114,9 +114,9 @@ def open_session(ckpt: str | Path, *, preset: str | None = None, overrides: dict
 
 
 def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, preset: str | None = None,
-             overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+             overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> Result:
     """Run ``command`` (separability | semantics | linprobe | knn) on ``ckpt``; returns the written record
-    (with ``"_path"``: where it was written)."""
+    (a :class:`~imae.eval.results.Result`: the record, and ``.path`` where it was written)."""
     if command not in EVALUATIONS:
         raise ValueError(f"unknown evaluation {command!r}; available: {', '.join(EVALUATIONS)}")
     s = open_session(ckpt, preset=preset, overrides=overrides, sets=sets)
@@ -159,13 +159,13 @@ def evaluate(command: str, ckpt: str | Path, *, reference: str | None = None, pr
     path = write_result(s.out_dir, command, record)
     info(f"{command}: {headline(command, record['results'])}", s.show_progress)
     info(f"{command}: wrote {path}", s.show_progress)
-    return {**record, "_path": str(path)}
+    return Result(path, record)
 
 
 def compare_checkpoints(a: str | Path, b: str | Path, *, reference: str | None = None, preset: str | None = None,
-                        overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+                        overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> Result:
     """``imae compare``: B minus A on identical pairs, masks and test images (see :mod:`imae.eval.compare`).
-    Writes ``compare.json`` (default: B's eval/ folder) and returns the record (with ``"_path"``)."""
+    Writes ``compare.json`` (default: B's eval/ folder) and returns the record (a Result, ``.path`` the file)."""
     from imae.eval.compare import compare, format_table
 
     s = open_session(a, preset=preset, overrides=overrides, sets=sets)
@@ -178,7 +178,7 @@ def compare_checkpoints(a: str | Path, b: str | Path, *, reference: str | None =
     if s.show_progress:
         print(format_table(results))
     info(f"compare: wrote {path}", s.show_progress)
-    return {**record, "_path": str(path)}
+    return Result(path, record)
 
 
 def headline(command: str, results: dict[str, Any]) -> str:

@@ -194,7 +194,7 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
     pos = positions(noise, ratio)
     scorer = make_scorer(pairs, cfg)
     passes = _Passes(split, pairs, noise, pos, cfg.features.batch_size, device, show_progress)
-    dmap = distill_map(ref)
+    dmap = distill_map(ref, reference.has_decoder)
     predictors = ["encoder"] + [b for b in BASELINES if b in s.baselines]
     rand = random_encoder(model.arch, s.random_init_seed).to(device) if "random_init" in predictors else None
     ratios = [ratio] + ([0.0] if s.unmasked and ratio > 0 else [])

@@ -13,8 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imae import checkpoints
 from imae.checksum import content_sha256
-from imae.engine import checkpoint as ckpt
 from imae.errors import CheckpointError, ConfigError
 from imae.eval.separability_result import ROLE_NOTES
 from imae.models.loading import model_from_checkpoint
@@ -36,6 +36,7 @@ class Subject:
     label: str  # a short name for tables and figures
     source: Path  # what was asked for: the checkpoint file or run directory
     epoch: int | None = None
+    has_decoder: bool = True  # False: an encoder-only release (its model's decoder is untrained)
 
     @property
     def kind(self) -> str:
@@ -84,25 +85,26 @@ class Subject:
         """What a result file records about the checkpoint."""
         return {"path": str(self.path), "label": self.label, "kind": self.kind, "epoch": self.epoch,
                 "official_layout": self.train_config is None, "arch": self.model.arch.to_dict(),
-                "heads_from": getattr(self.model, "heads_from", None)}
+                "heads_from": self.model.heads_from}
 
 
 def load_subject(spec: str | Path, num_heads: int | None = None) -> Subject:
     """Load ``spec`` (a checkpoint file or run directory); one-line ``CheckpointError`` when it cannot be."""
     spec = Path(spec)
-    ck = ckpt.load(spec)
-    path = Path(ck["_path"])
+    ck = checkpoints.load(spec)
+    path = ck.path
     over = {"num_heads": num_heads} if num_heads else {}
     model = model_from_checkpoint(ck, **over).eval()
     model.requires_grad_(False)
-    config = ck.get("config") if isinstance(ck.get("config"), dict) else None
-    if ck.get("_format") == "hf":  # a Hugging Face folder is not a run: results go beside it (default_output_dir)
+    config = ck.config
+    if ck.format == "hf":  # a Hugging Face folder is not a run: results go beside it (default_output_dir)
         run_dir = None
     else:
         run_dir = spec if spec.is_dir() else (path.parent if config is not None else None)
     label = run_dir.name if run_dir is not None else path.stem
     epoch = ck.get("epoch")
-    subject = Subject(path, run_dir, model, config, "", label, spec, int(epoch) + 1 if isinstance(epoch, int) else None)
+    subject = Subject(path, run_dir, model, config, "", label, spec, int(epoch) + 1 if isinstance(epoch, int) else None,
+                      ck.has_decoder)
     # the content, not path/mtime/size: a different checkpoint copied over with its mtime kept (cp -p, rsync -a,
     # tar) must not reuse another's features; the split checkpoint's .pth names its weights by a per-save token
     subject.fingerprint = f"sha256={subject.sha256}|heads={model.arch.num_heads}"

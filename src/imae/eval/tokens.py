@@ -56,12 +56,13 @@ def pixel_tokens(model: MaskedAutoencoder, x: torch.Tensor, pos: torch.Tensor) -
     return torch.cat([seen.mean(1, keepdim=True), seen], dim=1)
 
 
-def distill_map(model: MaskedAutoencoder) -> nn.Linear | None:
+def distill_map(model: MaskedAutoencoder, has_decoder: bool = True) -> nn.Linear | None:
     """The map into the distillation space of a reference: an MAE's ``decoder_embed``; an i-MAE's dominant
-    branch (its MAE form, see ``IMAE.mae_state_dict``); None for an encoder-only release."""
+    branch (its MAE form, see ``IMAE.mae_state_dict``); None for an encoder-only release (``has_decoder``
+    False: its checkpoint held no decoder)."""
     if getattr(model, "kind", "mae") == "imae":
         return model.decoder_embed_dom if model.decoder_embed_dom is not None else model.decoder_embed_sub
-    if getattr(model, "encoder_only", False):
+    if not has_decoder:
         return None
     return model.decoder_embed
 

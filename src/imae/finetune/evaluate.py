@@ -12,7 +12,7 @@ from imae.data.loader import WorkerLoader, guarded, ignore_stop_signals
 from imae.engine import distributed as D
 from imae.eval.data import Split
 from imae.eval.features import eval_precision
-from imae.finetune.data import FinetuneImages, collate
+from imae.finetune.loader import FinetuneImages, collate
 
 
 @torch.no_grad()

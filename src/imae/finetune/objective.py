@@ -17,12 +17,13 @@ import torch.nn as nn
 from imae.config.finetune import FinetuneConfig
 from imae.data.loader import derive_seed
 from imae.engine import distributed as D
+from imae.engine.objectives.base import Objective
 from imae.eval.data import Split
-from imae.finetune.data import LabeledBatch
 from imae.finetune.evaluate import evaluate_classifier
+from imae.finetune.loader import LabeledBatch
 
 
-def mixing(t, num_classes: int):
+def mixup_and_loss(t, num_classes: int):
     """(mixup function or None, criterion): soft targets with mixup/cutmix, else label-smoothed CE."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -35,7 +36,7 @@ def mixing(t, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-class ClassifyObjective:
+class ClassifyObjective(Objective):
     """Supervised classification of augmented, mixed images by ``model`` (a timm ViT)."""
 
     kind = "vit"
@@ -44,7 +45,7 @@ class ClassifyObjective:
                  env: D.DistEnv, source: str, history: list[dict[str, Any]] | None = None) -> None:
         self.model, self.cfg, self.test, self.test_transform, self.env = model, cfg, test, test_transform, env
         self.source = source
-        self.mixup, self.criterion = mixing(cfg.finetune, num_classes)
+        self.mixup, self.criterion = mixup_and_loss(cfg.finetune, num_classes)
         self.history: list[dict[str, Any]] = list(history or [])  # finished epochs' records
 
     def prepare_batch(self, batch: LabeledBatch, epoch: int, step: int, rank: int) -> LabeledBatch:

@@ -15,7 +15,6 @@ Every random draw of a step (augmentation, batch order, mixup/cutmix, drop path)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,20 @@ from typing import Any
 import torch
 
 from imae.checkpoints import safetensors_io
-from imae.checkpoints.files import remove_partial_writes
+from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.sources import find_resume
 from imae.checkpoints.state import restore
 from imae.config.finetune import FinetuneConfig
-from imae.config.tree import save_config
 from imae.console import info
 from imae.engine import distributed as D
 from imae.engine import precision
-from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.optim import absolute_lr, adamw
-from imae.engine.run_dir import find_resume, hand_edits, lock_run_dir, prepare_run_dir, warn_hand_edits
+from imae.engine.session import RunSession
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.eval.results import write_result
 from imae.eval.run import Session, open_session
-from imae.finetune.data import PlanLoader, transforms
+from imae.finetune.loader import PlanLoader, transforms
 from imae.finetune.objective import ClassifyObjective
 from imae.finetune.vit import layer_decay_groups, vit_from_encoder
 
@@ -50,48 +48,43 @@ def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dic
     command's output folder if it holds a fine-tune checkpoint, else start fresh). The fine-tune's saved
     configuration applies, with the flags given here (``overrides``, ``sets``) on top."""
     s = open_session(ckpt_spec, preset=preset, overrides=overrides, sets=sets, cls=FinetuneConfig, move=False)
-    resume_ck = None
-    if resume:
-        found = find_resume(resume, str(_run_dir(s)), s.show_progress)
-        if found is not None:
-            run_dir, _, resume_ck = found
-            s = _resumed_session(ckpt_spec, run_dir, resume_ck, overrides, sets)
-    with D.job(s.cfg.device, "fine-tuning") as env, contextlib.ExitStack() as stack:
-        return _finetune(s, env, resume_ck, stack)
+    found = find_resume(resume, str(_run_dir(s)), s.show_progress) if resume else None
+    if found is not None:
+        s = _resumed_session(ckpt_spec, found[0], found[2], overrides, sets)
+    with D.job(s.cfg.device, "fine-tuning") as env:
+        run_dir = _run_dir(s)
+        session = RunSession(env, run_dir, found, settings=s.cfg.finetune, section="finetune",
+                             resume_hint=f"imae finetune {s.subject.path} --resume {run_dir}")
+        del found  # the session hands the checkpoint over once, so that it is freed once restored
+        with session:
+            return _finetune(s, session)
 
 
 def _run_dir(s: Session) -> Path:
     return Path(s.cfg.output_dir) if s.cfg.output_dir else s.subject.default_output_dir / "finetune"
 
 
-def _resumed_session(ckpt_spec: str | Path, run_dir: Path, ck: dict[str, Any], overrides: dict[str, Any] | None,
+def _resumed_session(ckpt_spec: str | Path, run_dir: Path, ck: Checkpoint, overrides: dict[str, Any] | None,
                      sets: list[str] | None) -> Session:
     """The session of a fine-tune being resumed: its saved configuration, explicit flags on top."""
-    if ck.get("kind") != "vit" or not isinstance(ck.get("config"), dict) or "finetune" not in ck["config"]:
-        raise CheckpointError(f"{ck['_path']} is not a checkpoint of `imae finetune`; --resume takes a fine-tune's "
+    if ck.kind != "vit" or ck.config is None or "finetune" not in ck.config:
+        raise CheckpointError(f"{ck.path} is not a checkpoint of `imae finetune`; --resume takes a fine-tune's "
                               f"run directory (or auto)")
-    base = copy.deepcopy(ck["config"])
+    base = copy.deepcopy(ck.config)
     base["output_dir"] = str(run_dir)
     flags = {k: v for k, v in (overrides or {}).items() if k != "output_dir"}
     return open_session(ckpt_spec, base=base, overrides=flags, sets=sets, cls=FinetuneConfig, move=False)
 
 
-def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stack: contextlib.ExitStack) -> Path:
+def _finetune(s: Session, session: RunSession) -> Path:
     cfg: FinetuneConfig = s.cfg
+    env, run_dir = session.env, session.run_dir
     t, main = cfg.finetune, env.is_main
+    resume_ck = session.take_resume()
     D.check_same_config(cfg.to_dict())
-    run_dir = _run_dir(s)
     if t.checkpoint_format == "safetensors":  # fail now, not at the first checkpoint
         safetensors_io.require("finetune.checkpoint_format=safetensors")
-    if main:
-        prepare_run_dir(run_dir, fresh=resume_ck is None)
-    lock = lock_run_dir(run_dir, env)  # released when the fine-tune ends
-    if lock is not None:
-        stack.callback(lock.release)
-        remove_partial_writes(run_dir)  # what a killed write left behind never replaces a checkpoint
-        if resume_ck is not None and isinstance(resume_ck.get("config"), dict):
-            warn_hand_edits(run_dir, hand_edits(run_dir, resume_ck["config"], cfg.to_dict()))
-        save_config(cfg, run_dir / "config.yaml")
+    session.write_config(cfg)
     train, test = s.split("train"), s.split("eval")
     if not (train.has_labels and test.has_labels):
         raise DataError(f"fine-tuning needs class labels; {test.data.name} has none")
@@ -104,7 +97,7 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
     steps = len(loader)
     base_lr = absolute_lr(t.blr, None, t.batch_size * t.accum_iter * env.world_size)
     optimizer = adamw(layer_decay_groups(vit, t.weight_decay, t.layer_decay), base_lr, t.betas, device)
-    state = TrainState.from_checkpoint(resume_ck, env.world_size)
+    state = TrainState.from_checkpoint(resume_ck)
     if resume_ck is not None:
         check_layout(resume_ck, t, env, "finetune", run_dir, images=len(train))
         if state.epoch + 1 > t.epochs:
@@ -116,39 +109,33 @@ def _finetune(s: Session, env: D.DistEnv, resume_ck: dict[str, Any] | None, stac
     del resume_ck
     net = wrap(vit, env, t.compile)
     resumed = state.epoch >= 0 or state.step_in_epoch > 0
-    log = RunLog(run_dir, enabled=main, purge_step=state.global_step + 1 if resumed else None)
+    log = session.open_log(purge_step=state.global_step + 1 if resumed else None)
     if resumed:
         info(f"resuming {run_dir} ({state.epoch + 1} epoch(s) and {state.step_in_epoch} step(s) done)", main)
-        log.write("event", {"event": "resume", "epochs_done": state.epoch + 1, "step_in_epoch": state.step_in_epoch,
-                            "epochs_from": 1})
+        log.write("event", session.resume_event(epochs_done=state.epoch + 1, step_in_epoch=state.step_in_epoch))
     info(f"fine-tuning {s.subject.path} ({sum(p.numel() for p in vit.parameters()) / 1e6:.2f}M parameters) on "
          f"{len(train)} {train.data.name} images, {steps} steps/epoch x {t.epochs} epochs, {env.world_size} "
          f"process(es) in {precision.name(env.device, t.amp)}; lr {base_lr:.3g}; writing {run_dir}", main)
-    loop = Loop(objective, net, optimizer, loader, t, env, log, run_dir, base_lr, state, section="finetune",
-                config=cfg.to_dict(), resume_hint=f"imae finetune {s.subject.path} --resume {run_dir}",
-                desc="fine-tune", step_prefix="finetune")
-    try:
-        ended = loop.run()
-        history = objective.history
-        if ended == "max_steps" and state.step_in_epoch:  # a smoke run ends inside an epoch: evaluate there
-            rec = {"epoch": state.epoch + 2, "steps": state.step_in_epoch, "partial": True,
-                   "loss": _partial_loss(state), "lr": loop.lr(), "time_s": (state.partial or {}).get("time_s", 0.0),
-                   **objective.evaluate()}
-            history = history + [rec]
-            info(f"reached finetune.max_steps={t.max_steps}: loss {rec['loss']:.4f}, test top-1 "
-                 f"{rec['test_top1']:.4f}", main)
-    finally:
-        log.close()
+    session.started()
+    loop = Loop(session, objective, net, optimizer, loader, state, base_lr)
+    ended = loop.run()
+    history = objective.history
+    if ended == "max_steps" and state.step_in_epoch:  # a smoke run ends inside an epoch: evaluate there
+        rec = {"epoch": state.epoch + 2, "steps": state.step_in_epoch, "partial": True,
+               "loss": _partial_loss(state), "lr": loop.lr(), "time_s": (state.partial or {}).get("time_s", 0.0),
+               **objective.evaluate()}
+        history = history + [rec]
+        info(f"reached finetune.max_steps={t.max_steps}: loss {rec['loss']:.4f}, test top-1 "
+             f"{rec['test_top1']:.4f}", main)
+    elif ended == "max_steps" and history and "test_top1" not in history[-1]:  # ended at an unscored epoch
+        history = history[:-1] + [{**history[-1], **objective.evaluate()}]
+    session.log.close()
     if ended == "stopped":
         return run_dir  # checkpoint written; the stop was reported
     if main:
-        evaluated = [h for h in history if "test_top1" in h]
-        if not evaluated:  # only a checkpoint of an older imae, resumed after its last epoch, lacks them
-            raise CheckpointError(f"{run_dir} holds no epoch records to report; fine-tune again into another "
-                                  f"--output-dir")
-        # the headline is the last epoch's; a maximum over epochs scored on the test split would select on
-        # it, and no validation split is held out of training here, so no "best" is reported
-        last = evaluated[-1]
+        # the headline is the last epoch's (always scored); a maximum over epochs scored on the test split would
+        # select on it, and no validation split is held out of training here, so no "best" is reported
+        last = history[-1]
         results = {"top1": last["test_top1"], "top5": last.get("test_top5"), "epoch": last["epoch"],
                    "final_top1": last["test_top1"], "final_top5": last.get("test_top5"),
                    "epochs": t.epochs, "pool": t.pool, "train_images": len(train), "test_images": len(test),

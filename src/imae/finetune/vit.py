@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from imae.checkpoints.state import load_state_dict
+from imae.engine.optim import NO_WEIGHT_DECAY
 from imae.models.mae import MaskedAutoencoder
-
-NO_DECAY = ("cls_token", "pos_embed")
 
 
 def vit_from_encoder(model: MaskedAutoencoder, num_classes: int, drop_path: float = 0.0,
@@ -41,7 +39,7 @@ def vit_from_encoder(model: MaskedAutoencoder, num_classes: int, drop_path: floa
 
 def layer_id(name: str, num_layers: int) -> int:
     """0 for the embeddings, i + 1 for block i, ``num_layers`` (= depth + 1) for the final norm and head."""
-    if name in NO_DECAY or name.startswith("patch_embed"):
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -50,22 +48,17 @@ def layer_id(name: str, num_layers: int) -> int:
 
 def layer_decay_groups(vit: VisionTransformer, weight_decay: float, layer_decay: float) -> list[dict]:
     """Parameter groups with ``lr_scale = layer_decay ** (depth + 1 - layer_id)`` (MAE's / BEiT's rule) and
-    no weight decay for 1-D tensors, the cls token and the position embeddings."""
+    no weight decay for 1-D tensors and pre-training's no-decay names (the tokens, the position embeddings).
+    Not timm's ``param_groups_layer_decay``: it puts the final norm with the last block, MAE with the head."""
     num_layers = len(vit.blocks) + 1
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in vit.named_parameters():
         if not p.requires_grad:
             continue
-        decay = not (p.ndim == 1 or name in NO_DECAY)
+        decay = not (p.ndim == 1 or name in NO_WEIGHT_DECAY)
         lid = layer_id(name, num_layers)
         g = groups.setdefault((lid, decay), {"params": [], "names": [], "lr_scale": layer_decay ** (num_layers - lid),
                                              "weight_decay": weight_decay if decay else 0.0})
         g["params"].append(p)
         g["names"].append(name)
     return list(groups.values())
-
-
-@torch.no_grad()
-def vit_features(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """The pooled pre-logits features [N, D] (what the head sees)."""
-    return vit.forward_head(vit.forward_features(x), pre_logits=True)

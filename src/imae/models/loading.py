@@ -1,4 +1,5 @@
-"""Rebuild a model from a checkpoint: ours (architecture stored inside) or an official MAE release.
+"""Build a model from a :class:`~imae.checkpoints.Checkpoint`: ours (architecture stored inside), a Hugging Face
+folder's (its config.json's), or an official MAE release.
 
 Official checkpoints store only weights; their architecture is read off the tensor shapes. The number
 of attention heads cannot be read off shapes: it is taken where it is unambiguous (a count the checkpoint
@@ -16,7 +17,9 @@ from typing import Any
 
 import torch
 
-from imae.checkpoints.state import load_state_dict, strip_prefixes
+from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.state import load_state_dict
+from imae.data.datasets import NORMALIZATION
 from imae.errors import CheckpointError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.mae import MAEArch, MaskedAutoencoder
@@ -35,16 +38,10 @@ def _depth(sd: dict[str, torch.Tensor], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_arch(state_dict: dict[str, torch.Tensor], **overrides: Any) -> MAEArch:
-    """The MAEArch of an official-layout state dict (encoder-only releases get the default decoder); a
-    one-line CheckpointError when the encoder's head count is not known (see the module's notes)."""
-    return _infer(state_dict, overrides)[0]
-
-
 def _infer(state_dict: dict[str, torch.Tensor], overrides: dict[str, Any], source: str = "the checkpoint",
            heads_hint: str = HEADS_HINT) -> tuple[MAEArch, dict[str, str]]:
-    """(architecture, how each head count was decided) of an official-layout state dict."""
-    sd = strip_prefixes(state_dict)
+    """(architecture, how each head count was decided) of an official-layout state dict (prefixes stripped)."""
+    sd = state_dict
     try:
         w = sd["patch_embed.proj.weight"]  # [D, C, p, p]
         length = sd["pos_embed"].shape[1] - 1
@@ -77,10 +74,10 @@ def _infer(state_dict: dict[str, torch.Tensor], overrides: dict[str, Any], sourc
     return MAEArch(**arch), heads_from
 
 
-def _arch_of(ck: dict[str, Any], overrides: dict[str, Any],
+def _arch_of(ck: Checkpoint, overrides: dict[str, Any],
              heads_hint: str = HEADS_HINT) -> tuple[MAEArch, dict[str, str]]:
-    stored = ck.get("arch")
-    if isinstance(stored, dict):
+    stored = ck.arch
+    if stored is not None:
         valid = {f.name for f in fields(MAEArch)}
         heads_from = {}
         for key in ("num_heads", "decoder_num_heads"):
@@ -89,29 +86,25 @@ def _arch_of(ck: dict[str, Any], overrides: dict[str, Any],
                                else f"given ({key}={given}; the checkpoint records {stored.get(key)})")
         given = {k: v for k, v in overrides.items() if v is not None}
         return MAEArch(**{**{k: v for k, v in stored.items() if k in valid}, **given}), heads_from
-    return _infer(ck["model"], overrides, ck.get("_path", "the checkpoint"), heads_hint)
+    return _infer(ck.model, overrides, str(ck.path), heads_hint)
 
 
-def imae_options(ck: dict[str, Any]) -> IMAEOptions:
-    stored = ck.get("imae_options") or {}
+def imae_options(ck: Checkpoint) -> IMAEOptions:
+    stored = ck.imae_options
     valid = {f.name for f in fields(IMAEOptions)}
     return IMAEOptions(**{k: v for k, v in stored.items() if k in valid})
 
 
-def is_imae_state(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith("decoder_embed_sub.") for k in strip_prefixes(state_dict))
-
-
-def refuse_classifier(ck: dict[str, Any], use: str = "this command") -> None:
+def refuse_classifier(ck: Checkpoint, use: str = "this command") -> None:
     """A one-line CheckpointError when ``ck`` is a fine-tuned classifier (``imae finetune``'s timm ViT, or any
     state dict with a classification ``head``), which ``use`` cannot take: it needs a pre-trained MAE."""
-    sd = ck.get("model") if isinstance(ck.get("model"), dict) else {}
-    if ck.get("kind") != "vit" and not any(k.startswith("head.") for k in strip_prefixes(sd)):
+    sd = ck.model if isinstance(ck.model, dict) else {}
+    if ck.kind != "vit" and not any(k.startswith("head.") for k in sd):
         return
     source = ck.get("source")
     instead = (f"pass the MAE it was fine-tuned from ({source})" if source else
                "pass the pre-trained MAE it was fine-tuned from")
-    raise CheckpointError(f"{ck.get('_path', 'the checkpoint')} is a fine-tuned classifier (a ViT with a "
+    raise CheckpointError(f"{ck.path} is a fine-tuned classifier (a ViT with a "
                           f"classification head, as `imae finetune` writes), not a pre-trained MAE; {use} needs the "
                           f"MAE: {instead}")
 
@@ -120,7 +113,7 @@ def check_shapes(arch: MAEArch, state_dict: dict[str, Any], source: str = "check
     """A one-line CheckpointError when the weights' shapes (read without building anything) are not those of
     ``arch``: width, depth, patch and decoder width, so that a configuration that asks for another (say, a huge)
     model is refused before the model is allocated."""
-    sd = strip_prefixes(state_dict)
+    sd = state_dict
     e, p, c = arch.embed_dim, arch.patch_size, arch.in_chans
     d = arch.decoder_embed_dim
     expect = {"patch_embed.proj.weight": (e, c, p, p), "blocks.0.mlp.fc1.weight": (int(e * arch.mlp_ratio), e),
@@ -135,37 +128,42 @@ def check_shapes(arch: MAEArch, state_dict: dict[str, Any], source: str = "check
                               f"{'; '.join(wrong[:3])}); the configuration belongs to another model: fix or remove it")
 
 
-def model_from_checkpoint(ck: dict[str, Any], heads_hint: str = HEADS_HINT, **overrides: Any) -> MaskedAutoencoder:
-    """The checkpoint's own model (MaskedAutoencoder or IMAE) with its weights, strictly loaded.
+def model_from_checkpoint(ck: Checkpoint | dict[str, Any], heads_hint: str = HEADS_HINT,
+                          **overrides: Any) -> MaskedAutoencoder:
+    """The checkpoint's own model (MaskedAutoencoder or IMAE) with its weights, strictly loaded (``ck``: a
+    Checkpoint, or a stored dict that holds ``"model"``).
 
-    An encoder-only official release loads into a MaskedAutoencoder whose decoder stays untrained. A
+    An encoder-only release (``not ck.has_decoder``) loads into a MaskedAutoencoder whose decoder stays
+    untrained. A
     fine-tuned classifier is refused in one line (:func:`refuse_classifier`). ``model.heads_from`` says how its
     head counts were decided; ``heads_hint``: what the user does when a count cannot be told (the end of the
     one-line error).
     """
+    ck = Checkpoint.of(ck)
     refuse_classifier(ck)
     arch, heads_from = _arch_of(ck, overrides, heads_hint)
-    source = ck.get("_path", "checkpoint")
-    check_shapes(arch, ck["model"], source)  # before building: a configuration of a huge model allocates it
-    if ck.get("kind") == "imae" or is_imae_state(ck["model"]):
+    source = str(ck.path)
+    check_shapes(arch, ck.model, source)  # before building: a configuration of a huge model allocates it
+    if ck.kind == "imae":
         model: MaskedAutoencoder = IMAE(arch, imae_options(ck))
-        load_state_dict(model, ck["model"], source=source)
+        load_state_dict(model, ck.model, source=source)
     else:
         model = MaskedAutoencoder(arch)
-        encoder_only = "decoder_pos_embed" not in strip_prefixes(ck["model"])
-        load_state_dict(model, ck["model"], source=source,
-                        ignore=("decoder", "mask_token") if encoder_only else ())
-        model.encoder_only = encoder_only
+        load_state_dict(model, ck.model, source=source, ignore=() if ck.has_decoder else ("decoder", "mask_token"))
     model.heads_from = heads_from
+    dataset = ((ck.config or {}).get("data") or {}).get("dataset")
+    if dataset in NORMALIZATION:  # the pixel statistics it was trained with (preprocess applies them)
+        model.normalization = NORMALIZATION[dataset]
     return model
 
 
-def mae_from_checkpoint(ck: dict[str, Any], heads_hint: str = HEADS_HINT, **overrides: Any) -> MaskedAutoencoder:
+def mae_from_checkpoint(ck: Checkpoint | dict[str, Any], heads_hint: str = HEADS_HINT,
+                        **overrides: Any) -> MaskedAutoencoder:
     """A vanilla MaskedAutoencoder from any checkpoint (an i-MAE's is converted: see IMAE.mae_state_dict)."""
     model = model_from_checkpoint(ck, heads_hint, **overrides)
     if isinstance(model, IMAE):
         mae = MaskedAutoencoder(model.arch)
         mae.load_state_dict(model.mae_state_dict())
-        mae.heads_from = model.heads_from
+        mae.heads_from, mae.normalization = model.heads_from, model.normalization
         return mae
     return model

@@ -18,8 +18,13 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from imae.data.augment import normalize
+from imae.data.datasets import NORMALIZATION, resize_images
 from imae.errors import ConfigError
 from imae.models.pos_embed import sincos_2d
+
+# the official MAE's pixel statistics (ImageNet's): what preprocess uses unless a checkpoint names its data set
+IMAGENET_NORMALIZATION = NORMALIZATION["imagefolder"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,10 @@ class MaskedAutoencoder(nn.Module):
     def __init__(self, arch: MAEArch) -> None:
         super().__init__()
         self.arch = arch
+        # per-channel (mean, std) of [0, 1] pixels that ``preprocess`` applies: the training data set's when the
+        # model is built from one of our checkpoints (imae.load), else ImageNet's, as the official MAE's
+        self.normalization: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_NORMALIZATION
+        self.heads_from: dict[str, str] | None = None  # built from a checkpoint: how each head count was decided
         a = arch
         # encoder
         self.patch_embed = PatchEmbed(a.img_size, a.patch_size, a.in_chans, a.embed_dim)
@@ -173,6 +182,16 @@ class MaskedAutoencoder(nn.Module):
         x = self.embed_patches(imgs)
         x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
         return self.encode_tokens(x), mask, ids_restore
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [N, C, H, W] (or one, [C, H, W]) -> this model's input, float [N, C, S, S] with S
+        ``arch.img_size``: resized when their size differs (bilinear, antialiased, as the data sets are), then
+        normalised with ``self.normalization``."""
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4) or images.shape[-3] != self.arch.in_chans:
+            raise ValueError(f"preprocess takes uint8 images [N, {self.arch.in_chans}, H, W], got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        images = resize_images(images if images.dim() == 4 else images[None], self.arch.img_size)
+        return normalize(images, *self.normalization)
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Mask-free encoding for evaluation: imgs [N, C, H, W] -> [N, 1+L, D] (cls first)."""

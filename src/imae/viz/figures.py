@@ -197,7 +197,7 @@ def make_figures(ckpts: list[str | Path], *, preset: str | None = None, override
     show = Display(d.mean, d.std, grey=is_greyscale(u8))
     alphas = ", ".join(f"{a:g}" for a in cfg.separability.alphas)
     made: list[tuple[Path, str | None, str]] = []  # (file, run label or None for comparisons, caption)
-    decoders = [s for s in subjects if not getattr(s.model, "encoder_only", False)]
+    decoders = [s for s in subjects if s.has_decoder]
     for s in subjects:
         if s not in decoders:
             info(f"{s.path} holds only an encoder: no reconstruction figures for it", session.show_progress)

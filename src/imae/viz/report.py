@@ -68,9 +68,7 @@ REPORT_OUTPUTS = ("headline.png", "report.png")  # what `imae report` and render
 def epoch_records(run: Path, warn: bool = False) -> list[dict[str, Any]]:
     """The ``kind: epoch`` records of a run's log.jsonl (or of the ``epochs.jsonl`` a study folder keeps;
     fine-tune runs log ``epoch`` records too), one per epoch in epoch order: an epoch redone after a
-    resume counts once, with its last record. ``epoch`` is 1-based. Logs written before December 2026
-    count from 0; their records are shifted on reading, up to the first ``start`` or ``resume`` event that
-    says ``epochs_from: 1`` (an older run resumed by this version). Lines that are not JSON records (a
+    resume counts once, with its last record. ``epoch`` is 1-based. Lines that are not JSON records (a
     damaged or binary file) are skipped; ``warn``: say so in one line."""
     log = run / "log.jsonl" if (run / "log.jsonl").is_file() else run / "epochs.jsonl"
     if not log.is_file():
@@ -92,14 +90,9 @@ def epoch_records(run: Path, warn: bool = False) -> list[dict[str, Any]]:
             continue
         if isinstance(rec, dict):
             records.append(rec)
-    shift = int(any(r.get("kind") == "epoch" and r.get("epoch") == 0 for r in records))
     by_epoch: dict[Any, dict[str, Any]] = {}
     for rec in records:
-        if rec.get("kind") == "event" and rec.get("epochs_from") == 1:
-            shift = 0
-        elif rec.get("kind") == "epoch":
-            if shift and isinstance(rec.get("epoch"), int):
-                rec = {**rec, "epoch": rec["epoch"] + shift}
+        if rec.get("kind") == "epoch":
             by_epoch[rec.get("epoch")] = rec  # a later record of the same epoch replaces the earlier
     return sorted(by_epoch.values(), key=lambda r: r.get("epoch") if isinstance(r.get("epoch"), int) else -1)
 
@@ -134,7 +127,7 @@ def run_results(run: Path, warn: bool = False) -> dict[str, dict[str, Any]]:
     for command, rec in list(res.items()):
         missing = [k for k in ("checkpoint", "results") if not isinstance(rec.get(k), dict)]
         if missing:
-            info(f"warning: {rec['_path']} is not a complete {command} result (no {', '.join(missing)}); it is "
+            info(f"warning: {rec.path} is not a complete {command} result (no {', '.join(missing)}); it is "
                  f"left out of the report: run `imae {command}` again to replace it", warn)
             del res[command]
     return res

@@ -9,10 +9,11 @@ alphas, the teacher); ``common.py`` holds what they share.
 from __future__ import annotations
 
 from imae.config import Config
+from imae.engine.objectives.base import Objective
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.engine.objectives.mae import MAEObjective
 
-__all__ = ["MAEObjective", "build_objective", "model_overrides", "note_eps"]
+__all__ = ["MAEObjective", "Objective", "build_objective", "model_overrides", "note_eps"]
 
 
 def build_objective(cfg: Config, teacher=None):

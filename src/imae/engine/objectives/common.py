@@ -6,6 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.config import Config
 from imae.console import info
 
@@ -18,10 +19,10 @@ def model_overrides(cfg: Config) -> dict[str, Any]:
     return over
 
 
-def note_eps(ck: dict[str, Any], model: nn.Module) -> None:
+def note_eps(ck: Checkpoint, model: nn.Module) -> None:
     """Say so when --init-from weights were trained with another layer-norm eps (it is not in a state dict)."""
-    stored = (ck.get("arch") or {}).get("layer_norm_eps") if isinstance(ck.get("arch"), dict) else None
+    stored = (ck.arch or {}).get("layer_norm_eps")
     own = model.arch.layer_norm_eps
     if stored is not None and stored != own:
-        info(f"note: {ck.get('_path', '--init-from')} was trained with layer_norm_eps {stored:g}, this model uses "
+        info(f"note: {ck.path} was trained with layer_norm_eps {stored:g}, this model uses "
              f"{own:g}; --set model.layer_norm_eps={stored:g} matches it")

@@ -7,20 +7,22 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from imae.checkpoints.state import load_state_dict, strip_prefixes
+from imae import checkpoints
+from imae.checkpoints.checkpoint import Checkpoint
+from imae.checkpoints.state import load_state_dict
 from imae.config import Config
 from imae.console import info
 from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
 from imae.data.mixing import AlphaSampler
 from imae.data.pairing import choose_partners, needs_labels
-from imae.engine import checkpoint as ckpt
 from imae.engine import distributed as D
+from imae.engine.objectives.base import Objective
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.engine.teacher import Teacher
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
-from imae.models.loading import is_imae_state, mae_from_checkpoint, refuse_classifier
+from imae.models.loading import mae_from_checkpoint, refuse_classifier
 from imae.models.registry import create_model
 
 # an official-layout teacher of a non-standard width: the student's --set num_heads is another model's
@@ -33,7 +35,7 @@ def student_name(name: str) -> str:
     return "i" + name if name.startswith("mae_") else name
 
 
-class IMAEObjective:
+class IMAEObjective(Objective):
     """Each sample is the subordinate; its in-batch partner is the dominant image."""
 
     kind = "imae"
@@ -43,21 +45,21 @@ class IMAEObjective:
         ``imae.teacher`` here (nothing recorded about it in the checkpoints)."""
         i = cfg.imae
         self.cfg = cfg
-        self.p = i.same_class_p
-        self.class_pairs = needs_labels(self.p)
+        self.same_class_p = i.same_class_p
+        self.class_pairs = needs_labels(self.same_class_p)
         self.alphas = AlphaSampler(i.alpha_mode, i.alpha, i.alpha_uniform, i.alpha_beta, i.alpha_per)
-        self.teacher_ck: dict[str, Any] | None = None
+        self.teacher_ck: Checkpoint | None = None
         self.teacher_record: dict[str, str] | None = None
         teacher_dim = None
         if i.distill:
             if not i.teacher:
                 raise ConfigError("i-MAE with distillation needs a frozen MAE teacher: pass --teacher "
                                   "RUN_DIR_OR_CKPT (or --set imae.distill=false)")
-            self.teacher_ck = teacher.ck if teacher is not None else ckpt.load(i.teacher)
+            self.teacher_ck = teacher.ck if teacher is not None else checkpoints.load(i.teacher)
             self.teacher_record = teacher.record if teacher is not None else None
             refuse_classifier(self.teacher_ck, "--teacher (imae.teacher)")
-            if "decoder_pos_embed" not in strip_prefixes(self.teacher_ck["model"]):  # before its heads are asked for
-                raise CheckpointError(f"teacher {self.teacher_ck['_path']} holds only an encoder; distillation "
+            if not self.teacher_ck.has_decoder:  # before its heads are asked for
+                raise CheckpointError(f"teacher {self.teacher_ck.path} holds only an encoder; distillation "
                                       f"needs its decoder_embed too: use a full MAE checkpoint")
             teacher_model = mae_from_checkpoint(self.teacher_ck, heads_hint=TEACHER_HEADS_HINT)
             teacher_dim = teacher_model.arch.decoder_embed_dim
@@ -69,32 +71,32 @@ class IMAEObjective:
             try:
                 self.model.attach_teacher(teacher_model)
             except ValueError as e:
-                raise ConfigError(f"teacher {self.teacher_ck['_path']}: {e}") from None
+                raise ConfigError(f"teacher {self.teacher_ck.path}: {e}") from None
         self._stats = torch.zeros(4)
         self.labeled = True
 
     def prepare(self, data: ImageSet, device: torch.device) -> None:
         """Check the data set can be paired as configured."""
         if self.class_pairs and not data.has_labels:
-            raise DataError(f"imae.same_class_p={self.p} needs class labels, and {data.name} has none; "
+            raise DataError(f"imae.same_class_p={self.same_class_p} needs class labels, and {data.name} has none; "
                             f"use --set imae.same_class_p=random")
         if self.teacher_ck is not None:
             t = self.model.teacher.arch
-            info(f"teacher: {self.teacher_ck['_path']} (ViT {t.embed_dim}x{t.depth}, decoder width "
+            info(f"teacher: {self.teacher_ck.path} (ViT {t.embed_dim}x{t.depth}, decoder width "
                  f"{t.decoder_embed_dim}{', adapter to it' if self.model.distill_adapter is not None else ''})")
             self.teacher_ck = None  # its tensors are in the teacher now
         self._stats = torch.zeros(4, device=device)
         self.labeled = data.has_labels
 
-    def load_init(self, ck: dict[str, Any]) -> None:
+    def load_init(self, ck: Checkpoint) -> None:
         """Start from an MAE checkpoint (both branch maps from its decoder_embed) or an i-MAE one."""
-        source = ck.get("_path", "--init-from")
+        source = str(ck.path)
         note_eps(ck, self.model)
-        if is_imae_state(ck["model"]):
-            load_state_dict(self.model, ck["model"], source=source)
+        if ck.kind == "imae":
+            load_state_dict(self.model, ck.model, source=source)
             return
         try:
-            self.model.load_mae_state_dict(ck["model"], source=source)
+            self.model.load_mae_state_dict(ck.model, source=source)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
 
@@ -105,7 +107,7 @@ class IMAEObjective:
         x, g = batch.images, batch.generator
         n = x.shape[0]
         alpha = self.alphas.sample(n, g, x.device)
-        partner, same = choose_partners(batch.labels, self.p, g)
+        partner, same = choose_partners(batch.labels, self.same_class_p, g)
         noise = torch.rand(n, self.model.arch.num_patches, generator=g, device=x.device)
         # the sampler checked its range when it was built: no per-step check (a host sync, a graph break)
         out = net(x, x[partner], alpha, mask_ratio=mask_ratio, noise=noise, check_alpha=False)
@@ -121,7 +123,7 @@ class IMAEObjective:
         n = max(float(s[3]), 1.0)
         mean = float(s[1]) / n
         out = {"alpha_mean": mean, "alpha_std": max(float(s[2]) / n - mean**2, 0.0) ** 0.5}
-        if self.p != "self" and self.labeled:
+        if self.same_class_p != "self" and self.labeled:
             out["same_class_rate"] = float(s[0]) / n
         return out
 

@@ -7,14 +7,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.state import load_state_dict
 from imae.config import Config
 from imae.data.loader import Batch
+from imae.engine.objectives.base import Objective
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.models.registry import create_model
 
 
-class MAEObjective:
+class MAEObjective(Objective):
     """Vanilla MAE: reconstruct the masked patches of each augmented image."""
 
     kind = "mae"
@@ -37,7 +39,7 @@ class MAEObjective:
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"kind": "mae", "arch": self.model.arch.to_dict()}
 
-    def load_init(self, ck: dict[str, Any]) -> None:
+    def load_init(self, ck: Checkpoint) -> None:
         """Start from a checkpoint's weights (ours, the official MAE's, a Hugging Face folder), strictly."""
-        load_state_dict(self.model, ck["model"], source=ck.get("_path", "--init-from"))
+        load_state_dict(self.model, ck.model, source=str(ck.path))
         note_eps(ck, self.model)

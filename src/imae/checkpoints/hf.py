@@ -2,7 +2,8 @@
 
 A folder of ``ViTMAEForPreTraining`` or ``ViTMAEModel`` (``save_pretrained``, or a hub cache entry
 ``models--org--name`` / one of its snapshots) is read without ``transformers``: ``config.json`` gives
-the :class:`MAEArch` and the weights (``model.safetensors``, sharded or not, or ``pytorch_model.bin``)
+the architecture (the fields of :class:`~imae.models.mae.MAEArch`, as a dict) and the weights
+(``model.safetensors``, sharded or not, or ``pytorch_model.bin``)
 are renamed to the official MAE layout; q, k and v are concatenated into ``qkv``. Both transformers'
 saved names (``vit.encoder.layer.N.attention.attention.query``, ``decoder.decoder_layers.N`` and
 transformers 5's ``decoder.decoder_encoder.layer.N``) and its in-memory names (``vit.layers.N.attention.
@@ -24,10 +25,11 @@ from typing import Any
 
 import torch
 
+from imae.atomic import write_atomic
 from imae.checkpoints import safetensors_io
+from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.files import read_pth
 from imae.errors import CheckpointError
-from imae.models.mae import MAEArch
 
 # ViTMAEConfig's defaults (transformers 4.40 - 5.x), for config.json files that leave fields out
 HF_DEFAULTS: dict[str, Any] = dict(
@@ -56,8 +58,9 @@ _DEC_LAYER = re.compile(r"^decoder_(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 # configuration
 
 
-def arch_from_config(config: dict[str, Any], source: str = "config.json") -> MAEArch:
-    """A ViTMAE ``config.json`` (as a dict) -> MAEArch; a one-line CheckpointError for what we cannot run."""
+def arch_from_config(config: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """A ViTMAE ``config.json`` (as a dict) -> MAEArch's fields; a one-line CheckpointError for what we cannot
+    run."""
     if not isinstance(config, dict):
         raise CheckpointError(f"{source} holds a JSON {type(config).__name__}, not an object of settings; it is "
                               f"not a Hugging Face model configuration: restore the model's config.json")
@@ -80,26 +83,27 @@ def arch_from_config(config: dict[str, Any], source: str = "config.json") -> MAE
     if c["decoder_intermediate_size"] != int(c["decoder_hidden_size"] * ratio):
         raise CheckpointError(f"{source}: the decoder's MLP ratio ({c['decoder_intermediate_size']}/"
                               f"{c['decoder_hidden_size']}) differs from the encoder's ({ratio:g}); imae uses one")
-    return MAEArch(img_size=img, patch_size=patch, in_chans=c["num_channels"], embed_dim=c["hidden_size"],
-                   depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-                   decoder_embed_dim=c["decoder_hidden_size"], decoder_depth=c["decoder_num_hidden_layers"],
-                   decoder_num_heads=c["decoder_num_attention_heads"], mlp_ratio=ratio,
-                   norm_pix_loss=bool(c["norm_pix_loss"]), layer_norm_eps=float(c["layer_norm_eps"]))
+    return dict(img_size=img, patch_size=patch, in_chans=c["num_channels"], embed_dim=c["hidden_size"],
+                depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+                decoder_embed_dim=c["decoder_hidden_size"], decoder_depth=c["decoder_num_hidden_layers"],
+                decoder_num_heads=c["decoder_num_attention_heads"], mlp_ratio=ratio,
+                norm_pix_loss=bool(c["norm_pix_loss"]), layer_norm_eps=float(c["layer_norm_eps"]))
 
 
-def config_from_arch(arch: MAEArch, encoder_only: bool = False, mask_ratio: float = 0.75) -> dict[str, Any]:
-    """The ``config.json`` of ``arch`` for ViTMAEForPreTraining (or ViTMAEModel when ``encoder_only``)."""
+def config_from_arch(arch: dict[str, Any], encoder_only: bool = False, mask_ratio: float = 0.75) -> dict[str, Any]:
+    """The ``config.json`` of ``arch`` (MAEArch's fields, ``MAEArch.to_dict()``) for ViTMAEForPreTraining (or
+    ViTMAEModel when ``encoder_only``)."""
     a = arch
     return {
         "architectures": ["ViTMAEModel" if encoder_only else "ViTMAEForPreTraining"], "model_type": "vit_mae",
-        "hidden_size": a.embed_dim, "num_hidden_layers": a.depth, "num_attention_heads": a.num_heads,
-        "intermediate_size": int(a.embed_dim * a.mlp_ratio), "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": a.layer_norm_eps,
-        "image_size": a.img_size, "patch_size": a.patch_size, "num_channels": a.in_chans, "qkv_bias": True,
-        "decoder_num_attention_heads": a.decoder_num_heads, "decoder_hidden_size": a.decoder_embed_dim,
-        "decoder_num_hidden_layers": a.decoder_depth,
-        "decoder_intermediate_size": int(a.decoder_embed_dim * a.mlp_ratio), "mask_ratio": mask_ratio,
-        "norm_pix_loss": a.norm_pix_loss, "dtype": "float32"}
+        "hidden_size": a["embed_dim"], "num_hidden_layers": a["depth"], "num_attention_heads": a["num_heads"],
+        "intermediate_size": int(a["embed_dim"] * a["mlp_ratio"]), "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": a["layer_norm_eps"],
+        "image_size": a["img_size"], "patch_size": a["patch_size"], "num_channels": a["in_chans"], "qkv_bias": True,
+        "decoder_num_attention_heads": a["decoder_num_heads"], "decoder_hidden_size": a["decoder_embed_dim"],
+        "decoder_num_hidden_layers": a["decoder_depth"],
+        "decoder_intermediate_size": int(a["decoder_embed_dim"] * a["mlp_ratio"]), "mask_ratio": mask_ratio,
+        "norm_pix_loss": a["norm_pix_loss"], "dtype": "float32"}
 
 
 # the settings that are counts or sizes: positive integers
@@ -237,8 +241,9 @@ def resolve_folder(path: Path) -> Path:
     return found[0]
 
 
-def load_folder(path: Path) -> dict[str, Any]:
-    """A ViTMAE folder as a checkpoint dict: ``{"model": official layout, "kind": "mae", "arch", "_path"}``."""
+def load_folder(path: Path) -> Checkpoint:
+    """A ViTMAE folder as a Checkpoint (format ``hf``; entries ``model`` in the official layout, ``kind``
+    ``"mae"``, ``arch``, and config.json's ``mask_ratio``, which an export keeps)."""
     folder = resolve_folder(Path(path))
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -250,9 +255,9 @@ def load_folder(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {config_file} ({e})") from None
     arch = arch_from_config(config, str(config_file))
     sd = to_ours(_read_weights(folder), f"{folder}")
-    return {"model": sd, "kind": "mae", "arch": arch.to_dict(), "_path": str(folder), "_format": "hf",
-            "_weights": [str(p) for p in _weight_files(folder)],
-            "mask_ratio": float(config.get("mask_ratio", HF_DEFAULTS["mask_ratio"]))}  # kept for export
+    entries = {"model": sd, "kind": "mae", "arch": arch,
+               "mask_ratio": float(config.get("mask_ratio", HF_DEFAULTS["mask_ratio"]))}
+    return Checkpoint.of(entries, folder, "hf")
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -283,7 +288,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def save_folder(sd: dict[str, torch.Tensor], arch: MAEArch, folder: Path, encoder_only: bool = False,
+def save_folder(sd: dict[str, torch.Tensor], arch: dict[str, Any], folder: Path, encoder_only: bool = False,
                 mask_ratio: float = 0.75) -> list[Path]:
     """Write ``config.json`` and ``model.safetensors`` that ``ViTMAEForPreTraining.from_pretrained`` (or
     ``ViTMAEModel``'s, ``encoder_only``) loads with no missing or unexpected keys."""
@@ -292,5 +297,5 @@ def save_folder(sd: dict[str, torch.Tensor], arch: MAEArch, folder: Path, encode
     weights = folder / "model.safetensors"
     safetensors_io.write(to_hf(sd, encoder_only), weights)
     config = folder / "config.json"
-    config.write_text(json.dumps(config_from_arch(arch, encoder_only, mask_ratio), indent=2) + "\n")
+    write_atomic(config, json.dumps(config_from_arch(arch, encoder_only, mask_ratio), indent=2) + "\n")
     return [config, weights]
