@@ -47,6 +47,9 @@ class FeatureConfig:
     batch_size: int = 256
     cache: bool = True  # keep extracted features on disk, keyed by checkpoint and inputs
     cache_dir: str | None = None  # None: $IMAE_CACHE_DIR/features (default ~/.cache/imae/features)
+    # the encoder blocks read (imae.eval.depth): last (the encoder's output), all, or a list such as 2,4,last;
+    # each block's output with the final norm applied
+    layers: str | list[Any] = "last"
 
 
 @dataclass
@@ -139,6 +142,9 @@ class EvalConfig(Settings):
         if self.features.pool not in POOLS:
             raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {short(self.features.pool)}")
         at_least("features", self.features, ("batch_size",), 1)
+        from imae.eval.depth import check_spec
+
+        self.features.layers = check_spec(self.features.layers)
         s = self.separability
         if not s.alphas or not all(0.0 < a <= 0.5 for a in s.alphas):
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {short(s.alphas)}")
