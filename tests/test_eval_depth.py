@@ -212,3 +212,20 @@ def test_compare_at_layers_gives_one_entry_per_block_and_the_last_is_todays(run,
     assert "layers" not in plain and sorted(depth["layers"]) == ["2", "3"]
     assert depth["layers"]["3"]["metrics"] == plain["metrics"] == depth["metrics"]
     assert depth["layers"]["2"]["metrics"]["linprobe"]["l2"] == plain["metrics"]["linprobe"]["l2"]  # one penalty
+
+
+def test_the_report_draws_each_measure_against_depth_with_its_band(run, tmp_path, capsys):
+    from imae.viz.depth_chart import depth_series, wilson
+    from imae.viz.report import write_report
+
+    main(["knn", str(run["mae"]), "--layers", "all", *fast_sets()])  # into the run's own eval/ folder
+    record = _json(capsys)
+    series = depth_series({"knn": record})
+    pts = series["kNN top-1"]
+    assert [p[0] for p in pts] == [1, 2, 3]
+    n = record["data"]["eval_images"]
+    for k, top1, lo, hi in pts:
+        assert top1 == record["results"]["layers"][str(k)]["top1"] and (lo, hi) == wilson(top1, n) and lo <= top1 <= hi
+    assert depth_series({"knn": {**record, "results": record["results"]["layers"]["3"]}}) == {}  # one layer: none
+    page = write_report([run["mae"]], tmp_path / "report")["html"].read_text()
+    assert "measures against depth" in page
