@@ -29,6 +29,7 @@ import torch
 
 from imae.config.evaluate import EvalConfig
 from imae.errors import ConfigError
+from imae.eval.attentive import attentive_at
 from imae.eval.bootstrap import Resampler
 from imae.eval.depth import is_last_only, parse_layers
 from imae.eval.features import extract_split
@@ -169,10 +170,34 @@ def compare(session, b_spec: str | Path, reference: str | None, cfg: EvalConfig)
             at = {} if last_only else {"layer": k}
             hits = [clean_hits(m, train, test, cfg, l2, **kw, **at) for m in (a, b)]
             clean_diffs(metrics, hits, rs, l2, rule, cfg)
+        if cfg.probe.head == "attentive":  # beside the linear probe, at one setting for both models
+            setting = shared_attentive_setting(ref, train, cfg, **kw)
+            for k, metrics in per.items():
+                ha, hb = (attentive_at(m, train, test, cfg, k if not last_only else m.model.arch.depth,
+                                       setting=setting, **kw)[1] for m in (a, b))
+                metrics["attentive"] = _diff(rs, float(ha.double().mean()), float(hb.double().mean()),
+                                             rs.mean_draws(ha), rs.mean_draws(hb))
+                metrics["attentive"].update(setting)
         results["test_images"] = len(test)
     if not last_only:
         results.update(layer=layers[-1], depth=depth, layers={str(k): {"metrics": m} for k, m in per.items()})
     return results
+
+
+def shared_attentive_setting(reference: Subject, train, cfg: EvalConfig, *, device, cache,
+                             show_progress: bool) -> dict[str, Any]:
+    """The one attentive-probe setting of a comparison ({"lr", "weight_decay", "l2", "rule"}), fixed before the
+    compared models are looked at: ``probe.lr`` and ``probe.weight_decay`` when set, else chosen on the
+    reference's training tokens."""
+    from imae.eval.attentive import SHARED, extract_tokens, setting_of
+
+    x = None
+    if cfg.probe.lr is None or cfg.probe.weight_decay is None:
+        x = extract_tokens(reference.model, train, reference.fingerprint, layer=reference.model.arch.depth,
+                           batch_size=cfg.features.batch_size, device=device, cache=cache,
+                           show_progress=show_progress, desc="tokens (reference, training split)")
+    chosen = setting_of(cfg, x, train.labels, train.num_classes, seed=cfg.seed, device=device)
+    return {k: chosen[k] for k in ("lr", "weight_decay", "l2")} | {"rule": chosen["rule"] if x is None else SHARED}
 
 
 def clean_diffs(metrics: dict[str, Any], hits: list[dict[str, torch.Tensor]], rs: Resampler, l2: float, rule: str,

@@ -11,7 +11,6 @@ them), ``"layer"`` (that layer), ``"depth"`` (the encoder's block count) and ``"
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from imae.errors import ConfigError
@@ -64,8 +63,15 @@ def combine(entries: dict[int, dict[str, Any]], depth: int) -> dict[str, Any]:
             "layers": {str(k): entries[k] for k in layers}}
 
 
-def per_layer(layers: list[int], fn: Callable[[int], dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    return {k: fn(k) for k in layers}
+def layers_kw(layers: list[int], depth: int) -> dict[str, Any]:
+    """The extraction's ``layers`` argument: none for the last block alone (the encoder's output, extracted as
+    before layers existed)."""
+    return {} if is_last_only(layers, depth) else {"layers": layers}
+
+
+def by_layer(features: Any, layers: list[int]) -> dict[int, Any]:
+    """An extraction's result as {block: Features} (one Features: the only block asked for)."""
+    return features if isinstance(features, dict) else {layers[-1]: features}
 
 
 def layer_entries(results: dict[str, Any]) -> dict[int, dict[str, Any]]:

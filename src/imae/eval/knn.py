@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from imae.config.evaluate import EvalConfig
 from imae.errors import DataError
 from imae.eval.data import Split
-from imae.eval.depth import combine, parse_layers
+from imae.eval.depth import by_layer, combine, layers_kw, parse_layers
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.subject import Subject
 
@@ -72,9 +72,9 @@ def run_knn(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *, dev
     pool = cfg.features.pool
     depth = subject.model.arch.depth
     layers = parse_layers(cfg.features.layers, depth)
-    kw = dict(device=device, cache=cache, show_progress=show_progress, layers=layers)
-    ftr = extract_split(subject, train, cfg, which="training", **kw)
-    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
+    kw = dict(device=device, cache=cache, show_progress=show_progress, **layers_kw(layers, depth))
+    ftr = by_layer(extract_split(subject, train, cfg, which="training", **kw), layers)
+    fte = by_layer(extract_split(subject, test, cfg, which="evaluation", **kw), layers)
     t0 = time.perf_counter()
 
     def at(k: int) -> dict[str, Any]:

@@ -22,8 +22,9 @@ import torch
 from imae.config.evaluate import EvalConfig
 from imae.data.loader import build_train_loader
 from imae.errors import ConfigError, DataError
+from imae.eval.attentive import attentive_at
 from imae.eval.data import Split
-from imae.eval.depth import combine, is_last_only, parse_layers
+from imae.eval.depth import by_layer, combine, is_last_only, layers_kw, parse_layers
 from imae.eval.features import FeatureCache, encode, eval_precision, extract_split
 from imae.eval.linear import HeadFit, accuracy_curve, fit_probe, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
@@ -48,11 +49,13 @@ def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *
     pool, p = cfg.features.pool, cfg.linprobe
     depth = subject.model.arch.depth
     layers = parse_layers(cfg.features.layers, depth)
+    if p.mode == "full" and cfg.probe.head == "attentive":
+        raise ConfigError("the attentive probe trains on cached tokens; use it with the cached mode (the default)")
     if p.mode == "full" and not is_last_only(layers, depth):
         raise ConfigError("linprobe.mode=full probes the encoder's output only; measure other blocks with the cached "
                           "probe (the default mode)")
-    kw = dict(device=device, cache=cache, show_progress=show_progress, layers=layers)
-    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
+    kw = dict(device=device, cache=cache, show_progress=show_progress, **layers_kw(layers, depth))
+    fte = by_layer(extract_split(subject, test, cfg, which="evaluation", **kw), layers)
     extract_s = sum(f.seconds for f in fte.values())
     if p.mode == "full":
         fit = train_full(subject, train, cfg, device=device, show_progress=show_progress)
@@ -61,7 +64,7 @@ def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *
                    "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
                    "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}
         return {"results": results, "timing": {"extract_s": extract_s, "fit_s": fit.seconds}}
-    ftr = extract_split(subject, train, cfg, which="training", **kw)
+    ftr = by_layer(extract_split(subject, train, cfg, which="training", **kw), layers)
     extract_s += sum(f.seconds for f in ftr.values())
     fit_s = 0.0
 
@@ -75,9 +78,14 @@ def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *
         penalty["l2_curve"] = accuracy_curve(xtr, train.labels, xte, test.labels, train.num_classes, p,
                                              seed=cfg.seed, device=device)
         fit_s += fit.seconds + time.perf_counter() - t0
-        return {"mode": p.mode, "pool": pool, **probe_scores(fit, xte, test.labels), **penalty,
-                "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
-                "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}
+        out = {"mode": p.mode, "pool": pool, **probe_scores(fit, xte, test.labels), **penalty,
+               "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
+               "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}
+        if cfg.probe.head == "attentive":  # beside the linear probe, on the same block's tokens
+            out["attentive"] = attentive_at(subject, train, test, cfg, k, device=device, cache=cache,
+                                            show_progress=show_progress)[0]
+            fit_s += out["attentive"]["fit_s"]
+        return out
 
     results = combine({k: at(k) for k in layers}, depth)
     return {"results": results, "timing": {"extract_s": extract_s, "fit_s": fit_s}}

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from imae.config.evaluate import EvalConfig
 from imae.errors import DataError
+from imae.eval.attentive import attentive_at
 from imae.eval.data import Split
-from imae.eval.depth import combine, parse_layers
+from imae.eval.depth import by_layer, combine, layers_kw, parse_layers
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.knn import knn_accuracy
 from imae.eval.linear import accuracy_curve, fit_probe
@@ -50,13 +51,18 @@ def run_semantics(subject: Subject, reference: Subject, train: Split, test: Spli
     pool = cfg.features.pool
     depth = subject.model.arch.depth
     layers = parse_layers(cfg.features.layers, depth)
-    kw = dict(device=device, cache=cache, show_progress=show_progress, layers=layers)
-    ftr = extract_split(subject, train, cfg, which="training", **kw)
-    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
+    kw = dict(device=device, cache=cache, show_progress=show_progress, **layers_kw(layers, depth))
+    ftr = by_layer(extract_split(subject, train, cfg, which="training", **kw), layers)
+    fte = by_layer(extract_split(subject, test, cfg, which="evaluation", **kw), layers)
     t0 = time.perf_counter()
     entries = {k: clean_measures(ftr[k].pooled(pool), fte[k].pooled(pool), train, test, cfg, device)
                for k in layers}
     fit_s = time.perf_counter() - t0
+    if cfg.probe.head == "attentive":  # beside the linear probe
+        for k in layers:
+            entries[k]["attentive"] = attentive_at(subject, train, test, cfg, k, device=device, cache=cache,
+                                                   show_progress=show_progress)[0]
+            fit_s += entries[k]["attentive"]["fit_s"]
     extract_s = sum(f.seconds for f in (*ftr.values(), *fte.values()))
     if cfg.semantics.separability:  # off: what a study's claims read, the clean-image measures only
         sep_cfg = copy.deepcopy(cfg)  # the pairs of this scheme are drawn with semantics.same_class_p
