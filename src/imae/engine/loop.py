@@ -288,6 +288,8 @@ class Loop:
             metrics["nonfinite_skipped"] = float(nonfinite)
         if hasattr(self.objective, "end_epoch"):  # e.g. fine-tuning's evaluation on the test split
             self.objective.end_epoch(epoch, metrics)
+        if getattr(self, "monitor", None) is not None:  # imae.engine.monitor: frozen measures, rank 0, every N epochs
+            self.monitor(epoch, metrics)
         self.log.write("epoch", {"epoch": epoch + 1, **metrics}, step=epoch + 1, prefix="epoch")  # 1-based
         self.log.flush()
         shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images", "nonfinite_skipped")

@@ -178,6 +178,10 @@ def _train(cfg: Config, env: D.DistEnv, run_dir: Path, held: list, undo: StartUn
     loop = Loop(objective, net, optimizer, loader, t, env, log, run_dir, base_lr, state, section="train",
                 config=cfg.to_dict(), resume_hint=f"imae pretrain --resume {run_dir}")
     loop.load_skipped = len(data.skipped)
+    if t.monitor_every:
+        from imae.engine.monitor import TrainingMonitor
+
+        loop.monitor = TrainingMonitor(cfg, model, env.device, main, log)
     try:
         ended = loop.run()
     finally:
