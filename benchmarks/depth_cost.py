@@ -9,7 +9,8 @@ L-BFGS iterations do a little) on a CIFAR-10 subset (``--train-per-class`` train
 images per class), one process times, for ``knn``, ``linprobe`` (the cached probe: its l2 search and curve)
 and ``separability`` (the default scheme, classification included), one evaluation at ``features.layers=last``
 and one at ``all``, the feature cache off (every run extracts). The features of all twelve blocks come from
-one pass; only the fits repeat. Writes ``benchmarks/results/depth-cost-<device>.json`` and ``.md``.
+one pass; only the fits repeat. Writes ``benchmarks/results/depth-cost-<device>.json`` and ``.md`` (a run with
+``--commands`` adds its commands to an earlier run's file of the same sizes).
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def main() -> None:
             timing = measure(e, r, test, pairs, cfg, **kw).timing
         return {"total_s": time.perf_counter() - t0, **timing}
 
-    out: dict[str, dict] = {}
+    stem = RESULTS / f"depth-cost-{device.type}"
+    old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
+    same = old.get("train_images") == len(train) and old.get("eval_images") == len(test)
+    out: dict[str, dict] = dict(old.get("commands") or {}) if same else {}  # --commands adds to an earlier run
     for command in args.commands.split(","):
         last = run(command, "last")
         every = run(command, "all")
@@ -86,7 +90,6 @@ def main() -> None:
               "threads": torch.get_num_threads(), "train_images": len(train), "eval_images": len(test),
               "pairs": pairs.summary(), "model": "mae_vit_tiny_patch4 (12 blocks, untrained)", "commands": out}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"depth-cost-{device.type}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     md = ["| command | --layers last (s) | --layers all (s) | ratio | of which extraction, last / all (s) |",
           "| --- | --- | --- | --- | --- |"]
