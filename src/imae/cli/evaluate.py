@@ -17,10 +17,16 @@ from imae.errors import ConfigError
 
 
 def overrides_from_args(args, command: str, epochs_key: str | None) -> dict[str, Any]:
-    """The common flags as dotted keys; ``--epochs`` only where the command trains for epochs."""
+    """The common flags as dotted keys; ``--epochs`` only where the command trains for epochs; ``--layers``
+    where the command has it."""
     if epochs_key is None and getattr(args, "epochs", None) is not None:
         raise ConfigError(f"--epochs has no meaning for `imae {command}`")
-    return common_overrides(args, epochs_key or "unused")
+    out = common_overrides(args, epochs_key or "unused")
+    if getattr(args, "layers", None) is not None:
+        out["features.layers"] = args.layers
+    if getattr(args, "head", None) is not None:
+        out["probe.head"] = args.head
+    return out
 
 
 def _ckpt(p: argparse.ArgumentParser) -> None:
@@ -48,6 +54,22 @@ def _common(p: argparse.ArgumentParser, command: str | None) -> None:
     if command == "finetune":
         usage = f"runs/c10-imae --preset finetune/cifar10-tiny --epochs 100 --set {h['example']}"
     add_common(p, output_default="an eval/ folder inside the run directory", usage=usage, **h)
+    if command in ("separability", "semantics", "linprobe", "knn"):
+        add_layers(p)
+    if command in ("semantics", "linprobe"):
+        add_head(p)
+
+
+def add_layers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", metavar="last|all|K,...",
+                   help="the encoder blocks measured: last (default: the encoder's output), all, or a list such as "
+                        "2,4,last; each block's output with the final norm applied; one result entry per block")
+
+
+def add_head(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head", choices=("linear", "attentive"),
+                   help="probe heads: linear (default), or attentive: also the attentive probe (learned queries "
+                        "over the frozen tokens, then a linear classifier), reported beside the linear probe")
 
 
 def _with_reference(p: argparse.ArgumentParser, command: str | None = None) -> None:
@@ -165,6 +187,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "allowed and the output says so")
     add_common(p, output_default="B's eval/ folder", epochs=None, example="separability.alphas=[0.3]",
                usage="runs/c10-mae-continued runs/c10-imae --set separability.alphas=[0.3]")
+    add_layers(p)
+    add_head(p)
 
 
 @command("compare", "B minus A on identical pairs, masks and test images, with paired-bootstrap 95% intervals")(

@@ -16,6 +16,7 @@ from imae.config.tree import Settings, at_least, check_device, check_scale, chec
 from imae.errors import ConfigError
 
 POOLS = ("cls", "mean")
+PROBE_HEADS = ("linear", "attentive")
 # the separability scheme's baseline predictors beside the analytic superposition line (imae.eval.separability);
 # the partner-only predictor is no option: it is half of the un-mixing gain, always computed
 SEPARABILITY_BASELINES = ("pixels", "reference_on_mixture", "random_init")
@@ -47,6 +48,9 @@ class FeatureConfig:
     batch_size: int = 256
     cache: bool = True  # keep extracted features on disk, keyed by checkpoint and inputs
     cache_dir: str | None = None  # None: $IMAE_CACHE_DIR/features (default ~/.cache/imae/features)
+    # the encoder blocks read (imae.eval.depth): last (the encoder's output), all, or a list such as 2,4,last;
+    # each block's output with the final norm applied
+    layers: str | list[Any] = "last"
 
 
 @dataclass
@@ -98,6 +102,21 @@ class LinearProbeConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Which probe heads semantics, linprobe and compare report (``imae.eval.attentive``): the linear probe
+    always; ``head=attentive`` adds the attentive probe beside it."""
+
+    head: str = "linear"  # linear | attentive
+    queries: int = 1  # attentive: learned queries (each pools the tokens once)
+    epochs: int = 20  # attentive: AdamW epochs of the queries over the cached tokens (cosine schedule)
+    batch_size: int = 256
+    lr_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-1])  # AdamW; chosen on the validation share
+    weight_decay_grid: list[float] = field(default_factory=lambda: [1e-4])
+    lr: float | None = None  # both set: the setting is given, nothing is chosen
+    weight_decay: float | None = None
+
+
+@dataclass
 class KNNConfig:
     k: int = 20
     temperature: float = 0.07  # votes weighted by exp(cosine / T), as InstDisc / DINO
@@ -130,6 +149,7 @@ class EvalConfig(Settings):
     features: FeatureConfig = field(default_factory=FeatureConfig)
     separability: SeparabilityConfig = field(default_factory=SeparabilityConfig)
     linprobe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     knn: KNNConfig = field(default_factory=KNNConfig)
     semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
     figures: FigureConfig = field(default_factory=FigureConfig)
@@ -139,6 +159,9 @@ class EvalConfig(Settings):
         if self.features.pool not in POOLS:
             raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {short(self.features.pool)}")
         at_least("features", self.features, ("batch_size",), 1)
+        from imae.eval.depth import check_spec
+
+        self.features.layers = check_spec(self.features.layers)
         s = self.separability
         if not s.alphas or not all(0.0 < a <= 0.5 for a in s.alphas):
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {short(s.alphas)}")
@@ -182,6 +205,16 @@ class EvalConfig(Settings):
         positive("linprobe", p, ("blr",))
         at_least("linprobe", p, ("warmup_epochs", "weight_decay"), 0)
         check_scale("linprobe.crop_scale", p.crop_scale)
+        q = self.probe
+        if q.head not in PROBE_HEADS:
+            raise ConfigError(f"probe.head must be one of {', '.join(PROBE_HEADS)}, got {short(q.head)}")
+        at_least("probe", q, ("queries", "epochs", "batch_size"), 1)
+        if not q.lr_grid or not q.weight_decay_grid or min(q.lr_grid) <= 0 or min(q.weight_decay_grid) < 0:
+            raise ConfigError(f"probe.lr_grid must be positive and probe.weight_decay_grid non-negative numbers, got "
+                              f"{short(q.lr_grid)} and {short(q.weight_decay_grid)}")
+        if (q.lr is None) != (q.weight_decay is None) or (q.lr is not None and (q.lr <= 0 or q.weight_decay < 0)):
+            raise ConfigError(f"probe.lr and probe.weight_decay are given together (lr > 0, weight_decay >= 0), got "
+                              f"{short(q.lr)} and {short(q.weight_decay)}")
         if not (self.knn.k >= 1 and self.knn.temperature > 0):
             raise ConfigError(f"knn.k must be at least 1 and knn.temperature positive, got {short(self.knn)}")
         if not 0.0 <= self.semantics.same_class_p <= 1.0:

@@ -71,6 +71,7 @@ class TrainConfig(LoopConfig):
 
     lr: float | None = None  # absolute learning rate; overrides blr when set
     mask_ratio: float = 0.75
+    monitor_every: int = 0  # every N epochs: frozen kNN / NMI (/ i-MAE gain) on fixed subsets (imae.engine.monitor)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Config(Settings):
         if not 0.0 <= t.mask_ratio < 1.0:
             raise ConfigError(f"train.mask_ratio must be in [0, 1), got {short(t.mask_ratio)}")
         validate_loop("train", t)
+        at_least("train", t, ("monitor_every",), 0)
         d = self.data
         at_least("data", d, ("img_size",), 1, unset="null: the model's")
         at_least("data", d, ("max_per_class",), 1, unset="null: all")

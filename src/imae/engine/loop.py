@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,7 @@ class Loop:
         self.autocast = precision.autocast(self.env.device, p.amp)  # bf16 where the device has bf16 units
         # the host reads the device once per logging interval (on a CPU, where a read costs nothing, every step)
         self.read_every_step = self.env.device.type == "cpu"
+        self.monitor: Callable[[int, dict], None] | None = None  # pre-training's TrainingMonitor, set by train.py
 
     def run(self) -> str:
         """Train the remaining epochs. Returns ``done``, ``max_steps`` (``settings.max_steps`` reached;
@@ -376,6 +377,8 @@ class Loop:
         if nonfinite:
             metrics["nonfinite_skipped"] = float(nonfinite)
         self.objective.end_epoch(epoch, metrics)  # e.g. fine-tuning's evaluation on the test split
+        if self.monitor is not None:  # imae.engine.monitor: frozen measures, rank 0, every N epochs
+            self.monitor(epoch, metrics)
         self.log.write("epoch", {"epoch": epoch + 1, **metrics}, step=epoch + 1, prefix="epoch")  # 1-based
         self.log.flush()
         shown = ("images_per_s", "lr", "time_s", "skipped_files", "data_wait_s", "images", "nonfinite_skipped")

@@ -138,6 +138,10 @@ def _train(cfg: Config, session: RunSession, explicit_teacher: bool = False) -> 
 
     session.started()
     loop = Loop(session, objective, net, optimizer, loader, state, base_lr, load_skipped=len(data.skipped))
+    if t.monitor_every:
+        from imae.engine.monitor import TrainingMonitor
+
+        loop.monitor = TrainingMonitor(cfg, model, env.device, main, log)
     ended = loop.run()
     if ended == "stopped":
         return run_dir  # checkpoint written; the stop was reported

@@ -29,7 +29,9 @@ import torch
 
 from imae.config.evaluate import EvalConfig
 from imae.errors import ConfigError
+from imae.eval.attentive import attentive_at
 from imae.eval.bootstrap import Resampler
+from imae.eval.depth import is_last_only, parse_layers
 from imae.eval.features import extract_split
 from imae.eval.knn import knn_predict
 from imae.eval.linear import curve_hits, fit_probe, predict, select_l2
@@ -89,14 +91,19 @@ def separability_diffs(ma: Measurement, mb: Measurement, alphas: list[float]) ->
     return {k: v for k, v in out.items() if v}
 
 
-def clean_features(subject: Subject, train, test, cfg: EvalConfig, *, device, cache,
-                   show_progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled clean features (training [N, D], evaluation [M, D]), cached as ``imae linprobe`` caches them."""
+def clean_features(subject: Subject, train, test, cfg: EvalConfig, *, device, cache, show_progress: bool,
+                   layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled clean features (training [N, D], evaluation [M, D]) of the encoder's output (or of block
+    ``layer``), cached as ``imae linprobe`` caches them."""
     kw = dict(device=device, cache=cache, show_progress=show_progress)
     pool = cfg.features.pool
-    ftr = extract_split(subject, train, cfg, which="training", **kw).pooled(pool)
-    fte = extract_split(subject, test, cfg, which="evaluation", **kw).pooled(pool)
-    return ftr, fte
+    if layer is not None:
+        kw["layers"] = [layer]
+    ftr, fte = (extract_split(subject, split, cfg, which=which, **kw)
+                for split, which in ((train, "training"), (test, "evaluation")))
+    if layer is not None:
+        ftr, fte = ftr[layer], fte[layer]
+    return ftr.pooled(pool), fte.pooled(pool)
 
 
 def shared_l2(reference: Subject, train, test, cfg: EvalConfig, **kw) -> tuple[float, str]:
@@ -110,10 +117,12 @@ def shared_l2(reference: Subject, train, test, cfg: EvalConfig, **kw) -> tuple[f
 
 
 def clean_hits(subject: Subject, train, test, cfg: EvalConfig, l2: float, *, device, cache,
-               show_progress: bool) -> dict[str, torch.Tensor]:
+               show_progress: bool, layer: int | None = None) -> dict[str, torch.Tensor]:
     """Per test image, whether the linear probe (penalty ``l2``) and the kNN classify it right ({"linprobe",
-    "knn"} -> [N] bool), and the probe's hits at every penalty of the grid ("curve" -> [G, N] bool)."""
-    ftr, fte = clean_features(subject, train, test, cfg, device=device, cache=cache, show_progress=show_progress)
+    "knn"} -> [N] bool), and the probe's hits at every penalty of the grid ("curve" -> [G, N] bool); of the
+    encoder's output, or of block ``layer``."""
+    ftr, fte = clean_features(subject, train, test, cfg, device=device, cache=cache, show_progress=show_progress,
+                              layer=layer)
     fit, _ = fit_probe(ftr, train.labels, train.num_classes, cfg.linprobe, seed=cfg.seed, device=device, l2=l2,
                        rule="shared")
     probe = predict(fit.head, fte)[:, 0].argmax(-1) == test.labels
@@ -138,30 +147,72 @@ def compare(session, b_spec: str | Path, reference: str | None, cfg: EvalConfig)
     s = cfg.separability
     pairs = make_pairs(test.labels, s.fractions, s.same_class_p, cfg.seed, s.max_images)
     kw = dict(device=session.device, show_progress=session.show_progress, store=session.item_store)
+    depth = a.model.arch.depth
+    layers = parse_layers(cfg.features.layers, depth)
+    last_only = is_last_only(layers, depth)
+    if not last_only and b.model.arch.depth != depth:
+        raise ConfigError(f"{a.label} has {depth} blocks and {b.label} {b.model.arch.depth}; compare models block by "
+                          f"block only when they are equally deep (--layers last compares their outputs)")
     ma, mb = measure_stored(a, ref, test, pairs, cfg, **kw), measure_stored(b, ref, test, pairs, cfg, **kw)
-    metrics = separability_diffs(ma, mb, s.alphas)
+    # block k of both; --layers last: each model's own output
+    per = {k: separability_diffs(ma.at_layer(k), mb.at_layer(k if not last_only else b.model.arch.depth), s.alphas)
+           for k in layers}
     results: dict[str, Any] = {"a": a.describe(), "b": b.describe(),
                                "reference": {"a": ma.result.reference, "b": mb.result.reference},
                                "pairs": ma.results["pairs"], "mask_ratio": ma.results["mask_ratio"],
-                               "bootstrap": ma.results["bootstrap"], "metrics": metrics}
+                               "bootstrap": ma.results["bootstrap"], "metrics": per[layers[-1]]}
     if test.has_labels:
         train = session.split("train")
         kw = dict(device=session.device, cache=session.cache, show_progress=session.show_progress)
-        l2, rule = shared_l2(ref, train, test, cfg, **kw)
-        hits = [clean_hits(m, train, test, cfg, l2, **kw) for m in (a, b)]
+        l2, rule = shared_l2(ref, train, test, cfg, **kw)  # one penalty for every block of both models
         rs = Resampler.draw(len(test), s.bootstrap, cfg.seed + 1, s.ci)
-        for name in ("linprobe", "knn"):
-            ha, hb = hits[0][name], hits[1][name]
-            metrics[name] = _diff(rs, float(ha.double().mean()), float(hb.double().mean()), rs.mean_draws(ha),
-                                  rs.mean_draws(hb))
-        metrics["linprobe"].update(l2=l2, l2_rule=rule)
-        grid = sorted(float(v) for v in cfg.linprobe.l2_grid)
-        metrics["linprobe_curve"] = {
-            f"{v:g}": _diff(rs, float(ca.double().mean()), float(cb.double().mean()), rs.mean_draws(ca),
-                            rs.mean_draws(cb))
-            for v, ca, cb in zip(grid, hits[0]["curve"], hits[1]["curve"])}
+        for k, metrics in per.items():
+            at = {} if last_only else {"layer": k}
+            hits = [clean_hits(m, train, test, cfg, l2, **kw, **at) for m in (a, b)]
+            clean_diffs(metrics, hits, rs, l2, rule, cfg)
+        if cfg.probe.head == "attentive":  # beside the linear probe, at one setting for both models
+            setting = shared_attentive_setting(ref, train, cfg, **kw)
+            for k, metrics in per.items():
+                ha, hb = (attentive_at(m, train, test, cfg, k if not last_only else m.model.arch.depth,
+                                       setting=setting, **kw)[1] for m in (a, b))
+                metrics["attentive"] = _diff(rs, float(ha.double().mean()), float(hb.double().mean()),
+                                             rs.mean_draws(ha), rs.mean_draws(hb))
+                metrics["attentive"].update(setting)
         results["test_images"] = len(test)
+    if not last_only:
+        results.update(layer=layers[-1], depth=depth, layers={str(k): {"metrics": m} for k, m in per.items()})
     return results
+
+
+def shared_attentive_setting(reference: Subject, train, cfg: EvalConfig, *, device, cache,
+                             show_progress: bool) -> dict[str, Any]:
+    """The one attentive-probe setting of a comparison ({"lr", "weight_decay", "l2", "rule"}), fixed before the
+    compared models are looked at: ``probe.lr`` and ``probe.weight_decay`` when set, else chosen on the
+    reference's training tokens."""
+    from imae.eval.attentive import SHARED, extract_tokens, setting_of
+
+    x = None
+    if cfg.probe.lr is None or cfg.probe.weight_decay is None:
+        x = extract_tokens(reference.model, train, reference.fingerprint, layer=reference.model.arch.depth,
+                           batch_size=cfg.features.batch_size, device=device, cache=cache,
+                           show_progress=show_progress, desc="tokens (reference, training split)")
+    chosen = setting_of(cfg, x, train.labels, train.num_classes, seed=cfg.seed, device=device)
+    return {k: chosen[k] for k in ("lr", "weight_decay", "l2")} | {"rule": chosen["rule"] if x is None else SHARED}
+
+
+def clean_diffs(metrics: dict[str, Any], hits: list[dict[str, torch.Tensor]], rs: Resampler, l2: float, rule: str,
+                cfg: EvalConfig) -> None:
+    """Add the linear probe's and the kNN's B - A (and the probe's curve over the l2 grid) to ``metrics``."""
+    for name in ("linprobe", "knn"):
+        ha, hb = hits[0][name], hits[1][name]
+        metrics[name] = _diff(rs, float(ha.double().mean()), float(hb.double().mean()), rs.mean_draws(ha),
+                              rs.mean_draws(hb))
+    metrics["linprobe"].update(l2=l2, l2_rule=rule)
+    grid = sorted(float(v) for v in cfg.linprobe.l2_grid)
+    metrics["linprobe_curve"] = {
+        f"{v:g}": _diff(rs, float(ca.double().mean()), float(cb.double().mean()), rs.mean_draws(ca),
+                        rs.mean_draws(cb))
+        for v, ca, cb in zip(grid, hits[0]["curve"], hits[1]["curve"])}
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -10,6 +10,10 @@ Results are cached under ``$IMAE_CACHE_DIR/features`` keyed by the checkpoint (i
 head count: a different checkpoint copied over with its mtime kept is not mistaken for it), the split
 (data set, split, image content hash, size, normalisation) and the inputs (pairs hash, alpha); a cached
 result equals the freshly computed one bit for bit.
+
+``layers`` (block numbers, 1 = the first; see :mod:`imae.eval.depth`) reads the output of those blocks, each
+with the final norm applied, from one pass; each layer is cached under its own key (the last block's key is
+the encoder output's, as before layers existed).
 """
 
 from __future__ import annotations
@@ -129,11 +133,20 @@ def encode(model: MaskedAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, tor
     return tokens[:, 0], tokens[:, 1:].mean(dim=1)
 
 
+def encode_layers(model: MaskedAutoencoder, x: torch.Tensor,
+                  layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """As :func:`encode`, at each block of ``layers``: {k: (cls [B, D], patch mean [B, D])}, one pass."""
+    out = model.encode_layers(model.embed_patches(x), layers)
+    return {k: (t[:, 0], t[:, 1:].mean(dim=1)) for k, t in out.items()}
+
+
 def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: torch.Tensor | None = None,
             alpha: float | None = None, batch_size: int = 256, device: torch.device | str = "cpu",
-            cache: FeatureCache | None = None, show_progress: bool = True, desc: str = "features") -> Features:
+            cache: FeatureCache | None = None, show_progress: bool = True, desc: str = "features",
+            layers: list[int] | None = None) -> Features | dict[int, Features]:
     """Pooled features of every clean image of ``split`` or, with ``pairs`` [M, 2] (subordinate, dominant
-    indices) and ``alpha``, of the M mixtures. Cached under ``cache`` when given."""
+    indices) and ``alpha``, of the M mixtures. Cached under ``cache`` when given. With ``layers`` (block
+    numbers): {block: its Features}, every layer not in the cache from one pass."""
     device = torch.device(device)
     inputs: dict[str, Any] = {"inputs": "clean"}
     index = torch.arange(len(split)).view(-1, 1)
@@ -145,6 +158,9 @@ def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: 
     key = {"version": FEATURE_VERSION, "checkpoint": fingerprint, "split": split.key, **inputs}
     if precision.uses_bf16(device):  # bf16 features are not the fp32 ones (fp32 keys stay as they were)
         key["precision"] = "bf16"
+    if layers is not None:
+        return _extract_layers(model, split, key, index, pairs, alpha, batch_size, device, cache, show_progress,
+                               desc, layers)
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     t0 = time.perf_counter()
@@ -171,11 +187,53 @@ def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: 
     return feats
 
 
+def _extract_layers(model: MaskedAutoencoder, split: Split, key: dict[str, Any], index: torch.Tensor,
+                    pairs: torch.Tensor | None, alpha: float | None, batch_size: int, device: torch.device,
+                    cache: FeatureCache | None, show_progress: bool, desc: str,
+                    layers: list[int]) -> dict[int, Features]:
+    depth = model.arch.depth
+    keys = {k: key if k == depth else {**key, "layer": k} for k in layers}  # the last block: the output's key
+    out: dict[int, Features] = {}
+    for k in layers:
+        if cache is not None and (hit := cache.get(keys[k])) is not None:
+            out[k] = hit
+    missing = [k for k in layers if k not in out]
+    if not missing:
+        return out
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    parts: dict[int, tuple[list, list]] = {k: ([], []) for k in missing}
+    norm = Normalize(split.data.mean, split.data.std)
+    bar = progress(index.shape[0], desc=desc, enabled=show_progress)
+    with torch.inference_mode(), eval_precision(device):
+        for u8 in split.batches(index, batch_size):  # [b, K, 3, H, W]
+            u8 = u8.to(device, non_blocking=True)
+            x = norm(u8[:, 0])
+            if pairs is not None:
+                x = mix(x, norm(u8[:, 1]), alpha)
+            for k, (c, m) in encode_layers(model, x, missing).items():
+                parts[k][0].append(c.float())
+                parts[k][1].append(m.float())
+            bar.update(u8.shape[0])
+    bar.close()
+    model.train(was_training)
+    seconds = time.perf_counter() - t0
+    for k in missing:  # the pass's time is counted once, on the first layer it computed
+        out[k] = Features(torch.cat(parts[k][0]).cpu(), torch.cat(parts[k][1]).cpu(),
+                          seconds=seconds if k == missing[0] else 0.0)
+        if cache is not None:
+            cache.put(keys[k], out[k])
+    return dict(sorted(out.items()))
+
+
 def extract_split(subject, split: Split, cfg, *, which: str, device: torch.device | str,
-                  cache: FeatureCache | None, show_progress: bool = True) -> Features:
-    """Clean features of the ``which`` ("training" / "evaluation") split of a probe, kNN or semantics run.
+                  cache: FeatureCache | None, show_progress: bool = True,
+                  layers: list[int] | None = None) -> Features | dict[int, Features]:
+    """Clean features of the ``which`` ("training" / "evaluation") split of a probe, kNN or semantics run
+    (with ``layers``: {block: Features}, see :func:`extract`).
 
     ``subject``: an :class:`imae.eval.subject.Subject`; ``cfg``: an :class:`imae.config.evaluate.EvalConfig`.
     """
     return extract(subject.model, split, subject.fingerprint, batch_size=cfg.features.batch_size, device=device,
-                   cache=cache, show_progress=show_progress, desc=f"features ({which} split)")
+                   cache=cache, show_progress=show_progress, desc=f"features ({which} split)", layers=layers)

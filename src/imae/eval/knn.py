@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from imae.config.evaluate import EvalConfig
 from imae.errors import DataError
 from imae.eval.data import Split
+from imae.eval.depth import by_layer, combine, layers_kw, parse_layers
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.subject import Subject
 
@@ -65,15 +66,23 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 def run_knn(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *, device: torch.device,
             cache: FeatureCache | None, show_progress: bool = True) -> dict[str, Any]:
+    """kNN accuracy at each block of ``features.layers`` (one result entry per block, :mod:`imae.eval.depth`)."""
     if not (train.has_labels and test.has_labels):
         raise DataError(f"kNN needs class labels; {test.data.name} has none")
     pool = cfg.features.pool
-    kw = dict(device=device, cache=cache, show_progress=show_progress)
-    ftr = extract_split(subject, train, cfg, which="training", **kw)
-    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
+    depth = subject.model.arch.depth
+    layers = parse_layers(cfg.features.layers, depth)
+    kw = dict(device=device, cache=cache, show_progress=show_progress, **layers_kw(layers, depth))
+    ftr = by_layer(extract_split(subject, train, cfg, which="training", **kw), layers)
+    fte = by_layer(extract_split(subject, test, cfg, which="evaluation", **kw), layers)
     t0 = time.perf_counter()
-    acc = knn_accuracy(ftr.pooled(pool), train.labels, fte.pooled(pool), test.labels, train.num_classes,
-                       cfg.knn.k, cfg.knn.temperature, device=device)
-    results = {"pool": pool, "k": cfg.knn.k, "temperature": cfg.knn.temperature, **acc,
-               "train_images": len(train), "test_images": len(test)}
-    return {"results": results, "timing": {"extract_s": ftr.seconds + fte.seconds, "fit_s": time.perf_counter() - t0}}
+
+    def at(k: int) -> dict[str, Any]:
+        acc = knn_accuracy(ftr[k].pooled(pool), train.labels, fte[k].pooled(pool), test.labels, train.num_classes,
+                           cfg.knn.k, cfg.knn.temperature, device=device)
+        return {"pool": pool, "k": cfg.knn.k, "temperature": cfg.knn.temperature, **acc,
+                "train_images": len(train), "test_images": len(test)}
+
+    results = combine({k: at(k) for k in layers}, depth)
+    extract_s = sum(f.seconds for f in (*ftr.values(), *fte.values()))
+    return {"results": results, "timing": {"extract_s": extract_s, "fit_s": time.perf_counter() - t0}}

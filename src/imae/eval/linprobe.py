@@ -21,8 +21,10 @@ import torch
 
 from imae.config.evaluate import EvalConfig
 from imae.data.loader import build_train_loader
-from imae.errors import DataError
+from imae.errors import ConfigError, DataError
+from imae.eval.attentive import attentive_at
 from imae.eval.data import Split
+from imae.eval.depth import by_layer, combine, is_last_only, layers_kw, parse_layers
 from imae.eval.features import FeatureCache, encode, eval_precision, extract_split
 from imae.eval.linear import HeadFit, accuracy_curve, fit_probe, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
@@ -40,31 +42,52 @@ def probe_scores(fit: HeadFit, test_x: torch.Tensor, test_y: torch.Tensor) -> di
 
 def run_linprobe(subject: Subject, train: Split, test: Split, cfg: EvalConfig, *, device: torch.device,
                  cache: FeatureCache | None, show_progress: bool = True) -> dict[str, Any]:
-    """Fit the probe on ``train``, score it on ``test``. Returns ``results`` and ``timing``."""
+    """Fit the probe on ``train``, score it on ``test``, at each block of ``features.layers`` (one result entry
+    per block, :mod:`imae.eval.depth`). Returns ``results`` and ``timing``."""
     if not (train.has_labels and test.has_labels):
         raise DataError(f"a linear probe needs class labels; {test.data.name} has none")
     pool, p = cfg.features.pool, cfg.linprobe
-    kw = dict(device=device, cache=cache, show_progress=show_progress)
-    fte = extract_split(subject, test, cfg, which="evaluation", **kw)
-    extract_s = fte.seconds
-    if p.mode == "cached":
-        ftr = extract_split(subject, train, cfg, which="training", **kw)
-        extract_s += ftr.seconds
+    depth = subject.model.arch.depth
+    layers = parse_layers(cfg.features.layers, depth)
+    if p.mode == "full" and cfg.probe.head == "attentive":
+        raise ConfigError("the attentive probe trains on cached tokens; use it with the cached mode (the default)")
+    if p.mode == "full" and not is_last_only(layers, depth):
+        raise ConfigError("linprobe.mode=full probes the encoder's output only; measure other blocks with the cached "
+                          "probe (the default mode)")
+    kw = dict(device=device, cache=cache, show_progress=show_progress, **layers_kw(layers, depth))
+    fte = by_layer(extract_split(subject, test, cfg, which="evaluation", **kw), layers)
+    extract_s = sum(f.seconds for f in fte.values())
+    if p.mode == "full":
+        fit = train_full(subject, train, cfg, device=device, show_progress=show_progress)
+        results = {"mode": p.mode, "pool": pool, **probe_scores(fit, fte[depth].pooled(pool), test.labels),
+                   "l2_rule": FULL_L2_RULE,  # no l2 and no curve
+                   "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
+                   "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}
+        return {"results": results, "timing": {"extract_s": extract_s, "fit_s": fit.seconds}}
+    ftr = by_layer(extract_split(subject, train, cfg, which="training", **kw), layers)
+    extract_s += sum(f.seconds for f in ftr.values())
+    fit_s = 0.0
+
+    def at(k: int) -> dict[str, Any]:
+        nonlocal fit_s
         # l2 is chosen on a validation share of the training features; the test split is only scored
-        xtr = ftr.pooled(pool)
+        xtr, xte = ftr[k].pooled(pool), fte[k].pooled(pool)
         fit, penalty = fit_probe(xtr, train.labels, train.num_classes, p, seed=cfg.seed, device=device)
         t0 = time.perf_counter()
         # the test top-1 at every l2 of the grid, so that the result shows what hangs on the choice
-        penalty["l2_curve"] = accuracy_curve(xtr, train.labels, fte.pooled(pool), test.labels, train.num_classes, p,
+        penalty["l2_curve"] = accuracy_curve(xtr, train.labels, xte, test.labels, train.num_classes, p,
                                              seed=cfg.seed, device=device)
-        fit_s = fit.seconds + time.perf_counter() - t0
-    else:
-        fit = train_full(subject, train, cfg, device=device, show_progress=show_progress)
-        fit_s = fit.seconds  # the full protocol's encoder passes count as fitting
-        penalty = {"l2_rule": FULL_L2_RULE}  # no l2 and no curve
-    results = {"mode": p.mode, "pool": pool, **probe_scores(fit, fte.pooled(pool), test.labels), **penalty,
+        fit_s += fit.seconds + time.perf_counter() - t0
+        out = {"mode": p.mode, "pool": pool, **probe_scores(fit, xte, test.labels), **penalty,
                "final_loss": fit.epoch_loss[-1] if fit.epoch_loss else None,
                "train_images": len(train), "test_images": len(test), "num_classes": train.num_classes}
+        if cfg.probe.head == "attentive":  # beside the linear probe, on the same block's tokens
+            out["attentive"] = attentive_at(subject, train, test, cfg, k, device=device, cache=cache,
+                                            show_progress=show_progress)[0]
+            fit_s += out["attentive"]["fit_s"]
+        return out
+
+    results = combine({k: at(k) for k in layers}, depth)
     return {"results": results, "timing": {"extract_s": extract_s, "fit_s": fit_s}}
 
 

@@ -187,12 +187,15 @@ def headline(command: str, results: dict[str, Any]) -> str:
         lo, hi = entry.get("ci") or (None, None)
         return f"{entry[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
 
+    att = results.get("attentive")
+    att = f", attentive probe top-1 {att['top1']:.3f}" if att else ""
+    where = f" (block {results['layer']} of {results['depth']}; every block in the file)" if "layers" in results else ""
     if command in ("linprobe", "knn"):
-        return " ".join(f"{k} {results[k]:.3f}" for k in ("top1", "top5") if results.get(k) is not None)
+        return " ".join(f"{k} {results[k]:.3f}" for k in ("top1", "top5") if results.get(k) is not None) + att + where
     if command == "semantics":
-        return (f"linear probe top-1 {results['linprobe']['top1']:.3f}, kNN top-1 {results['knn']['top1']:.3f}, "
-                f"NMI {results['nmi']:.3f}")
-    return separability_line(SeparabilityResult.from_json(results))
+        return (f"linear probe top-1 {results['linprobe']['top1']:.3f}{att}, kNN top-1 {results['knn']['top1']:.3f}, "
+                f"NMI {results['nmi']:.3f}{where}")
+    return separability_line(SeparabilityResult.from_json(results)) + where
 
 
 def separability_line(r: SeparabilityResult) -> str:

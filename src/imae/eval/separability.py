@@ -53,6 +53,7 @@ from imae.data.augment import normalize
 from imae.data.mixing import mix
 from imae.eval.bootstrap import Resampler
 from imae.eval.data import Split
+from imae.eval.depth import combine, is_last_only, parse_layers
 from imae.eval.item_store import ItemStore, store_key
 from imae.eval.linear import fit_cached_many, predict
 from imae.eval.pairs import PairSet
@@ -60,7 +61,15 @@ from imae.eval.separability_result import SOURCES, VERSION, SeparabilityResult, 
 from imae.eval.subject import Subject
 from imae.eval.threads import threads_for
 from imae.eval.token_ridge import PairErrors, direct_errors, fit_tokens
-from imae.eval.tokens import distill_map, encoder_tokens, pair_noise, pixel_tokens, positions, random_encoder
+from imae.eval.tokens import (
+    distill_map,
+    encoder_layer_tokens,
+    encoder_tokens,
+    pair_noise,
+    pixel_tokens,
+    positions,
+    random_encoder,
+)
 
 
 def superposition(alpha: float) -> float:
@@ -136,6 +145,13 @@ class Measurement:
     timing: dict[str, float]
     raw: dict[tuple, Any]
     scorer: Scorer
+    layers: dict[int, Measurement] | None = None  # features.layers other than last: every block's (its own raw)
+
+    def at_layer(self, k: int) -> Measurement:
+        """The measurement at block ``k`` (this one when only the last block was measured)."""
+        if self.layers is None:
+            return self
+        return self.layers[k]
 
     @property
     def results(self) -> dict[str, Any]:
@@ -183,12 +199,44 @@ def mixture_tokens(model, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float
 PREFIX = {"encoder": "E", "pixels": "pix", "reference_on_mixture": "enc", "random_init": "rand"}
 
 
+def mixture_layer_tokens(model, x_sub: torch.Tensor, x_dom: torch.Tensor, alpha: float, noise: torch.Tensor,
+                         ratio: float, pos: torch.Tensor,
+                         layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`mixture_tokens` at each block of ``layers``: {k: (tokens, cls, patch mean)}, one pass."""
+    return encoder_layer_tokens(model, mix(x_sub, x_dom, alpha), noise, ratio, pos, layers)
+
+
+def _layer_view(d: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The passes' outputs as one layer sees them: ``name@k`` read as ``name`` beside the layer-free entries."""
+    out = {n: v for n, v in d.items() if "@" not in n}
+    out.update({n.split("@")[0]: v for n, v in d.items() if n.endswith(f"@{k}")})
+    return out
+
+
+@dataclass
+class _Layer:
+    """What one measured block of the evaluated encoder accumulates."""
+
+    raw: dict[tuple, Any] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)
+    pooled: dict[str, Any] = field(default_factory=dict)
+    cls_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
             device: torch.device, show_progress: bool = True) -> Measurement:
     """Every score of the scheme for every alpha of ``cfg.separability.alphas`` (see the module docstring).
-    ``cfg.separability.mask_ratio`` must be resolved (a number) by the caller."""
+    ``cfg.separability.mask_ratio`` must be resolved (a number) by the caller.
+
+    ``features.layers`` other than ``last``: the evaluated encoder's tokens are read at each of those blocks
+    (:mod:`imae.eval.depth`) from the same passes; the targets, the baselines and the pairs are the same for
+    every block (the baselines are fitted once), an i-MAE's branch maps are scored at the last block only. The
+    returned Measurement is the deepest block's, with every block's in ``layers``."""
     s = cfg.separability
     model, ref = subject.model, reference.model
+    depth = model.arch.depth
+    layers = parse_layers(cfg.features.layers, depth)
+    last_only = is_last_only(layers, depth)
     ratio = float(s.mask_ratio)
     noise = pair_noise(len(pairs), model.arch.num_patches, cfg.seed)
     pos = positions(noise, ratio)
@@ -196,16 +244,20 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
     passes = _Passes(split, pairs, noise, pos, cfg.features.batch_size, device, show_progress)
     dmap = distill_map(ref, reference.has_decoder)
     predictors = ["encoder"] + [b for b in BASELINES if b in s.baselines]
+    baselines = predictors[1:]
     rand = random_encoder(model.arch, s.random_init_seed).to(device) if "random_init" in predictors else None
     ratios = [ratio] + ([0.0] if s.unmasked and ratio > 0 else [])
     cls_ratio = ratios[-1]  # classification on the unmasked mixture when it is scored
     pool = "cls" if cfg.features.pool == "cls" else "mean"
     spaces = (["distill"] if dmap is not None else []) + ["encoder"]
     fit_s = 0.0
-    raw: dict[tuple, Any] = {}
-    tokens: dict[str, Any] = {}
-    pooled: dict[str, Any] = {}
-    cls_inputs: dict[str, torch.Tensor] = {}
+    state = {k: _Layer() for k in layers}
+
+    def evaluated(x, nz, r, ps):  # E's tokens of one input at every measured block
+        if last_only:
+            return {depth: encoder_tokens(model, x, nz, r, ps)}
+        return encoder_layer_tokens(model, x, nz, r, ps, layers)
+
     for r in ratios:
         rk = alpha_key(r)
 
@@ -216,44 +268,56 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
                 out[f"enc_{who}"], out[f"cls_{who}"], out[f"mean_{who}"] = t
                 if dmap is not None:
                     out[f"distill_{who}"] = dmap(t[0])
-                e = encoder_tokens(model, x, nz, r, ps)  # E on one source alone: the partner-only predictor
-                out[f"E_{who}"], out[f"Ecls_{who}"], out[f"Emean_{who}"] = e
+                for k, e in evaluated(x, nz, r, ps).items():  # E on one source alone: the partner-only predictor
+                    out[f"E_{who}@{k}"], out[f"Ecls_{who}@{k}"], out[f"Emean_{who}@{k}"] = e
                 if "pixels" in predictors:
                     out[f"pix_{who}"] = pixel_tokens(model, x, ps)
                 if rand is not None:
                     out[f"rand_{who}"] = encoder_tokens(rand, x, nz, r, ps)[0]
             return out
 
-        src = passes.run(sources, f"sources alone (mask ratio {rk})")
-        y, groups = _target_table(src, spaces, "distill", "enc")
+        src_all = passes.run(sources, f"sources alone (mask ratio {rk})")
+        y, groups = _target_table(src_all, spaces, "distill", "enc")
         t0 = time.perf_counter()
-        block: dict[str, Any] = {"mixture": {}, "partner": {}, "gain": {}}
-        partner = {name: _partner_fit(src[f"{PREFIX[name]}_dom"], src[f"{PREFIX[name]}_sub"], y, pos, groups, scorer)
-                   for name in predictors}
-        for name, errs in partner.items():
-            for group, e in errs.items():
-                space, who = group.split("/")
-                block["partner"].setdefault(name, {}).setdefault(space, {})[who] = scorer.r2(e)
-                raw[("partner", rk, name, space, who)] = e
-        pooled_targets = {p: _pooled_targets(src, p, dmap) for p in s.pooled}
-        pooled_partner = {p: _partner_fit(src[f"E{p}_dom"].unsqueeze(1), src[f"E{p}_sub"].unsqueeze(1),
-                                          pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1], scorer)
-                          for p in s.pooled}
-        for p, errs in pooled_partner.items():
-            dest = pooled.setdefault(p, {}).setdefault(rk, {"mixture": {}, "partner": {}, "gain": {}})
-            for group, e in errs.items():
-                space, who = group.split("/")
-                dest["partner"].setdefault("encoder", {}).setdefault(space, {})[who] = scorer.r2(e)
+        base_partner = {name: _partner_fit(src_all[f"{PREFIX[name]}_dom"], src_all[f"{PREFIX[name]}_sub"], y, pos,
+                                           groups, scorer) for name in baselines}  # the same for every block
+        pooled_targets = {p: _pooled_targets(src_all, p, dmap) for p in s.pooled}
+        partners: dict[int, dict[str, dict[str, PairErrors]]] = {}
+        pooled_partners: dict[int, dict[str, dict[str, PairErrors]]] = {}
+        for k, st in state.items():
+            src = _layer_view(src_all, k)
+            block: dict[str, Any] = {"mixture": {}, "partner": {}, "gain": {}}
+            partner = {"encoder": _partner_fit(src["E_dom"], src["E_sub"], y, pos, groups, scorer), **base_partner}
+            for name, errs in partner.items():
+                for group, e in errs.items():
+                    space, who = group.split("/")
+                    block["partner"].setdefault(name, {}).setdefault(space, {})[who] = scorer.r2(e)
+                    st.raw[("partner", rk, name, space, who)] = e
+            pooled_partner = {p: _partner_fit(src[f"E{p}_dom"].unsqueeze(1), src[f"E{p}_sub"].unsqueeze(1),
+                                              pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1], scorer)
+                              for p in s.pooled}
+            for p, errs in pooled_partner.items():
+                dest = st.pooled.setdefault(p, {}).setdefault(rk, {"mixture": {}, "partner": {}, "gain": {}})
+                for group, e in errs.items():
+                    space, who = group.split("/")
+                    dest["partner"].setdefault("encoder", {}).setdefault(space, {})[who] = scorer.r2(e)
+            if r == cls_ratio:
+                st.cls_inputs["partner"] = src[f"E{pool}_dom"]
+            st.tokens[rk] = block
+            partners[k], pooled_partners[k] = partner, pooled_partner
         fit_s += time.perf_counter() - t0
-        if r == cls_ratio:
-            cls_inputs["partner"] = src[f"E{pool}_dom"]
         for alpha in s.alphas:
             ak = alpha_key(alpha)
 
             def mixtures(xs, xd, nz, ps, r=r, alpha=alpha):
                 m = mix(xs, xd, alpha)
-                e = mixture_tokens(model, xs, xd, alpha, nz, r, ps)
-                out = {"E": e[0], "cls": e[1], "mean": e[2]}
+                if last_only:
+                    per = {depth: mixture_tokens(model, xs, xd, alpha, nz, r, ps)}
+                else:
+                    per = mixture_layer_tokens(model, xs, xd, alpha, nz, r, ps, layers)
+                out = {}
+                for k, e in per.items():
+                    out[f"E@{k}"], out[f"cls@{k}"], out[f"mean@{k}"] = e
                 if "pixels" in predictors:
                     out["pix"] = pixel_tokens(model, m, ps)
                 if r == cls_ratio:
@@ -262,29 +326,35 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
                     out["enc"] = encoder_tokens(ref, m, nz, r, ps)[0]
                 if rand is not None:
                     out["rand"] = encoder_tokens(rand, m, nz, r, ps)[0]
-                if subject.kind == "imae" and dmap is not None:
-                    z_sub, z_dom = model.split(e[0])
+                if subject.kind == "imae" and dmap is not None and depth in per:  # its branches read the output
+                    z_sub, z_dom = model.split(per[depth][0])
                     out["branch_sub"] = model._adapt(z_sub)
                     if z_dom is not None:
                         out["branch_dom"] = model._adapt(z_dom)
                 return out
 
-            mx = passes.run(mixtures, f"mixtures alpha={ak} (mask ratio {rk})")
+            mx_all = passes.run(mixtures, f"mixtures alpha={ak} (mask ratio {rk})")
             t0 = time.perf_counter()
-            for name in predictors:
-                errs = _fit(mx[PREFIX[name]], y, pos, groups, scorer)
-                _record(block, name, errs, partner[name], scorer, raw, rk, ak)
-            for who, entry in _branch_scores(mx, src, pos, scorer, raw, rk, ak).items():
-                block.setdefault("branches", {}).setdefault(who, {})[ak] = entry
-            for p in s.pooled:
-                errs = _fit(mx[p].unsqueeze(1), pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1], scorer)
-                _record(pooled[p][rk], "encoder", errs, pooled_partner[p], scorer, raw, rk, ak, key=f"pooled_{p}")
-            if r == cls_ratio:
-                cls_inputs[f"enc/{ak}"] = mx[pool]
-                cls_inputs[f"pix/{ak}"] = mx["pix_pool"]
+            base_errs = {name: _fit(mx_all[PREFIX[name]], y, pos, groups, scorer) for name in baselines}
+            for k, st in state.items():
+                mx = _layer_view(mx_all, k)
+                block = st.tokens[rk]
+                errs_of = {"encoder": _fit(mx["E"], y, pos, groups, scorer), **base_errs}
+                for name in predictors:
+                    _record(block, name, errs_of[name], partners[k][name], scorer, st.raw, rk, ak)
+                if k == depth:
+                    for who, entry in _branch_scores(mx, src_all, pos, scorer, st.raw, rk, ak).items():
+                        block.setdefault("branches", {}).setdefault(who, {})[ak] = entry
+                for p in s.pooled:
+                    errs = _fit(mx[p].unsqueeze(1), pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1],
+                                scorer)
+                    _record(st.pooled[p][rk], "encoder", errs, pooled_partners[k][p], scorer, st.raw, rk, ak,
+                            key=f"pooled_{p}")
+                if r == cls_ratio:
+                    st.cls_inputs[f"enc/{ak}"] = mx[pool]
+                    st.cls_inputs[f"pix/{ak}"] = mx["pix_pool"]
             fit_s += time.perf_counter() - t0
-        tokens[rk] = block
-    results: dict[str, Any] = {
+    common: dict[str, Any] = {
         "scheme": "tokens",
         "version": VERSION,
         "alphas": [float(a) for a in s.alphas],
@@ -298,16 +368,25 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
         "bootstrap": {"draws": s.bootstrap, "level": s.ci, "seed": cfg.seed},
         "targets": {"distill": dmap.out_features if dmap is not None else None, "encoder": ref.arch.embed_dim},
         "superposition": {alpha_key(a): {"sub": superposition(a), "dom": 1 - superposition(a)} for a in s.alphas},
-        "tokens": tokens,
     }
-    if pooled:
-        results["pooled"] = pooled
-    if s.classify and split.has_labels:
-        t0 = time.perf_counter()
-        results["classification"] = _classify(cls_inputs, split, scorer, cfg, device, raw)
-        results["classification"]["ratio"] = alpha_key(cls_ratio)
-        fit_s += time.perf_counter() - t0
-    return Measurement(SeparabilityResult(results), {"extract_s": passes.seconds, "fit_s": fit_s}, raw, scorer)
+    out: dict[int, Measurement] = {}
+    for k, st in state.items():
+        results = {**common, "tokens": st.tokens}
+        if st.pooled:
+            results["pooled"] = st.pooled
+        if s.classify and split.has_labels:
+            t0 = time.perf_counter()
+            results["classification"] = _classify(st.cls_inputs, split, scorer, cfg, device, st.raw)
+            results["classification"]["ratio"] = alpha_key(cls_ratio)
+            fit_s += time.perf_counter() - t0
+        out[k] = Measurement(SeparabilityResult(results), {}, st.raw, scorer)
+    timing = {"extract_s": passes.seconds, "fit_s": fit_s}
+    deepest = out[layers[-1]]
+    if last_only:
+        deepest.timing = timing
+        return deepest
+    combined = combine({k: m.results for k, m in out.items()}, depth)
+    return Measurement(SeparabilityResult(combined), timing, deepest.raw, scorer, layers=out)
 
 
 def make_scorer(pairs: PairSet, cfg: EvalConfig) -> Scorer:
@@ -318,16 +397,28 @@ def make_scorer(pairs: PairSet, cfg: EvalConfig) -> Scorer:
 def measure_stored(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,
                    device: torch.device, store: ItemStore | None, show_progress: bool = True) -> Measurement:
     """:func:`measure`, or its per-item scores from ``store`` when the same checkpoint was measured against the
-    same reference, pairs and settings before."""
-    key = store_key(subject, reference, split, pairs, cfg) if store is not None and store.enabled else None
-    found = store.get(key) if key is not None else None
-    if found is None:
+    same reference, pairs and settings before (each block of ``features.layers`` is stored on its own; the last
+    block under the key it had before layers existed)."""
+    depth = subject.model.arch.depth
+    layers = parse_layers(cfg.features.layers, depth)
+    base = store_key(subject, reference, split, pairs, cfg) if store is not None and store.enabled else None
+    keys = {k: None if base is None else base if k == depth else {**base, "layer": k} for k in layers}
+    found = {k: store.get(key) for k, key in keys.items() if key is not None}
+    if base is None or any(v is None for v in found.values()):
         m = measure(subject, reference, split, pairs, cfg, device=device, show_progress=show_progress)
-        if key is not None:
-            store.put(key, m.results, m.timing, m.raw)
+        if base is not None:
+            for k in layers:
+                one = m.at_layer(k)
+                store.put(keys[k], one.results, m.timing, one.raw)
         return m
-    results, timing, raw = found
-    return Measurement(SeparabilityResult(results), {**timing, "stored": True}, raw, make_scorer(pairs, cfg))
+    scorer = make_scorer(pairs, cfg)
+    out = {k: Measurement(SeparabilityResult(results), {**timing, "stored": True}, raw, scorer)
+           for k, (results, timing, raw) in found.items()}
+    deepest = out[layers[-1]]
+    if is_last_only(layers, depth):
+        return deepest
+    combined = combine({k: m.results for k, m in out.items()}, depth)
+    return Measurement(SeparabilityResult(combined), deepest.timing, deepest.raw, scorer, layers=out)
 
 
 def run_separability(subject: Subject, reference: Subject, split: Split, pairs: PairSet, cfg: EvalConfig, *,

@@ -47,6 +47,21 @@ def encoder_tokens(model: MaskedAutoencoder, x: torch.Tensor, noise: torch.Tenso
     return torch.gather(full, 1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1])), full[:, 0], full[:, 1:].mean(1)
 
 
+def encoder_layer_tokens(model: MaskedAutoencoder, x: torch.Tensor, noise: torch.Tensor, ratio: float,
+                         pos: torch.Tensor, layers: list[int]) -> dict[int, tuple[torch.Tensor, ...]]:
+    """:func:`encoder_tokens` at each block of ``layers`` (its output with the final norm applied), one pass:
+    {k: (tokens [B, T, D] at ``pos``, cls [B, D], patch mean [B, D])}."""
+    patches = model.embed_patches(x)
+    if ratio > 0:
+        kept, _, _ = model.random_masking(patches, ratio, noise)
+        return {k: (h, h[:, 0], h[:, 1:].mean(1)) for k, h in model.encode_layers(kept, layers).items()}
+    out = {}
+    for k, full in model.encode_layers(patches, layers).items():
+        out[k] = (torch.gather(full, 1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1])), full[:, 0],
+                  full[:, 1:].mean(1))
+    return out
+
+
 def pixel_tokens(model: MaskedAutoencoder, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """The pixel baseline's predictors: each scored patch's own pixels [B, T, p*p*C]; the cls position gets
     the mean of the scored patches' pixels."""

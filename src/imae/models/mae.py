@@ -176,6 +176,19 @@ class MaskedAutoencoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
+    def encode_layers(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Patch tokens [N, K, D] -> {k: the output of block k (1 = first) with the final norm applied,
+        [N, 1+K, D]} for every k of ``layers``; the blocks after the deepest one asked for are not run. Block
+        ``depth``'s entry is :meth:`encode_tokens`'s output, computed the same way."""
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        want, out = set(layers), {}
+        for k, blk in enumerate(self.blocks[:max(layers)], start=1):
+            x = blk(x)
+            if k in want:
+                out[k] = self.norm(x)
+        return out
+
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
                         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """imgs: [N, C, H, W] -> latent [N, 1+K, D], mask [N, L], ids_restore [N, L]."""

@@ -1,6 +1,8 @@
 """The report's training charts: every loss term of a run on one shared axis, and small charts of their
 own (labelled axes) for the learning rate, the mixing weight alpha, the same-class rate, the time spent
-waiting for data and, for fine-tuning, the test accuracy. Input: the ``epoch`` records of log.jsonl."""
+waiting for data, for fine-tuning the test accuracy and, with ``train.monitor_every``, the training monitor's
+frozen kNN top-1 and k-means NMI and an i-MAE's un-mixing gain scored against its teacher. Input: the ``epoch``
+records of log.jsonl."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ SMALL = [
     ("same-class pairs", "share of pairs", ("same_class_rate",), (-0.02, 1.02)),
     ("waiting for data", "seconds per epoch", ("data_wait_s",), None),
     ("test accuracy", "top-1 / top-5", ("test_top1", "test_top5"), (0.0, 1.0)),
+    ("monitor: frozen features", "kNN top-1 / k-means NMI", ("monitor_knn_top1", "monitor_nmi"), (0.0, 1.0)),
+    ("monitor: un-mixing gain", "gain at α=0.3 vs its teacher", ("monitor_gain_sub_vs_teacher",), None),
 ]
 
 

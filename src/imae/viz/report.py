@@ -35,6 +35,7 @@ from imae.errors import ConfigError
 from imae.eval.results import make_output_dir, read_results
 from imae.viz import separability_report as sepr
 from imae.viz.charts import training_chart_png
+from imae.viz.depth_chart import depth_figure
 from imae.viz.output import write_files
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +432,13 @@ def separability_overview(runs: list[Path], rows: list[dict[str, Any]],
                     "superposition line, which holds for independent sources only. Right, where scored: accuracy "
                     "of the subordinate's class on different-class pairs, with the pixels, partner-image-only and "
                     "majority-class baselines."))
+    depth = depth_figure([(r.name, res) for r, res in results])
+    if depth is not None:
+        parts.append("<h3>measures against depth</h3>" + _figure(
+            depth, "Each headline measure read at the encoder blocks the runs were evaluated at (--layers; a "
+                   "block's output with the final norm applied), with its 95% band: the pair-bootstrap interval "
+                   "of the un-mixing gain, the Wilson interval over the test images of the probe and kNN "
+                   "accuracies; k-means NMI has none."))
     return "".join(parts), warnings, figure
 
 
