@@ -29,8 +29,8 @@ import torch
 
 from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.eval.attentive import attentive_probe, extract_tokens
-from imae.eval.data import load_eval_split
-from imae.eval.linear import accuracy_curve, fit_probe
+from imae.eval.eval_split import load_eval_split
+from imae.eval.probe_heads import accuracy_curve, fit_probe
 from imae.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

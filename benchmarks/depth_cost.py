@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from imae.config.evaluate import EvalConfig, EvalDataConfig
-from imae.eval.data import load_eval_split
+from imae.eval.eval_split import load_eval_split
 from imae.eval.knn import run_knn
 from imae.eval.linprobe import run_linprobe
 from imae.eval.pairs import make_pairs

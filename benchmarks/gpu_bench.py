@@ -215,7 +215,7 @@ def bench_epoch(device, tmp, args, over) -> dict:
 def bench_eval(device, tmp, args, over) -> dict:
     """Feature extraction (bf16 on CUDA) of the CIFAR-10 splits with tiny/4, then kNN on the GPU."""
     from imae.config.evaluate import EvalDataConfig
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
     from imae.eval.features import extract
     from imae.eval.knn import knn_accuracy
 

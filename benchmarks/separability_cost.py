@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from imae.config.evaluate import EvalConfig, EvalDataConfig
-from imae.eval.data import load_eval_split
+from imae.eval.eval_split import load_eval_split
 from imae.eval.features import extract
 from imae.eval.pairs import make_pairs
 from imae.eval.separability import measure

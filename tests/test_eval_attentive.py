@@ -15,8 +15,8 @@ from imae.cli import main
 from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.eval import attentive
 from imae.eval.attentive import attentive_probe, choose_setting, extract_tokens
-from imae.eval.data import load_eval_split
-from imae.eval.linear import fit_probe, predict, topk_accuracy
+from imae.eval.eval_split import load_eval_split
+from imae.eval.probe_heads import fit_probe, predict, topk_accuracy
 from imae.eval.subject import load_subject
 
 

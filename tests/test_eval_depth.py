@@ -15,8 +15,8 @@ from imae.cli import main
 from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.data.augment import normalize
 from imae.errors import ConfigError
-from imae.eval.data import load_eval_split
 from imae.eval.depth import check_spec, parse_layers
+from imae.eval.eval_split import load_eval_split
 from imae.eval.features import extract
 from imae.eval.knn import run_knn
 from imae.eval.linprobe import run_linprobe

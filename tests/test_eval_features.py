@@ -11,7 +11,7 @@ from eval_fixtures import digits_runs
 from imae.config.evaluate import EvalDataConfig
 from imae.data.augment import normalize
 from imae.data.mixing import mix
-from imae.eval.data import load_eval_split
+from imae.eval.eval_split import load_eval_split
 from imae.eval.features import FeatureCache, extract
 from imae.eval.subject import load_subject
 from imae.models.mae import MaskedAutoencoder
@@ -100,7 +100,7 @@ def test_cached_features_equal_uncached_and_the_key_tracks_checkpoint_and_inputs
 def test_file_based_splits_are_read_resized_and_centre_cropped(runs, tmp_path):
     from PIL import Image
 
-    from imae.eval.data import read_center_crop
+    from imae.eval.eval_split import read_center_crop
 
     root = tmp_path / "tree"
     for c in ("a", "b"):

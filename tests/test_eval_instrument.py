@@ -10,7 +10,7 @@ from eval_fixtures import FAST, digits_runs
 from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.eval import separability as sep
 from imae.eval.bootstrap import Resampler
-from imae.eval.data import load_eval_split
+from imae.eval.eval_split import load_eval_split
 from imae.eval.pairs import make_pairs
 from imae.eval.subject import Subject
 from imae.eval.token_ridge import fit_tokens

@@ -7,8 +7,9 @@ import torch
 
 from eval_fixtures import planted_features
 from imae.config.evaluate import LinearProbeConfig
+from imae.eval import probe_heads
 from imae.eval.knn import knn_accuracy, knn_predict
-from imae.eval.linear import fit_cached, predict, topk_accuracy, train_head
+from imae.eval.probe_heads import fit_cached, predict, topk_accuracy, train_head
 
 
 def _split(x, y, n_fit):
@@ -68,12 +69,11 @@ def test_knn_votes_are_temperature_weighted_cosine():
 
 def test_lbfgs_probe_in_row_chunks_equals_the_one_piece_fit(monkeypatch):
     # ImageNet-sized caches are fitted in chunks of rows (labels as indices): the same minimiser
-    from imae.eval import linear
 
     x, y = planted_features(n=600, classes=5, spread=1.0)
     y2 = torch.stack([y, (y + 1) % 5], 1)  # two outputs, as the separability probe
     whole = fit_cached(x, y2, 5, LinearProbeConfig(), seed=1)
-    monkeypatch.setattr(linear, "ROW_CHUNK_ELEMENTS", 64 * 2 * 5)  # chunks of 64 rows
+    monkeypatch.setattr(probe_heads, "ROW_CHUNK_ELEMENTS", 64 * 2 * 5)  # chunks of 64 rows
     chunked = fit_cached(x, y2, 5, LinearProbeConfig(), seed=1)
     assert torch.allclose(chunked.head.fc.weight, whole.head.fc.weight, atol=2e-3)  # L-BFGS tolerance
     assert chunked.epoch_loss[0] == pytest.approx(whole.epoch_loss[0], rel=1e-5)
@@ -135,7 +135,7 @@ def _cancelling_signal(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def test_l2_choice_is_weak_when_the_signal_needs_large_weights_and_strong_for_noise():
-    from imae.eval.linear import select_l2
+    from imae.eval.probe_heads import select_l2
 
     cfg = LinearProbeConfig()
     x, y = _cancelling_signal()
@@ -152,7 +152,7 @@ def test_l2_choice_is_weak_when_the_signal_needs_large_weights_and_strong_for_no
 
 
 def test_validation_split_is_seeded_stratified_and_disjoint():
-    from imae.eval.linear import validation_split
+    from imae.eval.probe_heads import validation_split
 
     y = torch.arange(103) % 5
     fit, val = validation_split(y, 0.2, seed=3)
@@ -164,22 +164,21 @@ def test_validation_split_is_seeded_stratified_and_disjoint():
 
 
 def test_fixed_l2_skips_the_search_and_is_what_the_head_is_fitted_with(monkeypatch):
-    import imae.eval.linear as linear
 
     seen = []
-    real = linear.fit_cached_many
-    monkeypatch.setattr(linear, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
+    real = probe_heads.fit_cached_many
+    monkeypatch.setattr(probe_heads, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
     x, y = _cancelling_signal(200)
-    _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))
+    _, rec = probe_heads.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))
     assert rec == {"l2": 0.5, "l2_rule": "given", "l2_selection": None} and seen == [0.5]
     seen.clear()
-    _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig())
+    _, rec = probe_heads.fit_probe(x, y, 2, LinearProbeConfig())
     # one batched search over the grid, then the refit on all of x with the choice
     assert seen == [sorted(LinearProbeConfig().l2_grid), rec["l2"]] and rec["l2"] in rec["l2_selection"]["grid"]
 
 
 def test_fit_cached_many_without_a_choice_uses_the_fixed_default():
-    from imae.eval.linear import DEFAULT_L2, fit_cached_many
+    from imae.eval.probe_heads import DEFAULT_L2, fit_cached_many
 
     x, y = _cancelling_signal(200)
     cfg = LinearProbeConfig()
@@ -192,14 +191,13 @@ def test_fit_cached_many_without_a_choice_uses_the_fixed_default():
 
 def test_linprobe_command_chooses_l2_on_training_features_only(tmp_path_factory, monkeypatch):
     """Every feature row any probe fit sees (search and refit) is a training-split row; none is a test row."""
-    import imae.eval.linear as linear
     import imae.eval.linprobe as linprobe
     from eval_fixtures import FAST, digits_runs
     from imae.eval.run import evaluate
 
     run = digits_runs(tmp_path_factory)["mae"]
     extracted, fitted = {}, []
-    real_extract, real_fit = linprobe.extract_split, linear.fit_cached_many
+    real_extract, real_fit = linprobe.extract_split, probe_heads.fit_cached_many
 
     def extract(*a, which, **k):
         out = real_extract(*a, which=which, **k)
@@ -207,7 +205,7 @@ def test_linprobe_command_chooses_l2_on_training_features_only(tmp_path_factory,
         return out
 
     monkeypatch.setattr(linprobe, "extract_split", extract)
-    monkeypatch.setattr(linear, "fit_cached_many", lambda xs, *a, **k: fitted.extend(xs) or real_fit(xs, *a, **k))
+    monkeypatch.setattr(probe_heads, "fit_cached_many", lambda xs, *a, **k: fitted.extend(xs) or real_fit(xs, *a, **k))
     res = evaluate("linprobe", run, sets=[f"{k}={v}" for k, v in FAST.items()])["results"]
     train, test = extracted["training"], extracted["evaluation"]
     grid = sorted(float(v) for v in res["l2_selection"]["grid"])
@@ -236,28 +234,27 @@ def test_linprobe_command_chooses_l2_on_training_features_only(tmp_path_factory,
 
 
 def test_fit_probe_records_which_rule_chose_its_l2(monkeypatch):
-    import imae.eval.linear as linear
 
     seen = []
-    real = linear.fit_cached_many
-    monkeypatch.setattr(linear, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
+    real = probe_heads.fit_cached_many
+    monkeypatch.setattr(probe_heads, "fit_cached_many", lambda *a, **k: seen.append(k.get("l2")) or real(*a, **k))
     x, y = _cancelling_signal(200)
     rule = "shared: chosen on the reference's validation split"
     # an l2 from the caller overrides linprobe.l2 and skips the search
-    fit, rec = linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5), l2=0.01, rule=rule)
+    fit, rec = probe_heads.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5), l2=0.01, rule=rule)
     assert rec == {"l2": 0.01, "l2_rule": rule, "l2_selection": None} and seen == [0.01]
     same = fit_cached(x, y, 2, LinearProbeConfig(), l2=0.01).head.fc.weight
     assert torch.equal(fit.head.fc.weight, same)
     seen.clear()
-    assert linear.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))[1]["l2_rule"] == "given" and seen == [0.5]
-    _, rec = linear.fit_probe(x, y, 2, LinearProbeConfig())
+    assert probe_heads.fit_probe(x, y, 2, LinearProbeConfig(l2=0.5))[1]["l2_rule"] == "given" and seen == [0.5]
+    _, rec = probe_heads.fit_probe(x, y, 2, LinearProbeConfig())
     assert rec["l2_rule"] == "one_se_on_validation" and rec["l2_selection"] is not None
     with pytest.raises(ValueError):
-        linear.fit_probe(x, y, 2, LinearProbeConfig(), rule=rule)  # a rule with no penalty to describe
+        probe_heads.fit_probe(x, y, 2, LinearProbeConfig(), rule=rule)  # a rule with no penalty to describe
 
 
 def test_accuracy_curve_is_the_top1_of_one_head_per_grid_point_on_all_training_rows():
-    from imae.eval.linear import accuracy_curve, curve_hits
+    from imae.eval.probe_heads import accuracy_curve, curve_hits
 
     x, y = _cancelling_signal(600)
     xf, yf, xt, yt = _split(x, y, 400)
@@ -274,24 +271,23 @@ def test_accuracy_curve_is_the_top1_of_one_head_per_grid_point_on_all_training_r
 
 
 def test_search_and_curve_share_one_batched_fit_chunked_by_batched_elements(monkeypatch):
-    import imae.eval.linear as linear
 
     calls = []
-    real = linear.fit_cached_many
-    monkeypatch.setattr(linear, "fit_cached_many", lambda xs, *a, **k: calls.append(k["l2"]) or real(xs, *a, **k))
+    real = probe_heads.fit_cached_many
+    monkeypatch.setattr(probe_heads, "fit_cached_many", lambda xs, *a, **k: calls.append(k["l2"]) or real(xs, *a, **k))
     x, y = _cancelling_signal(200)
     cfg = LinearProbeConfig(l2_grid=[1e-3, 1e-1, 1e-2])
     # two heads of all 200 rows (2 features) per batch, three of the 170-row fit part
-    monkeypatch.setattr(linear, "BATCHED_ELEMENTS", 3 * 170 * 2)
-    linear.accuracy_curve(x, y, x, y, 2, cfg)
+    monkeypatch.setattr(probe_heads, "BATCHED_ELEMENTS", 3 * 170 * 2)
+    probe_heads.accuracy_curve(x, y, x, y, 2, cfg)
     assert calls == [[1e-3, 1e-2], [1e-1]]
     calls.clear()
-    linear.select_l2(x, y, 2, cfg)
+    probe_heads.select_l2(x, y, 2, cfg)
     assert calls == [[1e-3, 1e-2, 1e-1]]  # the fit part (85% of the rows) is smaller: one batch
 
 
 def test_a_shared_l2_gives_nearly_identical_features_nearly_identical_accuracy():
-    from imae.eval.linear import fit_probe
+    from imae.eval.probe_heads import fit_probe
 
     x, y = planted_features(n=3000, dim=32, classes=10, spread=2.0)
     xf, yf, xt, yt = _split(x, y, 2000)
@@ -308,12 +304,11 @@ def test_a_shared_l2_gives_nearly_identical_features_nearly_identical_accuracy()
 
 
 def test_a_large_head_fit_shows_progress_and_a_small_one_stays_quiet(monkeypatch, capsys):
-    from imae.eval import linear
 
     x, y = planted_features(n=200, dim=8, classes=4)
     cfg = LinearProbeConfig(max_iter=20)
-    linear.fit_cached(x, y, 4, cfg, l2=1e-3)
+    probe_heads.fit_cached(x, y, 4, cfg, l2=1e-3)
     assert "L-BFGS" not in capsys.readouterr().err  # CIFAR-sized problems finish in seconds: no bar
-    monkeypatch.setattr(linear, "PROGRESS_MULTIPLIES", 0)  # as if it were 2,000 classes of ImageNet features
-    linear.fit_cached(x, y, 4, cfg, l2=1e-3)
+    monkeypatch.setattr(probe_heads, "PROGRESS_MULTIPLIES", 0)  # as if it were 2,000 classes of ImageNet features
+    probe_heads.fit_cached(x, y, 4, cfg, l2=1e-3)
     assert "linear head (L-BFGS loss evaluations)" in capsys.readouterr().err

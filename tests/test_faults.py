@@ -555,7 +555,7 @@ def test_a_damaged_cache_entry_is_recomputed_not_trusted(tmp_path, capsys, fault
     from conftest import tiny_mae
     from imae.config.evaluate import EvalDataConfig
     from imae.data.datasets import load_split
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
     from imae.eval.features import FeatureCache, extract
 
     torch.manual_seed(0)
@@ -749,7 +749,7 @@ def test_a_full_cache_disk_warns_once_and_goes_on(tmp_path, monkeypatch, capsys,
     from imae.data import decode
     from imae.data.datasets import load_split
     from imae.eval import features as F
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
 
     monkeypatch.setattr(decode.torch, "save", _full_disk_save(torch.save))
     monkeypatch.setattr(decode, "_WARNED", set())

@@ -260,7 +260,7 @@ def test_another_checkpoint_copied_with_its_mtime_kept_does_not_reuse_features(t
     fault_case(injected="a different checkpoint of the same size copied over the evaluated one with its mtime "
                         "kept (cp -p)", expected="features computed again from the new weights, not the cached ones")
     from imae.config.evaluate import EvalDataConfig
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
     from imae.eval.features import FeatureCache, extract
     from imae.eval.subject import load_subject
 

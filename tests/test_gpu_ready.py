@@ -225,7 +225,7 @@ def test_training_steps_on_cuda_make_no_host_sync_outside_a_logging_step(tmp_pat
 def test_feature_extraction_on_cuda_reads_the_device_once_at_the_end(monkeypatch):
     from conftest import tiny_mae
     from imae.config.evaluate import EvalDataConfig
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
     from imae.eval.features import extract
 
     split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=5), "eval", 16, progress=False)
@@ -270,7 +270,7 @@ def test_on_a_gpu_the_bf16_target_is_the_fp32_target_and_a_training_step_does_no
 def test_on_a_gpu_bf16_features_are_close_to_the_cpu_fp32_features():
     from conftest import tiny_mae
     from imae.config.evaluate import EvalDataConfig
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
     from imae.eval.features import extract
 
     split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=5), "eval", 16, progress=False)

@@ -99,7 +99,7 @@ def test_a_killed_and_resumed_bf16_run_ends_bit_identical_to_an_uninterrupted_on
 
 def test_feature_extraction_runs_in_bf16_close_to_fp32_and_is_cached_apart(tmp_path, monkeypatch):
     from imae.config.evaluate import EvalDataConfig
-    from imae.eval.data import load_eval_split
+    from imae.eval.eval_split import load_eval_split
     from imae.eval.features import FeatureCache, extract
 
     split = load_eval_split(EvalDataConfig(dataset="digits", eval_per_class=3), "eval", 16, progress=False)

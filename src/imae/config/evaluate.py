@@ -85,7 +85,7 @@ class LinearProbeConfig:
 
     The cached head's L2 penalty: ``l2`` when it is a number; ``None`` (default) chooses it from
     ``l2_grid`` on a seeded validation share (``l2_val_fraction``) of the *training* split, by the
-    one-standard-error rule, then refits on the whole training split (``imae.eval.linear.fit_probe``).
+    one-standard-error rule, then refits on the whole training split (``imae.eval.probe_heads.fit_probe``).
     """
 
     mode: str = "cached"  # cached | full

@@ -73,7 +73,7 @@ class TrainingMonitor:
         split, at the model's image size."""
         if self._splits is None:
             from imae.config.evaluate import EvalDataConfig
-            from imae.eval.data import load_eval_split
+            from imae.eval.eval_split import load_eval_split
 
             d = self.cfg.data
             data = EvalDataConfig(dataset=d.dataset, path=d.path, img_size=d.img_size, cache_dir=d.cache_dir,

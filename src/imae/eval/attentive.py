@@ -38,9 +38,9 @@ from imae.checksum import tensor_checksum
 from imae.console import info, progress
 from imae.data.augment import Normalize
 from imae.errors import ConfigError
-from imae.eval.data import Split, digest
+from imae.eval.eval_split import Split, digest
 from imae.eval.features import FEATURE_VERSION, FeatureCache, eval_precision
-from imae.eval.linear import DEFAULT_L2, fit_probe, predict, select_l2, topk_accuracy, validation_split
+from imae.eval.probe_heads import DEFAULT_L2, fit_probe, predict, select_l2, topk_accuracy, validation_split
 
 GIVEN = "given"
 CHOSEN = "best_top1_on_validation"
@@ -75,7 +75,7 @@ class AttentivePool(nn.Module):
 @dataclass
 class AttentiveFit:
     pool: AttentivePool  # the learned queries (stage 1)
-    head: Any  # imae.eval.linear.HeadFit: the linear probe on the pooled features (stage 2)
+    head: Any  # imae.eval.probe_heads.HeadFit: the linear probe on the pooled features (stage 2)
     l2: float
     seconds: float
 

@@ -34,8 +34,8 @@ from imae.eval.bootstrap import Resampler
 from imae.eval.depth import is_last_only, parse_layers
 from imae.eval.features import extract_split
 from imae.eval.knn import knn_predict
-from imae.eval.linear import curve_hits, fit_probe, predict, select_l2
 from imae.eval.pairs import make_pairs
+from imae.eval.probe_heads import curve_hits, fit_probe, predict, select_l2
 from imae.eval.separability import Measurement, measure_stored
 from imae.eval.subject import Subject, load_subject, separability_defaults, shared_reference
 

@@ -33,7 +33,7 @@ from imae.data.augment import Normalize
 from imae.data.decode import default_cache_dir
 from imae.data.mixing import mix
 from imae.engine import precision
-from imae.eval.data import Split, digest
+from imae.eval.eval_split import Split, digest
 from imae.models.mae import MaskedAutoencoder
 
 FEATURE_VERSION = 1  # bump when extraction changes, so that old cache entries are not reused

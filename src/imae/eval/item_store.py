@@ -20,7 +20,7 @@ import torch
 from imae.atomic import save_atomic, write_reason
 from imae.checksum import tensor_checksum
 from imae.console import info
-from imae.eval.data import digest
+from imae.eval.eval_split import digest
 from imae.eval.token_ridge import PairErrors
 
 STORE_VERSION = 1

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from imae.config.evaluate import EvalConfig
 from imae.errors import DataError
-from imae.eval.data import Split
 from imae.eval.depth import by_layer, combine, layers_kw, parse_layers
+from imae.eval.eval_split import Split
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.subject import Subject
 

@@ -1,11 +1,11 @@
 """The linear probe (MAE's protocol): frozen encoder, BatchNorm without affine + linear head.
 
 ``linprobe.mode=cached`` (default, the fast path): clean training features are extracted once (cached)
-and the head is fitted on them by L-BFGS (``imae.eval.linear.fit_probe``), its l2 either ``linprobe.l2``
+and the head is fitted on them by L-BFGS (``imae.eval.probe_heads.fit_probe``), its l2 either ``linprobe.l2``
 (``l2_rule`` "given") or chosen on a validation share of the training split by the one-standard-error rule
 (``l2_rule`` "one_se_on_validation"). That choice can flip between neighbouring grid points from run to run,
 so the result also holds ``l2_curve``: the test top-1 at every point of ``linprobe.l2_grid``, each head fitted
-on the whole training split (``imae.eval.linear.accuracy_curve``); models are compared at one shared penalty
+on the whole training split (``imae.eval.probe_heads.accuracy_curve``); models are compared at one shared penalty
 (``imae compare``), never at their own choices. ``linprobe.mode=full``: MAE's ``main_linprobe.py`` recipe,
 RandomResizedCrop + flip images through the frozen encoder at every step, LARS with ``linprobe.weight_decay``
 (no l2, no curve), warmup + cosine for ``linprobe.epochs``. Both are scored on the clean evaluation split's
@@ -23,10 +23,10 @@ from imae.config.evaluate import EvalConfig
 from imae.data.loader import build_train_loader
 from imae.errors import ConfigError, DataError
 from imae.eval.attentive import attentive_at
-from imae.eval.data import Split
 from imae.eval.depth import by_layer, combine, is_last_only, layers_kw, parse_layers
+from imae.eval.eval_split import Split
 from imae.eval.features import FeatureCache, encode, eval_precision, extract_split
-from imae.eval.linear import HeadFit, accuracy_curve, fit_probe, predict, topk_accuracy, train_head
+from imae.eval.probe_heads import HeadFit, accuracy_curve, fit_probe, predict, topk_accuracy, train_head
 from imae.eval.subject import Subject
 
 FULL_L2_RULE = "none (LARS with linprobe.weight_decay)"  # linprobe.mode=full's l2_rule

@@ -17,7 +17,7 @@ from imae.config.evaluate import RUN_DATA_KEYS, EvalConfig
 from imae.console import info
 from imae.engine.distributed import launched_rank_is_zero, resolve_device
 from imae.errors import ConfigError
-from imae.eval.data import Split, load_eval_split
+from imae.eval.eval_split import Split, load_eval_split
 from imae.eval.features import FeatureCache
 from imae.eval.item_store import ItemStore
 from imae.eval.results import Result, write_result

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from imae.config.evaluate import EvalConfig
 from imae.errors import DataError
 from imae.eval.attentive import attentive_at
-from imae.eval.data import Split
 from imae.eval.depth import by_layer, combine, layers_kw, parse_layers
+from imae.eval.eval_split import Split
 from imae.eval.features import FeatureCache, extract_split
 from imae.eval.knn import knn_accuracy
-from imae.eval.linear import accuracy_curve, fit_probe
 from imae.eval.linprobe import probe_scores
 from imae.eval.pairs import make_pairs
+from imae.eval.probe_heads import accuracy_curve, fit_probe
 from imae.eval.separability import measure
 from imae.eval.subject import Subject
 

@@ -52,11 +52,11 @@ from imae.console import progress
 from imae.data.augment import normalize
 from imae.data.mixing import mix
 from imae.eval.bootstrap import Resampler
-from imae.eval.data import Split
 from imae.eval.depth import combine, is_last_only, parse_layers
+from imae.eval.eval_split import Split
 from imae.eval.item_store import ItemStore, store_key
-from imae.eval.linear import fit_cached_many, predict
 from imae.eval.pairs import PairSet
+from imae.eval.probe_heads import fit_cached_many, predict
 from imae.eval.separability_result import SOURCES, VERSION, SeparabilityResult, alpha_key, headline_alpha
 from imae.eval.subject import Subject
 from imae.eval.threads import threads_for
@@ -503,7 +503,7 @@ def _classify(inputs: dict[str, torch.Tensor], split: Split, scorer: Scorer, cfg
               device: torch.device, raw: dict) -> dict[str, Any]:
     """Linear heads predicting (subordinate class, dominant class) from each pooled input, fitted on the fit +
     validation pairs, scored on the test pairs. Every head has the same fixed penalty (``linprobe.l2``, else
-    :data:`imae.eval.linear.DEFAULT_L2`), whatever the model."""
+    :data:`imae.eval.probe_heads.DEFAULT_L2`), whatever the model."""
     pairs = scorer.pairs
     train = torch.cat([scorer.fit, scorer.val])
     y = torch.stack([split.labels[pairs.sub], split.labels[pairs.dom]], dim=1)  # [P, 2]

@@ -29,7 +29,7 @@ from imae.data.loader import (
     seeded,
 )
 from imae.errors import DataError
-from imae.eval.data import Split
+from imae.eval.eval_split import Split
 
 
 class FinetuneImages(torch.utils.data.Dataset):

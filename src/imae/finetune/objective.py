@@ -18,7 +18,7 @@ from imae.config.finetune import FinetuneConfig
 from imae.data.loader import derive_seed
 from imae.engine import distributed as D
 from imae.engine.objectives.base import Objective
-from imae.eval.data import Split
+from imae.eval.eval_split import Split
 from imae.finetune.evaluate import evaluate_classifier
 from imae.finetune.loader import LabeledBatch
 
