@@ -43,3 +43,17 @@ def test_load_gives_the_checkpoints_model_and_preprocess_matches_the_data_pipeli
     assert model.preprocess(u8[0]).shape == (1, 3, 16, 16)
     assert imae.create_model("mae_vit_micro_patch2").normalization == NORMALIZATION["imagefolder"]
     assert "imae_vit_tiny_patch4" in imae.list_models()
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
+    # the README's one ```python block, under "## Python", on a tiny run at the path it names
+    monkeypatch.chdir(tmp_path)
+    pretrain(tiny_config(tmp_path / "runs" / "c10-imae", **{"train.epochs": 1}))
+    readme = (REPO / "README.md").read_text()
+    block = _example(readme[readme.index("\n## Python\n"):])
+    assert re.findall(r"\bimae\.(\w+)", block) == ["load", "create_model"]  # only the top-level names
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    arch = scope["model"].arch
+    assert scope["tokens"].shape == (8, 1 + arch.num_patches, arch.embed_dim)
+    assert scope["mae"].arch.embed_dim == 192
