@@ -152,14 +152,22 @@ def test_outline_marks_the_edge_between_visible_and_removed_patches():
 
 def _disk_full_after_half(monkeypatch):
     """Every output write puts half its bytes on disk, then fails as a full disk does."""
-    import imae.viz.output as output
+    import builtins
 
-    def full(path, data):
-        with open(path, "wb") as f:
-            f.write(data[: len(data) // 2])
-        raise OSError(28, "No space left on device")
+    from imae import atomic
 
-    monkeypatch.setattr(output, "_write", full)
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        real_write = f.write
+
+        def write(data):
+            real_write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(atomic, "open", full_open, raising=False)  # every file is written by imae.atomic
 
 
 def test_full_disk_while_drawing_is_one_line_and_keeps_the_earlier_pngs(runs, tmp_path, capsys, monkeypatch):
