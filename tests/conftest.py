@@ -124,3 +124,25 @@ def pretrain_stopped_mid_epoch(cfg, monkeypatch, at_step: int = 9):
         return pretrain(cfg)
     finally:
         monkeypatch.setattr(loop, "lr_at", real)
+
+
+def disk_full_after_half(monkeypatch) -> None:
+    """Every file imae writes (all go through imae.atomic) gets half its bytes, then fails as a full disk does."""
+    import builtins
+    import errno
+
+    from imae import atomic
+
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        if "w" in mode:
+            real_write = f.write
+
+            def write(data):
+                real_write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            f.write = write
+        return f
+
+    monkeypatch.setattr(atomic, "open", full_open, raising=False)

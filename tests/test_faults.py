@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_SETS, pretrain_stopped_mid_epoch, tiny_config
+from conftest import TINY_SETS, disk_full_after_half, pretrain_stopped_mid_epoch, tiny_config
 from imae import checkpoints as ckpt
 from imae.checkpoints.files import latest_complete
 from imae.engine.train import pretrain
@@ -776,28 +776,13 @@ def test_a_full_cache_disk_warns_once_and_goes_on(tmp_path, monkeypatch, capsys,
 def test_a_full_disk_while_writing_a_result_keeps_the_previous_one(tmp_path, monkeypatch, fault_case):
     fault_case(injected="disk full (ENOSPC) half-way through writing an evaluation's JSON result over an earlier one",
                expected="one-line error; the earlier JSON intact; no partial file left")
-    import builtins
-
-    from imae import atomic
     from imae.errors import ImaeError
     from imae.eval import results
 
     first = results.write_result(tmp_path, "knn", {"results": {"top1": 0.5}})
     before = first.read_text()
 
-    def full_open(path, mode="r", *a, **k):
-        f = builtins.open(path, mode, *a, **k)
-        if "w" in mode:
-            real_write = f.write
-
-            def write(text):
-                real_write(text[: len(text) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            f.write = write
-        return f
-
-    monkeypatch.setattr(atomic, "open", full_open, raising=False)  # every file is written by imae.atomic
+    disk_full_after_half(monkeypatch)  # every file is written by imae.atomic
     with pytest.raises(ImaeError) as e:
         results.write_result(tmp_path, "knn", {"results": {"top1": 0.9}})
     assert str(e.value) == (f"cannot write {first} (No space left on device); the previous one is intact; free space "

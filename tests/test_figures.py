@@ -150,27 +150,8 @@ def test_outline_marks_the_edge_between_visible_and_removed_patches():
     assert not drawn[4:].any() and not drawn[:, 4:].any() and not drawn[1:3, 1:3].any()
 
 
-def _disk_full_after_half(monkeypatch):
-    """Every output write puts half its bytes on disk, then fails as a full disk does."""
-    import builtins
-
-    from imae import atomic
-
-    def full_open(path, mode="r", *a, **k):
-        f = builtins.open(path, mode, *a, **k)
-        real_write = f.write
-
-        def write(data):
-            real_write(data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
-
-        f.write = write
-        return f
-
-    monkeypatch.setattr(atomic, "open", full_open, raising=False)  # every file is written by imae.atomic
-
-
 def test_full_disk_while_drawing_is_one_line_and_keeps_the_earlier_pngs(runs, tmp_path, capsys, monkeypatch):
+    from conftest import disk_full_after_half
     from test_cli import assert_one_line_error, run_cli
 
     args = ["figures", str(runs["mae"]), "--output-dir", str(tmp_path), "--set", "figures.images=1",
@@ -178,7 +159,7 @@ def test_full_disk_while_drawing_is_one_line_and_keeps_the_earlier_pngs(runs, tm
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    _disk_full_after_half(monkeypatch)
+    disk_full_after_half(monkeypatch)  # every file is written by imae.atomic
     code, _, err = run_cli(args + ["--set", "seed=5"], capsys)  # other images: different PNGs if written
     assert_one_line_error(code, err, "No space left on device")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no truncated file, no temp file

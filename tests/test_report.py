@@ -306,9 +306,7 @@ def test_report_of_a_folder_of_runs_takes_each_run_and_of_an_empty_folder_writes
 
 def test_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_report(evaluated, tmp_path, capsys,
                                                                                      monkeypatch):
-    import builtins
-
-    import imae.atomic as atomic
+    from conftest import disk_full_after_half
 
     args = ["report", str(evaluated["mae"]), "--output-dir", str(tmp_path)]
     code, _, err = run_cli(args, capsys)
@@ -316,18 +314,7 @@ def test_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_re
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert set(before) == {"report.html", "report.md", "headline.png"}
 
-    def full_open(path, mode="r", *a, **k):  # each file is half written, then the disk is full
-        f = builtins.open(path, mode, *a, **k)
-        real_write = f.write
-
-        def write(data):
-            real_write(data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
-
-        f.write = write
-        return f
-
-    monkeypatch.setattr(atomic, "open", full_open, raising=False)  # every file is written by imae.atomic
+    disk_full_after_half(monkeypatch)  # each file is half written, then the disk is full
     args.insert(2, str(evaluated["imae"]))  # a different page, were it written
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, "No space left on device")

@@ -6,8 +6,9 @@ records of log.jsonl."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
+
+from imae.viz.output import png_bytes
 
 LOSS_TERMS = ("loss", "rec_sub", "rec_dom", "distill_sub", "distill_dom", "test_loss")
 # (title, y label, keys, y range): each drawn only when some record has its first key
@@ -41,13 +42,9 @@ def training_chart_png(records: list[dict[str, Any]]) -> bytes | None:
     """PNG bytes of the run's training charts (None without epoch records)."""
     if not records:
         return None
-    import matplotlib.pyplot as plt
 
     fig = training_chart(records)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, close=True, bbox_inches="tight")
 
 
 def training_chart(records: list[dict[str, Any]]):

@@ -9,12 +9,12 @@ top-1 (``linprobe`` / ``knn``, else ``semantics``; band: the Wilson interval ove
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 from imae.eval.depth import layer_entries
 from imae.eval.separability_result import SeparabilityResult
+from imae.viz.output import png_bytes
 
 Point = tuple[int, float, float | None, float | None]  # block, value, interval low, interval high
 
@@ -97,7 +97,4 @@ def depth_figure(named: list[tuple[str, dict[str, dict[str, Any]]]]) -> bytes | 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, close=True)

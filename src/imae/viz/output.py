@@ -27,8 +27,17 @@ def write_file(path: Path, data: bytes | str) -> Path:
     return write_files({Path(path): data})[0]
 
 
-def save_figure(fig, path: Path, **savefig_kw) -> Path:
-    """``fig.savefig`` into memory, then :func:`write_file` (a PNG is never left half-written)."""
+def png_bytes(fig, close: bool = False, **savefig_kw) -> bytes:
+    """The figure as PNG bytes (drawn in memory; closed afterwards when ``close``)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kw)
-    return write_file(Path(path), buf.getvalue())
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def save_figure(fig, path: Path, **savefig_kw) -> Path:
+    """``fig.savefig`` into memory, then :func:`write_file` (a PNG is never left half-written)."""
+    return write_file(Path(path), png_bytes(fig, **savefig_kw))

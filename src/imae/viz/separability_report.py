@@ -15,11 +15,11 @@ standard deviation) over its seeds, beside the mean half-width of its runs' pair
 from __future__ import annotations
 
 import html
-import io
 import statistics
 from typing import Any
 
 from imae.eval.separability_result import PREDICTORS, SOURCES, SeparabilityResult
+from imae.viz.output import png_bytes
 
 BASELINE_STYLE = {"superposition": ("black", ":"), "pixels": ("tab:gray", "--"), "random_init": ("tab:brown", "--")}
 LEGACY = "separability measured by the old scheme (no un-mixing gain interval); rerun imae separability"
@@ -174,10 +174,7 @@ def headline_figure(named: list[tuple[str, dict[str, Any]]]) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, close=True)
 
 
 def _f(v: Any) -> str:
