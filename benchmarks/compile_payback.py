@@ -10,7 +10,7 @@ does) are built; the compiled one's first calls (tracing and code generation, fr
 ``--warm-cache``: what a first run on a machine pays) are timed as the compile cost; then both run interleaved
 for ``--rounds`` rounds and the medians give the saving per step. It pays within the run when
 ``compile_s < steps x (eager_s - compiled_s)``; ``payback_steps`` is the break-even. Steps run in the precision
-``imae.engine.precision`` picks for this CPU. Writes ``benchmarks/results/compile-payback-cpu.json``.
+``imae.runtime.precision`` picks for this CPU. Writes ``benchmarks/results/compile-payback-cpu.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import make_objectives, make_step  # noqa: E402  (this folder's benchmark)
 
-from imae.engine import precision  # noqa: E402
+from imae.runtime import precision  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # name: (model, batch, optimiser steps of the run it stands for, what that run is)

@@ -35,8 +35,8 @@ from imae.config import build_config  # noqa: E402
 from imae.data.datasets import ImageSet  # noqa: E402
 from imae.data.loader import Batch  # noqa: E402
 from imae.engine.objectives import build_objective  # noqa: E402
-from imae.engine.optim import build_adamw  # noqa: E402
 from imae.models.flops import imae_train_flops, mae_train_flops  # noqa: E402
+from imae.runtime.optim import build_adamw  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H100/H200 SXM dense bf16 tensor-core peak (no sparsity)
 SIZES = {"tiny4": ("mae_vit_tiny_patch4", 1024), "base16": ("mae_vit_base_patch16", 128)}

@@ -16,7 +16,7 @@ ratios the median over rounds of the ratio within a round):
 - ``matmul``: square matmuls in fp32 and in bf16, the references of utilisation.
 
 Each model arm runs in fp32 and under ``torch.autocast("cpu", bfloat16)``; the bf16 arms run by default only
-where the CPU has bf16 units (``imae.engine.precision``): elsewhere bf16 is emulated, several times slower than
+where the CPU has bf16 units (``imae.runtime.precision``): elsewhere bf16 is emulated, several times slower than
 fp32, and no peer's best setting. A peer's best setting is its faster one. FLOPs are counted analytically
 (``imae.models.flops``; both implementations compute the same model). Writes
 ``benchmarks/results/peers-<device>.json`` and ``.md``.
@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import make_objectives, make_step  # noqa: E402  (this folder's benchmark)
 
-from imae.engine import precision  # noqa: E402
-from imae.engine.optim import build_adamw  # noqa: E402
 from imae.models.flops import imae_train_flops, mae_train_flops  # noqa: E402
+from imae.runtime import precision  # noqa: E402
+from imae.runtime.optim import build_adamw  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {"mae_over_best_peer": 1.2, "imae_flops_rate_over_mae": 0.95, "utilisation_of_bf16_matmul": 0.5,

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from imae.config import build_config
-from imae.engine import precision
 from imae.engine.train import pretrain
+from imae.runtime import precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = {"epoch_rel": 0.02, "last_epoch_rel": 0.01}

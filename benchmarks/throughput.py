@@ -30,10 +30,10 @@ import torch
 from imae.config import build_config
 from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
-from imae.engine import precision
 from imae.engine.objectives import build_objective
-from imae.engine.optim import build_adamw
 from imae.models.flops import imae_train_flops, mae_train_flops
+from imae.runtime import precision
+from imae.runtime.optim import build_adamw
 
 SIZES = {  # name: (model, batch size on CPU, batch size on GPU)
     "tiny4": ("mae_vit_tiny_patch4", 128, 1024),

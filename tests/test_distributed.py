@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 def _train(model, images, noise, ddp: bool):
-    from imae.engine.optim import build_adamw
+    from imae.runtime.optim import build_adamw
 
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     opt = build_adamw(model, 1e-3, 0.05, (0.9, 0.95), torch.device("cpu"))

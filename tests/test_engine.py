@@ -11,8 +11,8 @@ import torch
 from conftest import tiny_config, tiny_mae
 from imae import checkpoints as ckpt
 from imae.engine import loop as loop_mod
-from imae.engine.optim import absolute_lr, lr_at, param_groups
 from imae.engine.train import pretrain
+from imae.runtime.optim import absolute_lr, lr_at, param_groups
 
 
 def test_lr_schedule_warmup_end_midpoint_and_end():

@@ -53,7 +53,7 @@ def test_layer_decay_scales_and_weight_decay_groups():
     assert set(scale) == {n for n, p in vit.named_parameters() if p.requires_grad}
     assert decay["blocks.0.attn.qkv.weight"] == 0.05 and decay["head.weight"] == 0.05
     assert decay["cls_token"] == decay["pos_embed"] == decay["blocks.0.norm1.bias"] == decay["head.bias"] == 0.0
-    from imae.engine.optim import set_lr
+    from imae.runtime.optim import set_lr
 
     opt = torch.optim.AdamW(groups, lr=1.0)
     set_lr(opt, 0.01)

@@ -8,10 +8,10 @@ from timm.models.vision_transformer import Block
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import TINY, tiny_mae
-from imae.engine.optim import param_groups
 from imae.models import IMAEOptions, create_model
 from imae.models.flops import block_flops, encoder_flops, imae_train_flops, mae_train_flops
 from imae.models.registry import resolve_arch
+from imae.runtime.optim import param_groups
 
 
 def unfused(model):

@@ -966,7 +966,7 @@ def test_resubmitting_a_two_process_run_after_a_worker_is_killed_ends_bit_identi
 
 def test_max_steps_makes_a_smoke_run_honoured_by_schedule_checkpoint_and_resume(tmp_path, monkeypatch):
     import imae.engine.loop as loop
-    from imae.engine.optim import lr_at
+    from imae.runtime.optim import lr_at
 
     sets = {"train.max_steps": 8, "train.save_every_steps": 0}  # of 2 epochs x 6 steps
     a = pretrain(tiny_config(tmp_path / "a", **sets))

@@ -20,13 +20,13 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from conftest import tiny_config
 from imae.data import loader as loader_mod
 from imae.data.datasets import ImageSet
-from imae.engine import distributed as D
 from imae.engine import train as train_mod
 from imae.engine.logs import RunLog
 from imae.engine.loop import Loop, TrainState
 from imae.engine.objectives import build_objective
-from imae.engine.optim import build_adamw
 from imae.engine.session import RunSession
+from imae.runtime import distributed as D
+from imae.runtime.optim import build_adamw
 
 CUDA = torch.device("cuda", 0)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY, tiny_mae
-from imae.engine.optim import param_groups
 from imae.finetune.vit import layer_decay_groups, vit_from_encoder
 from imae.models import create_model
+from imae.runtime.optim import param_groups
 
 
 def _reference_pretrain(model, weight_decay):

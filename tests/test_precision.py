@@ -1,4 +1,4 @@
-"""bf16 autocast on CPUs with bf16 units (imae.engine.precision): detection, training, evaluation, exact resume.
+"""bf16 autocast on CPUs with bf16 units (imae.runtime.precision): detection, training, evaluation, exact resume.
 
 The CPU these tests run on may lack bf16 units; ``IMAE_CPU_BF16=1`` runs the bf16 path anyway (emulated there:
 slower, but the same rounding of the matrix products' inputs to bf16, with fp32 accumulation).
@@ -13,8 +13,8 @@ import torch
 
 from conftest import pretrain_stopped_mid_epoch, tiny_config, tiny_mae
 from imae import checkpoints as ckpt
-from imae.engine import precision
 from imae.engine.train import pretrain
+from imae.runtime import precision
 
 # bf16 against fp32 on the tiny digits run: each step's loss within 2% (measured: under 0.2%), the last epoch's
 # mean within 1%; benchmarks/precision_curves.py measures longer digits and CIFAR-10 runs against the same bounds

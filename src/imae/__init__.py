@@ -7,10 +7,10 @@ The Python API (docs/python.md)::
     tokens = model.forward_features(model.preprocess(images_uint8))
     mae = imae.create_model("mae_vit_tiny_patch4")
 
-Subpackages follow the data flow: ``data`` (data sets, caching, augmentation, pairing, mixing) ->
-``checkpoints`` (reading any source, writing, converting) -> ``models`` (MAE, i-MAE) -> ``engine`` (training
-loop, optimiser, logs) -> ``eval`` (separability, semantics, linear probe, kNN, fine-tune) -> ``viz``
-(figures, report) -> ``cli``.
+Subpackages follow the data flow: ``runtime`` (devices, processes, precision, optimiser) and ``data``
+(data sets, caching, augmentation, pairing, mixing) -> ``checkpoints`` (reading any source, writing,
+converting) -> ``models`` (MAE, i-MAE) -> ``engine`` (training loop, run session, logs) -> ``eval``
+(separability, semantics, linear probe, kNN, fine-tune) -> ``viz`` (figures, report) -> ``cli``.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 @command("pretrain", "pre-train a vanilla MAE or an i-MAE")(_pretrain_args)
 def cmd_pretrain(args: argparse.Namespace) -> Path:
     from imae.config import build_config, parse_set
-    from imae.engine.distributed import launched_rank_is_zero
     from imae.engine.train import pretrain
+    from imae.runtime.distributed import launched_rank_is_zero
 
     overrides = common_overrides(args)
     extra = {"init_from": args.init_from, "data.skip_corrupt": args.skip_corrupt,

@@ -159,9 +159,7 @@ class EvalConfig(Settings):
         if self.features.pool not in POOLS:
             raise ConfigError(f"features.pool must be one of {', '.join(POOLS)}, got {short(self.features.pool)}")
         at_least("features", self.features, ("batch_size",), 1)
-        from imae.eval.depth import check_spec
-
-        self.features.layers = check_spec(self.features.layers)
+        self.features.layers = check_layers_spec(self.features.layers)
         s = self.separability
         if not s.alphas or not all(0.0 < a <= 0.5 for a in s.alphas):
             raise ConfigError(f"separability.alphas must be values in (0, 0.5], got {short(s.alphas)}")
@@ -236,3 +234,21 @@ def check_device_and_data(cfg: Any) -> None:
     at_least("", cfg, ("num_heads",), 1, unset="null: the standard count for the width")
     at_least("data", cfg.data, ("train_per_class", "eval_per_class", "num_workers"), 0)
     at_least("data", cfg.data, ("img_size",), 1, unset="null: the data set's native size")
+
+
+def check_layers_spec(spec: Any) -> str:
+    """``features.layers`` as given (``last``, ``all``, ``2,4,last``, an int or a list) -> its canonical text,
+    checked for syntax only (the encoder's depth is known later)."""
+    if isinstance(spec, bool) or spec is None:
+        raise ConfigError(f"features.layers must be last, all or a list of block numbers such as 2,4,last; "
+                          f"got {spec!r}")
+    items = [str(v).strip() for v in spec] if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    items = [v.strip().lower() for v in items if v.strip()]
+    if not items:
+        raise ConfigError("features.layers is empty; use last, all or a list such as 2,4,last")
+    if "all" in items and len(items) > 1:
+        raise ConfigError(f"features.layers: 'all' stands alone, got {','.join(items)}")
+    for v in items:
+        if v not in ("last", "all") and not (v.isdigit() and int(v) >= 1):
+            raise ConfigError(f"features.layers: {v!r} is no block number (1 = the first block), last or all")
+    return ",".join(items)

@@ -30,7 +30,7 @@ class LoopConfig:
     save_every_steps: int = 0  # also refresh checkpoint-last.pth every N optimiser steps (0: epoch ends only)
     keep_last: int = 0  # keep only the newest K checkpoint-<epoch>.pth files (0: keep all)
     log_every: int = 20  # optimiser steps between JSON-lines / TensorBoard step records
-    amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 units (imae.engine.precision); false: fp32
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 units (imae.runtime.precision); false: fp32
     compile: bool = False  # torch.compile the model
     skip_nonfinite: int = 0  # tolerate up to N non-finite losses by skipping their updates
     checkpoint_format: str = "pth"  # pth | safetensors (weights as .safetensors beside a .pth of the resume state)

@@ -10,7 +10,6 @@ dataclass defaults -> preset file (``configs/<name>.yaml``, which may name a ``b
 from __future__ import annotations
 
 import math
-import reprlib
 import types
 import typing
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from imae.atomic import write_atomic
-from imae.errors import ConfigError
+from imae.errors import ConfigError, short
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
@@ -34,18 +33,6 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; the evaluation 
 
 # ----------------------------------------------------------------------------------------------
 # values in messages
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 6, 8, 8, 6
-_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
-
-
-def short(value: Any, limit: int = 120) -> str:
-    """``repr(value)`` cut to at most ``limit`` characters, built without expanding the whole value: what every
-    configuration error prints, so that a huge or deeply shared value never becomes a huge message."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from imae.errors import ConfigError
+from imae.errors import ConfigError, short
 
 SPECIAL = ("random", "self")
 
@@ -24,8 +24,6 @@ def parse_p(p: float | str, key: str = "imae.same_class_p") -> float | str:
         try:
             p = float(p)
         except ValueError:
-            from imae.config.tree import short
-
             raise ConfigError(f"{key} must be a number in [0, 1], 'random' or 'self'; got {short(p)}") from None
     if not 0.0 <= float(p) <= 1.0:
         raise ConfigError(f"{key} must lie in [0, 1]; got {p}")

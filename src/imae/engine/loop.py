@@ -32,13 +32,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from imae import __version__
 from imae.checkpoints.files import latest_complete, prune, save_checkpoint, with_checksum
 from imae.console import info, progress
-from imae.engine import distributed as D
-from imae.engine import precision
 from imae.engine.objectives.base import Objective
-from imae.engine.optim import grad_norm, lr_at, set_lr, step_unless
 from imae.engine.session import RunSession
 from imae.engine.signals import StopRequest
 from imae.errors import ConfigError, TrainingError
+from imae.runtime import distributed as D
+from imae.runtime import precision
+from imae.runtime.optim import grad_norm, lr_at, set_lr, step_unless
 
 
 @dataclass

@@ -122,7 +122,7 @@ class RunLock:
 def lock_run_dir(run_dir: Path, env) -> RunLock | None:
     """Rank 0 of ``env`` (a ``DistEnv``) locks the run folder; every rank stops when another process holds it.
     Returns the lock (None on other ranks) to release when the run ends."""
-    from imae.engine import distributed as D
+    from imae.runtime import distributed as D
 
     lock, error = None, None
     if env.is_main:

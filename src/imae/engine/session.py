@@ -23,7 +23,6 @@ from imae.checkpoints.checkpoint import Checkpoint
 from imae.checkpoints.files import remove_partial_writes
 from imae.config.loop import LoopConfig
 from imae.console import info
-from imae.engine import distributed as D
 from imae.engine.logs import RunLog
 from imae.engine.run_dir import (
     RunLock,
@@ -35,6 +34,7 @@ from imae.engine.run_dir import (
     warn_hand_edits,
     write_config,
 )
+from imae.runtime import distributed as D
 
 
 class RunSession:

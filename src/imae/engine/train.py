@@ -24,15 +24,15 @@ from imae.config import Config
 from imae.console import info
 from imae.data.datasets import load_split
 from imae.data.loader import build_train_loader
-from imae.engine import distributed as D
-from imae.engine import precision
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
 from imae.engine.objectives import build_objective
-from imae.engine.optim import absolute_lr, build_adamw, lr_at
 from imae.engine.run_dir import default_run_dir, resumed_config
 from imae.engine.session import RunSession
 from imae.engine.teacher import resolve_teacher
 from imae.models.loading import refuse_classifier
+from imae.runtime import distributed as D
+from imae.runtime import precision
+from imae.runtime.optim import absolute_lr, build_adamw, lr_at
 
 
 def pretrain(cfg: Config, resume: str | None = None, overrides: dict[str, Any] | None = None) -> Path:

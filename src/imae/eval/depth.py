@@ -13,27 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from imae.config.evaluate import check_layers_spec as check_spec
 from imae.errors import ConfigError
 
 LAST = "last"
-
-
-def check_spec(spec: Any) -> str:
-    """``features.layers`` as given (``last``, ``all``, ``2,4,last``, an int or a list) -> its canonical text,
-    checked for syntax only (the encoder's depth is known later)."""
-    if isinstance(spec, bool) or spec is None:
-        raise ConfigError(f"features.layers must be last, all or a list of block numbers such as 2,4,last; "
-                          f"got {spec!r}")
-    items = [str(v).strip() for v in spec] if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    items = [v.strip().lower() for v in items if v.strip()]
-    if not items:
-        raise ConfigError("features.layers is empty; use last, all or a list such as 2,4,last")
-    if "all" in items and len(items) > 1:
-        raise ConfigError(f"features.layers: 'all' stands alone, got {','.join(items)}")
-    for v in items:
-        if v not in (LAST, "all") and not (v.isdigit() and int(v) >= 1):
-            raise ConfigError(f"features.layers: {v!r} is no block number (1 = the first block), last or all")
-    return ",".join(items)
 
 
 def parse_layers(spec: Any, depth: int) -> list[int]:

@@ -32,9 +32,9 @@ from imae.console import info, progress
 from imae.data.augment import Normalize
 from imae.data.decode import default_cache_dir
 from imae.data.mixing import mix
-from imae.engine import precision
 from imae.eval.eval_split import Split, digest
 from imae.models.mae import MaskedAutoencoder
+from imae.runtime import precision
 
 FEATURE_VERSION = 1  # bump when extraction changes, so that old cache entries are not reused
 
@@ -113,7 +113,7 @@ def _jsonable(key: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def eval_precision(device: torch.device | str):
     """bf16 autocast with TF32 matmuls on CUDA (as training); bf16 autocast on a CPU with bf16 units
-    (:mod:`imae.engine.precision`); nothing elsewhere, so results on other CPUs are unchanged."""
+    (:mod:`imae.runtime.precision`); nothing elsewhere, so results on other CPUs are unchanged."""
     if torch.device(device).type != "cuda":
         with precision.autocast(device):
             yield

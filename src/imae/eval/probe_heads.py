@@ -37,11 +37,11 @@ import torch.nn.functional as F
 
 from imae.config.evaluate import LinearProbeConfig
 from imae.console import progress
-from imae.engine.distributed import launched_rank_is_zero
-from imae.engine.optim import lr_at, set_lr
 from imae.errors import ConfigError
 from imae.eval.lars import LARS
 from imae.eval.threads import threads_for
+from imae.runtime.distributed import launched_rank_is_zero
+from imae.runtime.optim import lr_at, set_lr
 
 ROW_CHUNK_ELEMENTS = 2**24  # fit_cached_many: logits per chunk of rows (64 MB of float32)
 # fit_cached_many shows a progress bar when one loss evaluation multiplies more than this many numbers (about a

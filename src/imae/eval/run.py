@@ -15,7 +15,6 @@ from imae.config import Config as PretrainConfig
 from imae.config import preset_label, preset_tree, resolve
 from imae.config.evaluate import RUN_DATA_KEYS, EvalConfig
 from imae.console import info
-from imae.engine.distributed import launched_rank_is_zero, resolve_device
 from imae.errors import ConfigError
 from imae.eval.eval_split import Split, load_eval_split
 from imae.eval.features import FeatureCache
@@ -24,6 +23,7 @@ from imae.eval.results import Result, write_result
 from imae.eval.separability_result import SeparabilityResult
 from imae.eval.subject import Subject, load_reference, load_subject, separability_defaults
 from imae.models.loading import HeadCountUnknown
+from imae.runtime.distributed import launched_rank_is_zero, resolve_device
 
 EVALUATIONS = ("separability", "semantics", "linprobe", "knn")
 

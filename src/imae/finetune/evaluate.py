@@ -9,10 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imae.data.loader import WorkerLoader, guarded, ignore_stop_signals
-from imae.engine import distributed as D
 from imae.eval.eval_split import Split
 from imae.eval.features import eval_precision
 from imae.finetune.loader import FinetuneImages, collate
+from imae.runtime import distributed as D
 
 
 @torch.no_grad()

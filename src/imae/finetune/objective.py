@@ -16,11 +16,11 @@ import torch.nn as nn
 
 from imae.config.finetune import FinetuneConfig
 from imae.data.loader import derive_seed
-from imae.engine import distributed as D
 from imae.engine.objectives.base import Objective
 from imae.eval.eval_split import Split
 from imae.finetune.evaluate import evaluate_classifier
 from imae.finetune.loader import LabeledBatch
+from imae.runtime import distributed as D
 
 
 def mixup_and_loss(t, num_classes: int):

@@ -27,10 +27,7 @@ from imae.checkpoints.sources import find_resume
 from imae.checkpoints.state import restore
 from imae.config.finetune import FinetuneConfig
 from imae.console import info
-from imae.engine import distributed as D
-from imae.engine import precision
 from imae.engine.loop import Loop, TrainState, check_layout, wrap
-from imae.engine.optim import absolute_lr, adamw
 from imae.engine.session import RunSession
 from imae.errors import CheckpointError, ConfigError, DataError
 from imae.eval.results import write_result
@@ -38,6 +35,9 @@ from imae.eval.run import Session, open_session
 from imae.finetune.loader import PlanLoader, transforms
 from imae.finetune.objective import ClassifyObjective
 from imae.finetune.vit import layer_decay_groups, vit_from_encoder
+from imae.runtime import distributed as D
+from imae.runtime import precision
+from imae.runtime.optim import absolute_lr, adamw
 
 
 def finetune(ckpt_spec: str | Path, *, preset: str | None = None, overrides: dict[str, Any] | None = None,

@@ -15,8 +15,8 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from imae.checkpoints.state import load_state_dict
-from imae.engine.optim import NO_WEIGHT_DECAY
 from imae.models.mae import MaskedAutoencoder
+from imae.runtime.optim import NO_WEIGHT_DECAY
 
 
 def vit_from_encoder(model: MaskedAutoencoder, num_classes: int, drop_path: float = 0.0,

@@ -16,7 +16,6 @@ from imae.data.datasets import ImageSet
 from imae.data.loader import Batch
 from imae.data.mixing import AlphaSampler
 from imae.data.pairing import choose_partners, needs_labels
-from imae.engine import distributed as D
 from imae.engine.objectives.base import Objective
 from imae.engine.objectives.common import model_overrides, note_eps
 from imae.engine.teacher import Teacher
@@ -24,6 +23,7 @@ from imae.errors import CheckpointError, ConfigError, DataError
 from imae.models.imae import IMAE, IMAEOptions
 from imae.models.loading import mae_from_checkpoint, refuse_classifier
 from imae.models.registry import create_model
+from imae.runtime import distributed as D
 
 # an official-layout teacher of a non-standard width: the student's --set num_heads is another model's
 TEACHER_HEADS_HINT = ("re-save the teacher with its count (imae export TEACHER --to mae --output TEACHER.pth "
