@@ -74,7 +74,8 @@ def evaluate_runs(mae_dir: Path, cont_dir: Path | None, imae_dir: Path, referee_
     for name, ck in ckpts.items():
         info(f"evaluating {ck} on the digits test split (360 images) against the referee")
         sep = evaluate("separability", ck, reference=str(referee), overrides=over)["results"]
-        lin = evaluate("linprobe", ck, overrides={**over, "linprobe.l2": l2})["results"]
+        # the probe at every encoder block (the report's depth figure); its last block is the table's probe
+        lin = evaluate("linprobe", ck, overrides={**over, "linprobe.l2": l2, "features.layers": "all"})["results"]
         rows.append(_row(name, SeparabilityResult.from_json(sep), lin))
     base_name = "MAE continued" if cont_dir else "MAE (teacher)"
     cmp = compare_checkpoints(ckpts[base_name], ckpts["i-MAE"], reference=str(referee), overrides=over)["results"]
