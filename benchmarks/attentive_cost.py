@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import torch
+from depth_cost import cifar_splits  # noqa: E402  (this folder's benchmark)
 
-from imae.config.evaluate import EvalConfig, EvalDataConfig
+from imae.config.evaluate import EvalConfig
 from imae.eval.attentive import attentive_probe, extract_tokens
-from imae.eval.eval_split import load_eval_split
 from imae.eval.probe_heads import accuracy_curve, fit_probe
 from imae.models import create_model
 
@@ -45,10 +45,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    data = EvalDataConfig(dataset="cifar10", path=args.cifar10, train_per_class=args.train_per_class,
-                          eval_per_class=args.eval_per_class)
-    train = load_eval_split(data, "train", 32, progress=False)
-    test = load_eval_split(data, "eval", 32, progress=False)
+    train, test = cifar_splits(args.cifar10, args.train_per_class, args.eval_per_class)
     torch.manual_seed(0)
     model = create_model("mae_vit_tiny_patch4").eval().requires_grad_(False).to(device)
     t0 = time.perf_counter()

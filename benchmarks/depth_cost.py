@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from separability_cost import subject  # noqa: E402  (this folder's benchmark: an untrained ViT-Tiny/4)
 
 from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.eval.eval_split import load_eval_split
@@ -29,19 +30,14 @@ from imae.eval.knn import run_knn
 from imae.eval.linprobe import run_linprobe
 from imae.eval.pairs import make_pairs
 from imae.eval.separability import measure
-from imae.eval.subject import Subject
-from imae.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def subject(seed: int, label: str) -> Subject:
-    torch.manual_seed(seed)
-    model = create_model("mae_vit_tiny_patch4").eval().requires_grad_(False)
-    s = Subject(path=Path(label), run_dir=None, model=model, train_config=None, fingerprint=label, label=label,
-                source=Path(label))
-    s.identity = lambda evaluated: {"label": label}
-    return s
+def cifar_splits(path: str, train_per_class: int, eval_per_class: int):
+    """(train, test) evaluation splits of a CIFAR-10 subset at 32 px (the cost benchmarks' data)."""
+    data = EvalDataConfig(dataset="cifar10", path=path, train_per_class=train_per_class, eval_per_class=eval_per_class)
+    return load_eval_split(data, "train", 32, progress=False), load_eval_split(data, "eval", 32, progress=False)
 
 
 def main() -> None:
@@ -53,10 +49,7 @@ def main() -> None:
     ap.add_argument("--commands", default="knn,linprobe,separability")
     args = ap.parse_args()
     device = torch.device(args.device)
-    data = EvalDataConfig(dataset="cifar10", path=args.cifar10, train_per_class=args.train_per_class,
-                          eval_per_class=args.eval_per_class)
-    train = load_eval_split(data, "train", 32, progress=False)
-    test = load_eval_split(data, "eval", 32, progress=False)
+    train, test = cifar_splits(args.cifar10, args.train_per_class, args.eval_per_class)
     e, r = subject(0, "evaluated"), subject(1, "reference")
     e.model.to(device), r.model.to(device)
     pairs = make_pairs(test.labels, EvalConfig().separability.fractions, "random", 0, None)
