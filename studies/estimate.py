@@ -14,6 +14,10 @@ and ``--eval-times FILE`` holds the wall time of each evaluation already run her
 appended by studies/lib.sh); each kind is estimated at the median of its timed runs, and a kind not timed
 yet is named as such. ``--eval-only`` prints just that (the study prints it again once its start's
 evaluations, one of each kind before any arm, have run).
+
+``--jobs N --threads T`` (studies/lib.sh's JOBS and THREADS): the study runs N commands side by side, each on T
+threads; the steps are timed on T threads and every expected time is divided by N (this assumes the N runs keep
+each other's pace, as the CPU scales' small models do on separate cores).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def step_seconds(mae_preset: str, imae_preset: str, sets: list[str], device: tor
     return {k: (statistics.median(v), batches[k]) for k, v in times.items()}
 
 
-def eval_estimate(times: Path | None, counts: str) -> str:
+def eval_estimate(times: Path | None, counts: str, jobs: int = 1) -> str:
     """One line: the expected evaluation minutes, from the median wall time of each kind timed in ``times``."""
     words = counts.split()
     want = {words[i]: int(words[i + 1]) for i in range(0, len(words), 2)}
@@ -71,7 +75,9 @@ def eval_estimate(times: Path | None, counts: str) -> str:
             parts.append(f"{n} {kind} x {med / 60:.1f} min (median of {len(seen[kind])} timed here)")
         else:
             untimed.append(f"{n} {kind}")
-    line = f"expected evaluation time: {total:.0f} min" + (f" ({'; '.join(parts)})" if parts else "")
+    line = f"expected evaluation time: {total / jobs:.0f} min" + (f" ({'; '.join(parts)})" if parts else "")
+    if jobs > 1:
+        line += f", {jobs} at a time"
     if untimed:
         line += f"; not timed yet: {', '.join(untimed)} (timed once the first of each has run)"
     return line
@@ -94,10 +100,14 @@ def main() -> None:
     ap.add_argument("--evals", default="", help='"<kind> <count> ...": the evaluations the study runs')
     ap.add_argument("--eval-times", type=Path, help="lines 'kind seconds' of evaluations timed here")
     ap.add_argument("--eval-only", action="store_true", help="print the evaluation estimate only")
+    ap.add_argument("--jobs", type=int, default=1, help="commands the study runs side by side")
+    ap.add_argument("--threads", type=int, help="threads of each (default: torch's)")
     args = ap.parse_args()
     if args.eval_only:
-        print(eval_estimate(args.eval_times, args.evals))
+        print(eval_estimate(args.eval_times, args.evals, args.jobs))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not (args.mae and args.imae and args.images):
         ap.error("--mae, --imae and --images are required (unless --eval-only)")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -112,11 +122,12 @@ def main() -> None:
     arm = {k: args.epochs * per_epoch[k] / 60 for k in per_epoch}
     extra = args.extra_mae_epochs * per_epoch["mae"] / 60
     total = args.teachers * teacher + sum(counts.get(k, 0) * arm[k] for k in arm) + extra
+    side = f", {args.jobs} at a time on {torch.get_num_threads()} thread(s) each" if args.jobs > 1 else ""
     print(f"expected training time: each teacher / referee {teacher:.1f} min (x {args.teachers}); per arm: MAE "
           f"{arm['mae']:.1f} min, i-MAE {arm['imae']:.1f} min; FLOP-matched MAE arms {extra:.1f} min in all; "
-          f"all {total:.0f} min (data loading and start-up on top)")
+          f"all {total / args.jobs:.0f} min{side} (data loading and start-up on top)")
     if args.evals:
-        print(eval_estimate(args.eval_times, args.evals))
+        print(eval_estimate(args.eval_times, args.evals, args.jobs))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@
 #                  start; each must reach the teachers' final loss within REFEREE_TOLERANCE (0.10: 10%)
 #   ARMS           ("a ap b d e h") the arms of every teacher; FIRST_ARMS ("c f g") those of the first teacher only
 #   IMAE, PY       the commands (defaults: imae, python); CALC the python of the quick helpers (FLOP ratio, checks)
+#   JOBS           (1) runs at once: with JOBS > 1 each phase (teachers and referees; their evaluations; the arms;
+#                  the separability and semantics evaluations; the comparisons; fine-tuning) runs up to JOBS commands
+#                  side by side, each on THREADS (cores / JOBS) threads, its output in $OUT/logs/<name>.log; a
+#                  failed one stops the study once its phase has ended. The small models of the CPU scales use one
+#                  core about as well as two, so JOBS=2 halves the wall time on this 2-core machine
 #   DRY_RUN=1      print every command instead of running it (IMAE and PY become echo); PLAN_ONLY=1: the plan only
 #   BUDGET_S       plan the largest version that fits this many device seconds (studies/budget.py: teachers,
 #                  referees, arms and epochs, each run's time); MAE_IMG_S / IMAE_IMG_S: training images per
@@ -46,6 +51,38 @@ REFEREE_TOLERANCE=${REFEREE_TOLERANCE:-0.10}
 ARMS=${ARMS-"a ap b d e h"}
 FIRST_ARMS=${FIRST_ARMS-"c f g"}
 FINETUNE_ARMS=${FINETUNE_ARMS-"a b"}
+JOBS=${JOBS:-1}
+THREADS=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
+JOB_FAILED=""  # the file the failed jobs of the current phase are named in
+
+job() {  # name command...: runs the command now (JOBS=1, or a dry run), else in the background once fewer than
+  local name=$1  # JOBS run, on THREADS threads, its output in $OUT/logs/<name>.log; `join_jobs` waits for them
+  shift
+  if (( JOBS <= 1 )) || [[ -n "${DRY_RUN:-}" ]]; then "$@"; return; fi
+  while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done
+  mkdir -p "$OUT/logs"
+  [[ -n "$JOB_FAILED" ]] || JOB_FAILED=$(mktemp)
+  echo "$(date +%H:%M:%S) start $name (output: $OUT/logs/$name.log)"
+  (
+    export OMP_NUM_THREADS=$THREADS
+    trap 'rc=$?; if ((rc)); then echo "$name" >> "$JOB_FAILED"
+          echo "$(date +%H:%M:%S) FAILED $name (exit $rc; see $OUT/logs/$name.log)" >&2
+          else echo "$(date +%H:%M:%S) done $name"; fi' EXIT
+    "$@" > "$OUT/logs/$name.log" 2>&1
+  ) &
+}
+
+join_jobs() {  # waits for every job started by `job`; returns 1 (after all have ended) if any failed
+  local failed=0
+  wait
+  if [[ -n "$JOB_FAILED" ]]; then
+    [[ -s "$JOB_FAILED" ]] && failed=1
+    rm -f "$JOB_FAILED"
+    JOB_FAILED=""
+  fi
+  if ((failed)); then echo "a run failed (above): the study stops here; the same command resumes it" >&2; fi
+  return $failed
+}
 
 timed() {  # kind command...: runs an evaluation and appends "kind seconds" (its wall time) to $OUT/eval-times.tsv,
   local kind=$1 t0=$SECONDS  # which the plan's evaluation estimate reads
@@ -142,13 +179,14 @@ study_plan() {  # prints the plan, the FLOP ratio, the checks and the time expec
   $PY studies/estimate.py --mae "$MAE_PRESET" --imae "$IMAE_PRESET" --images "$IMAGES" \
     --teacher-epochs "$TEACHER_EPOCHS" --teachers "$n_start" --epochs "$EPOCHS" --arms "$n_mae mae $n_imae imae" \
     --extra-mae-epochs "$((n_ap * FLOPS_EPOCHS))" --eval-times "$OUT/eval-times.tsv" \
-    --evals "separability $N_SEP semantics $N_SEM compare $N_CMP finetune $N_FT" "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"
+    --evals "separability $N_SEP semantics $N_SEM compare $N_CMP finetune $N_FT" --jobs "$JOBS" --threads "$THREADS" \
+    "${DEVICE_FLAGS[@]}" "${SET_FLAGS[@]}"
 }
 
 study_plan_evaluations() {  # the evaluation estimate alone (after the start's evaluations ran: timed here)
   [[ -n "${DRY_RUN:-}" ]] && return 0
   study_counts
-  $CALC studies/estimate.py --eval-only --eval-times "$OUT/eval-times.tsv" \
+  $CALC studies/estimate.py --eval-only --eval-times "$OUT/eval-times.tsv" --jobs "$JOBS" \
     --evals "separability $N_SEP semantics $N_SEM compare $N_CMP finetune $N_FT"
 }
 
@@ -177,22 +215,24 @@ study_start() {  # the teachers, the referees and the untrained encoder; their s
   local s d first_ref=${REFEREE_SEEDS%% *} warm=()
   [[ -z "${TEACHER_WARMUP:-}" ]] || warm=(--set "train.warmup_epochs=$TEACHER_WARMUP")
   for s in $TEACHER_SEEDS; do
-    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" "${warm[@]}" \
-      --output-dir "$OUT/teacher-s$s" --resume auto
+    job "teacher-s$s" $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" \
+      "${warm[@]}" --output-dir "$OUT/teacher-s$s" --resume auto
   done
   for s in $REFEREE_SEEDS; do
-    $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" "${warm[@]}" \
-      --output-dir "$OUT/referee-s$s" --resume auto
+    job "referee-s$s" $IMAE pretrain --preset "$MAE_PRESET" "${TRAIN[@]}" --seed "$s" --epochs "$TEACHER_EPOCHS" \
+      "${warm[@]}" --output-dir "$OUT/referee-s$s" --resume auto
   done
+  join_jobs
   $PY studies/untrained.py "$MAE_PRESET" "$OUT/untrained" "${TRAIN[@]}"  # the same architecture and data
   for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) $(printf 'referee-s%s ' $REFEREE_SEEDS); do
     [[ -f "$OUT/$d/eval/semantics.json" ]] || \
-      timed semantics $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
+      job "semantics-$d" timed semantics $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
   done
   # one separability before any arm: it is needed later anyway, and it times the plan's evaluation estimate
-  [[ -f "$OUT/untrained/eval-referee-s$first_ref/separability.json" ]] || timed separability \
-    $IMAE separability "$OUT/untrained" --reference "$OUT/referee-s$first_ref" \
+  [[ -f "$OUT/untrained/eval-referee-s$first_ref/separability.json" ]] || job "separability-untrained-s$first_ref" \
+    timed separability $IMAE separability "$OUT/untrained" --reference "$OUT/referee-s$first_ref" \
     --output-dir "$OUT/untrained/eval-referee-s$first_ref" "${EVAL[@]}"
+  join_jobs
   if ! $CALC studies/check_start.py "$OUT" --teachers "$TEACHER_SEEDS" --referees "$REFEREE_SEEDS" \
       --loss-tolerance "$REFEREE_TOLERANCE" ${MIN_PROBE_GAIN:+--min-probe-gain "$MIN_PROBE_GAIN"} \
       | tee -a "$OUT/plan.txt"; then
@@ -209,15 +249,16 @@ study_train() {
     teach=()
     [[ "$preset" == "$IMAE_PRESET" ]] && teach=(--teacher "$OUT/teacher-s$seed")
     # shellcheck disable=SC2086
-    $IMAE pretrain --preset "$preset" "${TRAIN[@]}" --output-dir "$OUT/$name" --seed "$seed" --epochs "$epochs" \
-      --init-from "$OUT/teacher-s$seed" "${teach[@]}" $extra "${warm[@]}" --resume auto
+    job "$name" $IMAE pretrain --preset "$preset" "${TRAIN[@]}" --output-dir "$OUT/$name" --seed "$seed" \
+      --epochs "$epochs" --init-from "$OUT/teacher-s$seed" "${teach[@]}" $extra "${warm[@]}" --resume auto
   done
+  join_jobs
 }
 
 study_compare() {  # A B referee-seed: B minus A against the referee, in B's eval-referee-s<R>/vs-<A's tag>/
   local a=$1 b=$2 r=$3 out
   out="$b/eval-referee-s$r/vs-$(basename "$a" | cut -d- -f1)"
-  [[ -f "$out/compare.json" ]] || \
+  [[ -f "$out/compare.json" ]] || job "compare-$(basename "$b")-$(basename "$out")-s$r" \
     timed compare $IMAE compare "$a" "$b" --reference "$OUT/referee-s$r" --output-dir "$out" "${EVAL[@]}"
 }
 
@@ -225,13 +266,15 @@ study_evaluate() {
   local d r t tag first_ref=${REFEREE_SEEDS%% *}
   for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) "${RUNS[@]%%|*}"; do
     for r in $REFEREE_SEEDS; do
-      [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || timed separability $IMAE separability "$OUT/$d" \
-        --reference "$OUT/referee-s$r" --output-dir "$OUT/$d/eval-referee-s$r" "${EVAL[@]}"
+      [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || job "separability-$d-s$r" \
+        timed separability $IMAE separability "$OUT/$d" --reference "$OUT/referee-s$r" \
+        --output-dir "$OUT/$d/eval-referee-s$r" "${EVAL[@]}"
     done
     # semantics once, only what the claims read (probe, kNN, NMI: no mixtures, no referee needed)
     [[ -f "$OUT/$d/eval/semantics.json" ]] || \
-      timed semantics $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
+      job "semantics-$d" timed semantics $IMAE semantics "$OUT/$d" "${EVAL[@]}" --set semantics.separability=false
   done
+  join_jobs  # the comparisons read the per-item scores the separability runs store
   for t in $TEACHER_SEEDS; do
     [[ " $ARMS " == *" b "* ]] || continue
     for r in $REFEREE_SEEDS; do
@@ -243,16 +286,17 @@ study_evaluate() {
       done
     done
   done
-  return 0
+  join_jobs
 }
 
 study_finetune() {  # claim 2's fine-tuning top-1 (last epoch) of FINETUNE_ARMS, each with its teacher's seed
   local d
   for d in $(finetunes); do
-    [[ -f "$d/finetune/finetune.json" ]] || timed finetune $IMAE finetune "$d" --preset "$FINETUNE_PRESET" \
-      "${TRAIN[@]}" --epochs "$FINETUNE_EPOCHS" --seed "${d##*-t}" --output-dir "$d/finetune" --resume auto
+    [[ -f "$d/finetune/finetune.json" ]] || job "finetune-$(basename "$d")" timed finetune $IMAE finetune "$d" \
+      --preset "$FINETUNE_PRESET" "${TRAIN[@]}" --epochs "$FINETUNE_EPOCHS" --seed "${d##*-t}" \
+      --output-dir "$d/finetune" --resume auto
   done
-  return 0
+  join_jobs
 }
 
 study_publish() {

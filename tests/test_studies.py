@@ -466,4 +466,50 @@ def test_the_plans_evaluation_estimate_is_the_median_wall_time_of_each_kind_time
     assert line.startswith("expected evaluation time: 24 min (10 separability x 2.0 min (median of 1 timed here); "
                            "4 semantics x 1.0 min (median of 3 timed here)); not timed yet: 3 compare")
     assert "finetune" not in line
+    two = eval_estimate(times, "separability 10 semantics 4", jobs=2)  # JOBS=2: two at a time
+    assert two.startswith("expected evaluation time: 12 min (") and two.endswith(", 2 at a time")
     assert eval_estimate(tmp_path / "none.tsv", "semantics 2").startswith("expected evaluation time: 0 min; not timed")
+
+
+FAKE_IMAE = """#!/usr/bin/env bash
+# records "<start|end> <time> <threads> <command and run>" and sleeps; fails where FAIL_ON names its output folder
+echo "start $(date +%s.%N) ${OMP_NUM_THREADS:-unset} $1 ${*: -3}" >> "$LOG"
+[[ -n "${FAIL_ON:-}" && " $* " == *"$FAIL_ON "* ]] && exit 3
+sleep 0.05
+echo "end $(date +%s.%N) ${OMP_NUM_THREADS:-unset} $1" >> "$LOG"
+"""
+
+
+def _fake_study(tmp_path: Path, **env) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    tmp_path.mkdir(exist_ok=True)
+    fake = tmp_path / "fake-imae"
+    fake.write_text(FAKE_IMAE)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    res = subprocess.run(["bash", "studies/digits/run.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "IMAE": str(fake), "PY": "true", "CALC": sys.executable, "LOG": str(log),
+                              "OUT": str(tmp_path / "out"), "RESULTS": str(tmp_path / "r"), **env})
+    return res, [line.split() for line in log.read_text().splitlines()]
+
+
+def test_jobs_run_each_phase_two_at_a_time_on_one_thread_each_and_a_failure_stops_the_study(tmp_path):
+    res, calls = _fake_study(tmp_path, JOBS="2", THREADS="1")
+    assert res.returncode == 0, res.stderr
+    starts = [c for c in calls if c[0] == "start"]
+    assert len(starts) == len([line for line in _plan("digits", OUT=str(tmp_path / "dry"), RESULTS=str(tmp_path))
+                               if line.startswith("imae ")])  # every command of the dry run, once
+    assert {c[2] for c in calls} == {"1"}  # each on THREADS threads
+    running, most = 0, 0
+    for c in sorted(calls, key=lambda c: (float(c[1]), c[0] == "start")):
+        running += 1 if c[0] == "start" else -1
+        most = max(most, running)
+    assert most == 2  # side by side, never more than JOBS
+    ends = {kind: max(float(c[1]) for c in calls if c[0] == "end" and c[3] == kind) for kind in ("separability",)}
+    first_compare = min(float(c[1]) for c in starts if c[3] == "compare")
+    assert first_compare > ends["separability"]  # the comparisons read what every separability stored
+    assert (tmp_path / "out" / "logs" / "teacher-s0.log").is_file()
+
+    res, calls = _fake_study(tmp_path / "failing", JOBS="2", FAIL_ON="referee-s5")
+    assert res.returncode != 0 and "FAILED referee-s5" in res.stderr and "the same command resumes it" in res.stderr
+    assert not [c for c in calls if c[0] == "start" and "--init-from" in c]  # no arm started
+    assert [c for c in calls if c[0] == "end" and c[3] == "pretrain"]  # the other runs of the phase ended
