@@ -38,11 +38,14 @@ scored against it); its committed results keep being read by them. A study of **
   comparison), kNN (both from the comparisons against the first referee: they do not depend on the referee
   otherwise) and NMI (``eval/semantics.json``, per teacher), and where the study fine-tuned (a) and (b)
   (``RUN/finetune/finetune.json``), the fine-tuning top-1 of the last epoch. The verdict reads the linear
-  probe; kNN, NMI and fine-tuning are reported with their own intervals over teachers.
+  probe on the cls token; kNN, NMI and fine-tuning are reported with their own intervals over teachers, and so
+  is the attentive probe (learned queries over all tokens, one setting for both models chosen on the first
+  referee's training tokens: ``imae compare --head attentive``), which a cls probe is known to understate for
+  masked autoencoders. Every verdict names the probe it rests on (``probe`` in claims.json).
 - **Claim 3 (same-class pairing changes the semantics):** (d) p = 0 and (e) p = random against (b) p = 1 per
-  teacher (``imae compare b d``, ``imae compare b e``): linear probe (the verdict), kNN and NMI. A claim of a
-  *change* holds when the interval of (d) − (b) or of (e) − (b) excludes 0 (either sign); otherwise
-  cannot tell (without an equivalence margin, "no change" cannot be shown).
+  teacher (``imae compare b d``, ``imae compare b e``): linear probe (the verdict), attentive probe, kNN and
+  NMI. A claim of a *change* holds when the interval of (d) − (b) or of (e) − (b) excludes 0 (either sign);
+  otherwise cannot tell (without an equivalence margin, "no change" cannot be shown).
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ def main(folder: Path) -> dict:
 CONTROLS = {"a": "(a) MAE continued", "ap": "(a+) MAE continued, FLOP-matched",
             "h": "(h) MAE continued + distillation on clean images"}
 P_ARMS = {"d": "(d) p = 0", "e": "(e) p = random"}
+VERDICT_PROBE = "linear probe on the cls token at the one penalty"
+SEMANTICS = ("linprobe", "attentive", "knn", "nmi", "finetune")  # claim 2's measures, in the tables' order
 WITHIN = ("per teacher: the comparison's paired-bootstrap 95% interval over test pairs, within one teacher "
           "(it says nothing about teachers and decides nothing)")
 
@@ -239,10 +244,13 @@ def main_teachers(folder: Path) -> dict:
         c = {"linprobe": over_teachers(per_teacher("linprobe", tag, first)),
              "knn": over_teachers(per_teacher("knn", tag, first)),
              "nmi": over_teachers(_nmi_diffs(folder, teachers, "b", tag))}
+        attentive = per_teacher("attentive", tag, first)
+        if attentive:
+            c["attentive"] = over_teachers(attentive)
         tuned = _nmi_diffs(folder, teachers, "b", tag, read=_finetune)
         if tuned:
             c["finetune"] = over_teachers(tuned)
-        c["verdict"] = c["linprobe"]["verdict"]
+        c["verdict"], c["probe"] = c["linprobe"]["verdict"], VERDICT_PROBE
         claim2[tag] = c
     out["claim 2"] = {"referee": first, "l2": sorted(l2s), "vs": claim2}
     claim3 = {}
@@ -250,7 +258,10 @@ def main_teachers(folder: Path) -> dict:
         claim3[tag] = {"linprobe": over_teachers(per_teacher("linprobe", tag, first, b_tag=tag, vs="b")),
                        "knn": over_teachers(per_teacher("knn", tag, first, b_tag=tag, vs="b")),
                        "nmi": over_teachers(_nmi_diffs(folder, teachers, tag, "b"))}
-    out["claim 3"] = {"referee": first, "minus_b": claim3,
+        attentive = per_teacher("attentive", tag, first, b_tag=tag, vs="b")
+        if attentive:
+            claim3[tag]["attentive"] = over_teachers(attentive)
+    out["claim 3"] = {"referee": first, "minus_b": claim3, "probe": VERDICT_PROBE,
                       "verdict": change_verdict([v["linprobe"]["across_teachers"] for v in claim3.values()])}
     out["claims"] = {"1 separability": {f"vs {CONTROLS[t]}": claim1[t]["verdict"] for t in CONTROLS},
                      "2 semantics": {f"vs {CONTROLS[t]}": claim2[t]["verdict"] for t in CONTROLS},
@@ -284,20 +295,25 @@ def teachers_markdown(out: dict) -> str:
             lines.append(_row(f"(b) − {CONTROLS[tag]}, referee s{r}", v))
     l2 = ", ".join(f"{x:g}" for x in out["claim 2"]["l2"]) or "–"
     ref = out["claim 2"]["referee"]
-    lines += ["", f"## Claim 2: linear probe at the one penalty l2 = {l2} (chosen on referee s{ref}'s validation "
-              "features), kNN, NMI, and the fine-tuning top-1 of the last epoch where the study fine-tuned", "",
+    lines += ["", f"## Claim 2: the linear probe on the cls token at the one penalty l2 = {l2} (chosen on referee "
+              f"s{ref}'s validation features; the verdict), the attentive probe at one setting per comparison where "
+              "measured, kNN, NMI, and the fine-tuning top-1 of the last epoch where the study fine-tuned", "",
               head, "| --- | --- | --- | --- | --- |"]
     for tag, c in out["claim 2"]["vs"].items():
-        for m in ("linprobe", "knn", "nmi", "finetune"):
+        for m in SEMANTICS:
             if m in c:
                 lines.append(_row(f"{m}: (b) − {CONTROLS[tag]}", c[m]))
     lines += ["", "## Claim 3: (d) and (e) minus (b)", "", head, "| --- | --- | --- | --- | --- |"]
     for tag, c in out["claim 3"]["minus_b"].items():
-        for m in ("linprobe", "knn", "nmi"):
-            lines.append(_row(f"{m}: {P_ARMS[tag]} − (b)", c[m]))
-    lines += ["", "| claim | against | verdict |", "| --- | --- | --- |"]
+        for m in SEMANTICS:
+            if m in c:
+                lines.append(_row(f"{m}: {P_ARMS[tag]} − (b)", c[m]))
+    reads = {"1 separability": "un-mixing gain of the subordinate, against each referee",
+             "2 semantics": VERDICT_PROBE, "3 same-class pairing": VERDICT_PROBE}
+    lines += ["", "| claim | against | verdict | rests on |", "| --- | --- | --- | --- |"]
     for k, v in out["claims"].items():
-        lines += [f"| {k} | {who} | {x} |" for who, x in v.items()] if isinstance(v, dict) else [f"| {k} | (b) | {v} |"]
+        lines += ([f"| {k} | {who} | {x} | {reads[k]} |" for who, x in v.items()] if isinstance(v, dict)
+                  else [f"| {k} | (b) | {v} | {reads[k]} |"])
     return "\n".join(lines) + "\n"
 
 

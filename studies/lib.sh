@@ -39,7 +39,8 @@
 # RUN/eval-referee-s<R>/, semantics once in RUN/eval/ (probe, kNN and NMI only: semantics.separability=false);
 # `imae compare` per teacher and referee (it reads the per-item scores `imae separability` stored: no arm is
 # measured twice): (a), (a+), (h) against (b) in b's eval-referee-s<R>/vs-<tag>/,
-# (b) against (d) and (e) in their eval-referee-s<R>/vs-b/.
+# (b) against (d) and (e) in their eval-referee-s<R>/vs-b/; against the first referee with the attentive probe
+# beside the linear one (--head attentive: one setting for both models), which claim 2 reports beside its verdict.
 
 if [[ -n "${DRY_RUN:-}" ]]; then IMAE=${IMAE:-echo imae} PY=${PY:-echo python}; fi
 IMAE=${IMAE:-imae}
@@ -255,11 +256,15 @@ study_train() {
   join_jobs
 }
 
-study_compare() {  # A B referee-seed: B minus A against the referee, in B's eval-referee-s<R>/vs-<A's tag>/
-  local a=$1 b=$2 r=$3 out
+study_compare() {  # A B referee-seed: B minus A against the referee, in B's eval-referee-s<R>/vs-<A's tag>/; against
+  local a=$1 b=$2 r=$3 out head=()  # the first referee also the attentive probe (claim 2 reads both probes there)
   out="$b/eval-referee-s$r/vs-$(basename "$a" | cut -d- -f1)"
-  [[ -f "$out/compare.json" ]] || job "compare-$(basename "$b")-$(basename "$out")-s$r" \
-    timed compare $IMAE compare "$a" "$b" --reference "$OUT/referee-s$r" --output-dir "$out" "${EVAL[@]}"
+  [[ "$r" == "${REFEREE_SEEDS%% *}" ]] && head=(--head attentive)
+  if [[ -f "$out/compare.json" ]] && { ((${#head[@]} == 0)) || grep -q '"attentive"' "$out/compare.json"; }; then
+    return 0
+  fi
+  job "compare-$(basename "$b")-$(basename "$out")-s$r" \
+    timed compare $IMAE compare "$a" "$b" --reference "$OUT/referee-s$r" --output-dir "$out" "${EVAL[@]}" "${head[@]}"
 }
 
 study_evaluate() {

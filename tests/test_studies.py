@@ -189,6 +189,9 @@ def test_each_scale_plans_every_arm_for_every_teacher_scored_against_referees_th
                         for x in ("a-mae-continued", "ap-mae-flops", "h-mae-distill")} | \
         {(f"b-imae-t{t}", f"{x}-t{t}", f"{out}/referee-s{s}") for t in range(3) for s in (r1, r2)
          for x in ("d-imae-p0", "e-imae-prandom")}
+    # the attentive probe beside the linear one against the first referee only (claim 2 reads it there)
+    assert {_flag(line, "--reference") for line in lines
+            if line.startswith("imae compare") and _flag(line, "--head") == "attentive"} == {f"{out}/referee-s{r1}"}
 
 
 def test_the_flop_matched_arm_trains_the_epochs_of_the_printed_flop_ratio(dry_run):
@@ -271,14 +274,17 @@ def test_claims_of_independent_teachers_on_planted_results(tmp_path):
                 ft.parent.mkdir()
                 ft.write_text(json.dumps({"results": {"top1": 0.5, "final_top1": tuned[tag][t]}}))
         for r in (3, 4):
+            # the attentive probe only against the first referee, as studies/lib.sh measures it: here it says
+            # the opposite of the linear probe about (a), and the verdict still rests on the linear one
+            attentive = {"attentive": {**_entry(-probes["a"][t]), "lr": 1e-3, "weight_decay": 0.05}} if r == 3 else {}
             for tag in ("a", "ap", "h"):
                 _planted(tmp_path, t, r, "b-imae", tag, {
                     "gain_sub": {"0.1": _entry(0.5), "0.3": _entry(gains[tag][r][t])},
                     "linprobe": {**_entry(probes[tag][t] + (0.5 if r == 4 else 0)), "l2": 1e-3 if r == 3 else 1e-2},
-                    "knn": _entry(probes[tag][t]), "where": {"headline_alpha": "0.3"}})
+                    "knn": _entry(probes[tag][t]), "where": {"headline_alpha": "0.3"}, **attentive})
             for tag in ("d", "e"):
                 _planted(tmp_path, t, r, names[tag], "b", {"linprobe": {**_entry(probes[tag][t]), "l2": 1e-3},
-                                                           "knn": _entry(0.0)})
+                                                           "knn": _entry(0.0), **attentive})
     out = claims.main(tmp_path)
     assert out["teachers"] == ["0", "1", "2"] and out["referees"] == ["3", "4"]
     one = out["claim 1"]["vs"]
@@ -294,13 +300,18 @@ def test_claims_of_independent_teachers_on_planted_results(tmp_path):
     # fine-tuning: the last epoch's top-1, (b) minus (a) per teacher, where both were fine-tuned (not (a+), (h))
     assert two["vs"]["a"]["finetune"]["per_teacher"]["2"]["diff"] == pytest.approx(0.05)
     assert two["vs"]["a"]["finetune"]["verdict"] == "holds" and "finetune" not in two["vs"]["ap"]
+    # the attentive probe is read beside the linear one (first referee), and the verdict names its probe
+    assert two["vs"]["a"]["attentive"]["verdict"] == "does not hold" and two["vs"]["a"]["verdict"] == "holds"
+    assert two["vs"]["a"]["probe"] == "linear probe on the cls token at the one penalty"
+    assert out["claim 3"]["minus_b"]["d"]["attentive"]["across_teachers"]["n"] == 3
     three = out["claim 3"]
     assert three["minus_b"]["d"]["linprobe"]["verdict"] == "does not hold" and three["verdict"] == "holds"
     assert out["claims"]["1 separability"] == {f"vs {claims.CONTROLS[t]}": v for t, v in
                                                (("a", "cannot tell"), ("ap", "holds"), ("h", "does not hold"))}
     md = (tmp_path / "claims.md").read_text()
     assert "within one teacher" in md and "| (b) − (a) MAE continued, referee s4 |" in md
-    assert "| finetune: (b) − (a) MAE continued |" in md
+    assert "| finetune: (b) − (a) MAE continued |" in md and "| attentive: (b) − (a) MAE continued |" in md
+    assert "| 2 semantics | vs (a) MAE continued | holds | linear probe on the cls token at the one penalty |" in md
     assert json.loads((tmp_path / "claims.json").read_text()) == out
 
 
