@@ -14,6 +14,7 @@ from eval_fixtures import ONE_EPOCH, fast_sets
 from imae.cli import main
 from imae.config.evaluate import EvalConfig, EvalDataConfig
 from imae.data.augment import normalize
+from imae.data.mixing import mix
 from imae.errors import ConfigError
 from imae.eval.depth import check_spec, parse_layers
 from imae.eval.eval_split import load_eval_split
@@ -77,9 +78,16 @@ def test_a_layers_features_equal_the_output_of_block_k_computed_independently(ru
             tokens = _by_hand(model, x, k)
             assert torch.allclose(feats[k].cls, tokens[:, 0], atol=1e-5)
             assert torch.allclose(feats[k].mean, tokens[:, 1:].mean(1), atol=1e-5)
-        # the last block's features are the encoder's output, bit for bit, as extracted before layers existed
+        # the last block's features are the encoder's output, bit for bit: forward_features batch by batch, for
+        # clean images and for mixtures (mixed after normalisation), as extracted before layers existed
         plain = extract(model, split, subject.fingerprint, batch_size=16, show_progress=False)
         assert torch.equal(plain.cls, feats[DEPTH].cls) and torch.equal(plain.mean, feats[DEPTH].mean)
+        pairs = torch.stack([torch.arange(len(split)), torch.arange(len(split)).roll(1)], 1)
+        mixed = extract(model, split, subject.fingerprint, pairs=pairs, alpha=0.3, batch_size=16,
+                        show_progress=False)
+        for got, inputs in ((plain, x), (mixed, mix(x[pairs[:, 0]], x[pairs[:, 1]], 0.3))):
+            tokens = torch.cat([model.forward_features(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
+            assert torch.equal(got.cls, tokens[:, 0]) and torch.equal(got.mean, tokens[:, 1:].mean(1))
         # masked tokens (separability's): block k of the visible patches, the last one equal to forward_encoder's
         noise = pair_noise(x.shape[0], model.arch.num_patches, 0)
         for ratio in (0.75, 0.0):

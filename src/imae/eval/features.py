@@ -135,7 +135,9 @@ def encode(model: MaskedAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def encode_layers(model: MaskedAutoencoder, x: torch.Tensor,
                   layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """As :func:`encode`, at each block of ``layers``: {k: (cls [B, D], patch mean [B, D])}, one pass."""
+    """Normalised images x [B, C, H, W] -> {k: (cls [B, D], mean of patch tokens [B, D])} of block k's output
+    with the final norm, for every k of ``layers``, mask-free and from one pass (block ``depth``: the
+    encoder's output, ``forward_features``, computed by the same operations)."""
     out = model.encode_layers(model.embed_patches(x), layers)
     return {k: (t[:, 0], t[:, 1:].mean(dim=1)) for k, t in out.items()}
 
@@ -145,8 +147,9 @@ def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: 
             cache: FeatureCache | None = None, show_progress: bool = True, desc: str = "features",
             layers: list[int] | None = None) -> Features | dict[int, Features]:
     """Pooled features of every clean image of ``split`` or, with ``pairs`` [M, 2] (subordinate, dominant
-    indices) and ``alpha``, of the M mixtures. Cached under ``cache`` when given. With ``layers`` (block
-    numbers): {block: its Features}, every layer not in the cache from one pass."""
+    indices) and ``alpha``, of the M mixtures: the encoder's output, or with ``layers`` (block numbers)
+    {block: its Features}. Every layer not in ``cache`` comes from one pass; each is cached under its own key
+    (the last block's is the encoder output's)."""
     device = torch.device(device)
     inputs: dict[str, Any] = {"inputs": "clean"}
     index = torch.arange(len(split)).view(-1, 1)
@@ -158,52 +161,32 @@ def extract(model: MaskedAutoencoder, split: Split, fingerprint: str, *, pairs: 
     key = {"version": FEATURE_VERSION, "checkpoint": fingerprint, "split": split.key, **inputs}
     if precision.uses_bf16(device):  # bf16 features are not the fp32 ones (fp32 keys stay as they were)
         key["precision"] = "bf16"
-    if layers is not None:
-        return _extract_layers(model, split, key, index, pairs, alpha, batch_size, device, cache, show_progress,
-                               desc, layers)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    cls_parts, mean_parts = [], []
-    norm = Normalize(split.data.mean, split.data.std)
-    bar = progress(index.shape[0], desc=desc, enabled=show_progress)
-    with torch.inference_mode(), eval_precision(device):
-        for u8 in split.batches(index, batch_size):  # [b, K, 3, H, W]
-            u8 = u8.to(device, non_blocking=True)
-            x = norm(u8[:, 0])
-            if pairs is not None:
-                x = mix(x, norm(u8[:, 1]), alpha)
-            c, m = encode(model, x)
-            cls_parts.append(c.float())  # on the device until the end: no copy (and sync) per batch
-            mean_parts.append(m.float())
-            bar.update(u8.shape[0])
-    bar.close()
-    model.train(was_training)
-    feats = Features(torch.cat(cls_parts).cpu(), torch.cat(mean_parts).cpu(), seconds=time.perf_counter() - t0)
-    if cache is not None:
-        cache.put(key, feats)
-    return feats
-
-
-def _extract_layers(model: MaskedAutoencoder, split: Split, key: dict[str, Any], index: torch.Tensor,
-                    pairs: torch.Tensor | None, alpha: float | None, batch_size: int, device: torch.device,
-                    cache: FeatureCache | None, show_progress: bool, desc: str,
-                    layers: list[int]) -> dict[int, Features]:
     depth = model.arch.depth
-    keys = {k: key if k == depth else {**key, "layer": k} for k in layers}  # the last block: the output's key
+    wanted = [depth] if layers is None else layers
+    keys = {k: key if k == depth else {**key, "layer": k} for k in wanted}
     out: dict[int, Features] = {}
-    for k in layers:
+    for k in wanted:
         if cache is not None and (hit := cache.get(keys[k])) is not None:
             out[k] = hit
-    missing = [k for k in layers if k not in out]
-    if not missing:
-        return out
+    missing = [k for k in wanted if k not in out]
+    if missing:
+        out.update(_encode_split(model, split, index, pairs, alpha, batch_size, device, show_progress, desc,
+                                 missing))
+        for k in missing:
+            if cache is not None:
+                cache.put(keys[k], out[k])
+    return out[depth] if layers is None else dict(sorted(out.items()))
+
+
+def _encode_split(model: MaskedAutoencoder, split: Split, index: torch.Tensor, pairs: torch.Tensor | None,
+                  alpha: float | None, batch_size: int, device: torch.device, show_progress: bool, desc: str,
+                  layers: list[int]) -> dict[int, Features]:
+    """One pass of the frozen encoder over the inputs ``index`` [M, K] -> {block: Features}; the pass's time is
+    counted once, on the first block."""
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    parts: dict[int, tuple[list, list]] = {k: ([], []) for k in missing}
+    parts: dict[int, tuple[list, list]] = {k: ([], []) for k in layers}
     norm = Normalize(split.data.mean, split.data.std)
     bar = progress(index.shape[0], desc=desc, enabled=show_progress)
     with torch.inference_mode(), eval_precision(device):
@@ -212,19 +195,15 @@ def _extract_layers(model: MaskedAutoencoder, split: Split, key: dict[str, Any],
             x = norm(u8[:, 0])
             if pairs is not None:
                 x = mix(x, norm(u8[:, 1]), alpha)
-            for k, (c, m) in encode_layers(model, x, missing).items():
-                parts[k][0].append(c.float())
+            for k, (c, m) in encode_layers(model, x, layers).items():
+                parts[k][0].append(c.float())  # on the device until the end: no copy (and sync) per batch
                 parts[k][1].append(m.float())
             bar.update(u8.shape[0])
     bar.close()
     model.train(was_training)
     seconds = time.perf_counter() - t0
-    for k in missing:  # the pass's time is counted once, on the first layer it computed
-        out[k] = Features(torch.cat(parts[k][0]).cpu(), torch.cat(parts[k][1]).cpu(),
-                          seconds=seconds if k == missing[0] else 0.0)
-        if cache is not None:
-            cache.put(keys[k], out[k])
-    return dict(sorted(out.items()))
+    return {k: Features(torch.cat(parts[k][0]).cpu(), torch.cat(parts[k][1]).cpu(),
+                        seconds=seconds if k == layers[0] else 0.0) for k in layers}
 
 
 def extract_split(subject, split: Split, cfg, *, which: str, device: torch.device | str,
