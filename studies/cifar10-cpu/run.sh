@@ -26,6 +26,7 @@ TEACHER_EPOCHS=${TEACHER_EPOCHS:-50} EPOCHS=${EPOCHS:-16} IMAGES=4992  # 39 batc
 MIN_PROBE_GAIN=${MIN_PROBE_GAIN:-0.05}
 TRAIN=(--data-path "$DATA")
 EVAL=(--set data.train_per_class=500 --set separability.unmasked=true)
+JOBS=${JOBS:-2}  # two runs side by side, one thread each: the small models use a core about as well as two
 source studies/lib.sh
 
 study_all

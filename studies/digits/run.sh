@@ -22,6 +22,7 @@ REFEREE_SEEDS=${REFEREE_SEEDS:-"4 5"}
 FINETUNE_PRESET=finetune/digits FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-15}
 TRAIN=()
 EVAL=(--preset digits-mae --set separability.unmasked=true)
+JOBS=${JOBS:-2}  # two runs side by side, one thread each: the small models use a core about as well as two
 source studies/lib.sh
 
 study_all
