@@ -4,11 +4,13 @@
     python studies/collect.py runs/quickstart studies/digits-quickstart
 
 For every run directory under SRC (any folder holding config.yaml): its config.yaml, the epoch records
-of log.jsonl (as epochs.jsonl), every JSON and PNG (under 1 MB) below its eval/ folder and its eval-referee-s<R>/
-folders (a study of independent teachers: one per referee, with the comparisons under them) and its
-fine-tune's finetune.json (RUN/finetune/, the run's fine-tuning for claim 2; not collected as a run); plus report.md,
-headline.png and report.html (under 1 MB; a larger page is left for `imae report` to rebuild) found under
-SRC; and SRC's plan.txt (the plan, with the train steps timed when the study last started).
+of log.jsonl (as epochs.jsonl), every JSON (rewritten without indentation) and PNG (under 1 MB) below its
+eval/ folder and its eval-referee-s<R>/ folders (a study of independent teachers: one per referee, with the
+comparisons under them) and its fine-tune's finetune.json (RUN/finetune/, the run's fine-tuning for claim 2;
+not collected as a run); plus report.md, headline.png and report.html (under 1 MB; a larger page is left for
+`imae report` to rebuild) found under SRC; and SRC's plan.txt (the plan, with the train steps timed when the
+study last started), eval-times.tsv (each evaluation's wall time, studies/lib.sh) and study-code.txt (the
+commits the study ran, where recorded).
 Checkpoints and feature caches are never copied.
 """
 
@@ -42,7 +44,10 @@ def collect(src: Path, dst: Path) -> list[Path]:
             if f.suffix in (".json", ".png") and f.stat().st_size < MAX_BYTES:
                 target = out / f.relative_to(run)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(f, target)
+                if f.suffix == ".json":  # the same values without indentation: about 40% of the bytes
+                    target.write_text(json.dumps(json.loads(f.read_text()), separators=(",", ":")) + "\n")
+                else:
+                    shutil.copy(f, target)
         copied.append(out)
     for name in ("report.md", "report.html", "headline.png"):
         for f in src.rglob(name):
@@ -51,9 +56,10 @@ def collect(src: Path, dst: Path) -> list[Path]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(f, target)
                 copied.append(target)
-    if (src / "plan.txt").is_file():
-        shutil.copy(src / "plan.txt", dst / "plan.txt")
-        copied.append(dst / "plan.txt")
+    for name in ("plan.txt", "eval-times.tsv", "study-code.txt"):
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+            copied.append(dst / name)
     return copied
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A study's results table (Markdown) from its collected run folders.
 
-    python studies/table.py studies/digits/results > studies/digits/results/table.md
+    python studies/table.py studies/digits/results --referee 4 --write studies/digits/results/table-referee-s4.md
     python studies/table.py studies/cifar10-cpu/results --ratio 0 > studies/cifar10-cpu/results/table-unmasked.md
 
 Every separability number is read through :class:`imae.eval.separability_result.SeparabilityResult` (its
@@ -155,7 +155,8 @@ def main(folder: Path, ratio: str | None = None, referee: str | None = None) -> 
     scored = {run: res for run in sorted(p.parent.parent for p in found) if (res := separability(run, referee))}
     first, res = next(iter(scored.items()), (None, None))
     titles = header(res.head["alpha"] if res else "–")
-    lines = ["| arm | seeds | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
+    unit = "teachers" if referee else "seeds"  # a study of independent teachers pools an arm's teachers
+    lines = [f"| arm | {unit} | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
     if any(r.legacy for r in scored.values()):
         lines = [OLD_SCHEME, "", *lines]
     for arm, runs in arms.items():

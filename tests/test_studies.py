@@ -25,11 +25,19 @@ def results(request, tmp_path):
     return out, committed
 
 
+def _teachers(folder: Path) -> bool:
+    """A study of independent teachers (issue 26's layout), not the first single-teacher design."""
+    return any(folder.glob("b-imae-t*"))
+
+
 def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_committed_results(results):
     import claims
     import table
 
     results, committed = results
+    if _teachers(committed):
+        _check_teachers_results(results, committed)
+        return
     tab = table.main(results)
     assert tab == (committed / "table.md").read_text()
     for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
@@ -55,14 +63,52 @@ def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_commit
         assert measure["verdict"] == ("holds" if lo > 0 else "does not hold" if hi < 0 else "cannot tell")
 
 
+def _check_teachers_results(results: Path, committed: Path) -> None:
+    """A committed study of independent teachers: its tables per referee and its claims are what the scripts
+    compute from its committed runs, every verdict follows the rule from its interval over teachers, and the
+    per-teacher differences are those of the committed comparisons."""
+    import claims
+    import table
+
+    recomputed = claims.main(results)
+    assert recomputed == json.loads((committed / "claims.json").read_text())
+    assert (results / "claims.md").read_text() == (committed / "claims.md").read_text()
+    first = recomputed["referees"][0]
+    for r in recomputed["referees"]:
+        tab = table.main(results, referee=r)
+        assert tab == (committed / f"table-referee-s{r}.md").read_text()
+        assert tab.startswith("| arm | teachers |") and table.OLD_SCHEME not in tab
+        for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
+            assert f"| baseline: {baseline} (a-mae-continued-t0) |" in tab
+        assert "| b-imae | 3 |" in tab and "| teacher | 3 |" in tab  # the three teachers pooled per arm
+
+    def rule(entry: dict) -> None:
+        lo, hi = entry["across_teachers"]["ci"]
+        assert entry["verdict"] == ("holds" if lo > 0 else "does not hold" if hi < 0 else "cannot tell")
+
+    for tag, c in recomputed["claim 1"]["vs"].items():
+        for r, v in c["referees"].items():
+            rule(v)
+            for t, e in v["per_teacher"].items():  # straight from the committed comparison of that teacher
+                m = json.loads((results / f"b-imae-t{t}" / f"eval-referee-s{r}" / f"vs-{tag}" /
+                                "compare.json").read_text())["results"]["metrics"]
+                assert e["diff"] == m["gain_sub"]["0.3"]["diff"]
+    for c in recomputed["claim 2"]["vs"].values():
+        assert c["probe"] == claims.VERDICT_PROBE and c["verdict"] == c["linprobe"]["verdict"]
+        for m in claims.SEMANTICS:
+            if m in c:
+                rule(c[m])
+    assert recomputed["claim 2"]["referee"] == first and len(recomputed["claim 2"]["l2"]) == 1  # one penalty
+
+
 def test_table_reads_a_new_scheme_result_with_its_gain_interval_and_no_old_scheme_line(tmp_path):
     import table
 
     from imae.eval.separability_result import SeparabilityResult
 
     out = tmp_path / "results"
-    shutil.copytree(ROOT / "studies" / "digits" / "results", out)
-    for path in out.glob("*/eval/separability.json"):  # the committed results in version 2's layout, with intervals
+    shutil.copytree(ROOT / "studies" / "cifar10-cpu" / "results", out)  # the first design's committed results
+    for path in out.glob("*/eval/separability.json"):  # in version 2's layout, with intervals
         rec = json.loads(path.read_text())
         data = SeparabilityResult.from_json(rec["results"]).to_json()
         del data["legacy"]
@@ -91,7 +137,8 @@ def test_plateau_test_uses_the_last_tenth_of_the_epochs(results):
     assert (p["window"], p["before"], p["last"]) == (2, 1.0, 0.90) and p["flat"] is False
     assert curves.plateau([1.0] * 29 + [0.99])["flat"] is True
     out = curves.main(results)
-    assert set(out) >= {"b-imae-s0", "a-mae-continued-s0"} and out["b-imae-s0"]["loss"].startswith("distill")
+    b, a = ("b-imae-t0", "a-mae-continued-t0") if _teachers(committed) else ("b-imae-s0", "a-mae-continued-s0")
+    assert set(out) >= {a, b} and out[b]["loss"].startswith("distill")
     assert out == json.loads((committed / "plateau.json").read_text())  # the committed check is what it computes
     assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -100,11 +147,18 @@ def test_headline_figure_draws_the_arms_and_their_difference_from_the_mae_with_c
     import claims
     import figure
 
-    results, _ = results
-    compares = figure._compares(results)
-    assert len(compares) == 3  # (b) minus (a), one per seed: the band of the right-hand panel
-    across = claims.main(results)["separability"]["token_r2_sub@0.3"]["across_seeds"]
-    assert sum(c["token_r2_sub"]["0.3"]["diff"] for c in compares) / 3 == pytest.approx(across["mean"])
+    results, committed = results
+    if _teachers(committed):  # per referee: b minus a of each teacher, the band the interval over teachers
+        r = json.loads((committed / "claims.json").read_text())["referees"][0]
+        _, minus_a = figure.teacher_curves(results, r)
+        across = claims.main(results)["claim 1"]["vs"]["a"]["referees"][r]["across_teachers"]
+        mean, lo, hi = minus_a["b-imae"]["0.3"]
+        assert mean == pytest.approx(across["mean"]) and [lo, hi] == pytest.approx(across["ci"])
+    else:
+        compares = figure._compares(results)
+        assert len(compares) == 3  # (b) minus (a), one per seed: the band of the right-hand panel
+        across = claims.main(results)["separability"]["token_r2_sub@0.3"]["across_seeds"]
+        assert sum(c["token_r2_sub"]["0.3"]["diff"] for c in compares) / 3 == pytest.approx(across["mean"])
     out = figure.main(results)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -249,9 +303,8 @@ def _entry(diff: float, within: float = 0.01) -> dict:
     return {"a": 0.5, "b": 0.5 + diff, "diff": diff, "ci": [diff - within, diff + within]}
 
 
-def test_claims_of_independent_teachers_on_planted_results(tmp_path):
-    import claims
-
+def _planted_study(tmp_path: Path) -> None:
+    """Planted comparisons, semantics and fine-tunes of a study of three teachers and referees s3, s4."""
     gains = {  # (b) minus the control, per referee, per teacher 0 1 2
         "a": {3: [0.05, 0.06, 0.07], 4: [0.05, -0.05, 0.02]},  # holds against s3 only: cannot tell
         "ap": {3: [0.04, 0.05, 0.06], 4: [0.03, 0.04, 0.05]},  # holds against each
@@ -285,6 +338,12 @@ def test_claims_of_independent_teachers_on_planted_results(tmp_path):
             for tag in ("d", "e"):
                 _planted(tmp_path, t, r, names[tag], "b", {"linprobe": {**_entry(probes[tag][t]), "l2": 1e-3},
                                                            "knn": _entry(0.0), **attentive})
+
+
+def test_claims_of_independent_teachers_on_planted_results(tmp_path):
+    import claims
+
+    _planted_study(tmp_path)
     out = claims.main(tmp_path)
     assert out["teachers"] == ["0", "1", "2"] and out["referees"] == ["3", "4"]
     one = out["claim 1"]["vs"]
@@ -409,38 +468,24 @@ def test_the_gpu_budget_mode_plans_the_largest_version_that_fits_with_each_runs_
     assert budget.fit(budget.VERSIONS[0], 1000, 400, 100, **kw) is None  # does not fit at all
 
 
-def _teachers_layout(tmp_path: Path) -> Path:
-    """The committed digits runs renamed as a study of independent teachers: seed s of (a) and (b) as teacher s,
-    scored against two referees (here both the same committed result)."""
-    src = ROOT / "studies" / "digits" / "results"
-    out = tmp_path / "teachers"
-    for arm in ("a-mae-continued", "b-imae"):
-        for s in range(3):
-            run = out / f"{arm}-t{s}"
-            shutil.copytree(src / f"{arm}-s{s}", run)
-            for r in (3, 4):
-                shutil.copytree(run / "eval", run / f"eval-referee-s{r}")
-            (run / "eval" / "separability.json").unlink()
-    return out
-
-
 def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_path):
     import figure
     import table
 
-    folder = _teachers_layout(tmp_path)
-    gains, minus_a = figure.teacher_curves(folder, "3")
-    per = {t: table.separability(folder / f"b-imae-t{t}", "3").gain("sub")["gain"] -
-           table.separability(folder / f"a-mae-continued-t{t}", "3").gain("sub")["gain"] for t in range(3)}
+    folder = tmp_path / "teachers"
+    shutil.copytree(ROOT / "studies" / "digits" / "results", folder)
+    gains, minus_a = figure.teacher_curves(folder, "4")
+    per = {t: table.separability(folder / f"b-imae-t{t}", "4").gain("sub")["gain"] -
+           table.separability(folder / f"a-mae-continued-t{t}", "4").gain("sub")["gain"] for t in range(3)}
     mean, lo, hi = minus_a["b-imae"]["0.3"]
     assert mean == pytest.approx(sum(per.values()) / 3) and lo < mean < hi  # the interval over teachers
-    assert set(gains) == {"a-mae-continued", "b-imae"}
+    assert {"a-mae-continued", "b-imae", "h-mae-distill"} <= set(gains)
     assert figure.main(folder).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    tab = table.main(folder, referee="3")
+    tab = table.main(folder, referee="4")
     row = next(line for line in tab.splitlines() if line.startswith("| b-imae |")).split(" | ")
     assert row[1] == "3"  # the three teachers pooled in one row
-    assert table.main(folder) == table.main(folder, referee=None)  # without a referee: eval/ holds no separability
-    assert "| b-imae | 3 | – |" in table.main(folder)
+    assert table.main(folder, referee="4") != table.main(folder, referee="5")  # each referee its own scores
+    assert "| b-imae | 3 | – |" in table.main(folder)  # without a referee: eval/ holds no separability
 
 
 def test_the_start_checks_read_every_probe_at_the_first_teachers_penalty(tmp_path):
@@ -524,3 +569,39 @@ def test_jobs_run_each_phase_two_at_a_time_on_one_thread_each_and_a_failure_stop
     assert res.returncode != 0 and "FAILED referee-s5" in res.stderr and "the same command resumes it" in res.stderr
     assert not [c for c in calls if c[0] == "start" and "--init-from" in c]  # no arm started
     assert [c for c in calls if c[0] == "end" and c[3] == "pretrain"]  # the other runs of the phase ended
+
+
+def test_the_readme_verdict_table_reads_each_scales_claims_with_intervals_over_teachers(tmp_path):
+    import claims
+    import verdicts
+
+    digits, cifar = tmp_path / "digits", tmp_path / "cifar"
+    _planted_study(digits)
+    out = claims.main(digits)
+    cifar.mkdir()
+    text = verdicts.table({"digits": digits, "cifar10-cpu": cifar})
+    lines = text.splitlines()
+    assert lines[0] == ("| claim (measure) | (b) i-MAE against | digits (16 px) (3 teachers, referees s3, s4) | "
+                        "CIFAR-10, CPU scale (running) |")
+    row = next(line for line in lines if "| (a+) MAE, FLOP-matched |" in line and "s3:" in line).split(" | ")
+    across = out["claim 1"]["vs"]["ap"]["referees"]["3"]["across_teachers"]
+    lo, hi = across["ci"]
+    assert row[2] == (f"s3: {across['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]; s4: "
+                      + verdicts._interval(out["claim 1"]["vs"]["ap"]["referees"]["4"]) + " **holds**")
+    assert row[3] == "running |"  # the scale without results yet
+    probe = next(line for line in lines if line.startswith("| 2. more semantics")).split(" | ")
+    assert probe[1] == "(a) MAE continued" and probe[2].endswith("**holds**")
+    assert "| either interval excludes 0 | **holds** | running |" in text
+    assert len(lines) == 2 + 3 + 3 + 3  # one row per control and claim: short enough for the README
+
+
+def test_the_readme_shows_the_verdict_table_the_committed_claims_give(tmp_path):
+    import verdicts
+
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(verdicts.BEGIN) + len(verdicts.BEGIN), readme.index(verdicts.END)
+    assert readme[start:end] == "\n" + verdicts.main([])
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.replace(verdicts.BEGIN, ""))
+    with pytest.raises(SystemExit, match="no verdict markers"):
+        verdicts.write(copy, "x")
