@@ -107,8 +107,9 @@ def test_feature_extraction_runs_in_bf16_close_to_fp32_and_is_cached_apart(tmp_p
     model = tiny_mae(img_size=16)
     cache = FeatureCache(tmp_path / "cache")
     seen = []
-    real = model.forward_features
-    monkeypatch.setattr(model, "forward_features", lambda x: seen.append(torch.is_autocast_enabled("cpu")) or real(x))
+    real = model.encode_layers  # what extraction runs the encoder through
+    monkeypatch.setattr(model, "encode_layers",
+                        lambda x, layers: seen.append(torch.is_autocast_enabled("cpu")) or real(x, layers))
     out = {}
     for flag in ("0", "1"):
         monkeypatch.setenv(precision.ENV, flag)
