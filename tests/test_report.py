@@ -17,9 +17,9 @@ from imae.eval.run import evaluate
 from imae.viz.report import fmt, summary, write_report
 from test_cli import assert_one_line_error, run_cli
 
-# a result of the first scheme (version 1), as committed by the digits study
-LEGACY = Path(__file__).resolve().parents[1] / "studies" / "digits" / "results" / "a-mae-continued-s0" / "eval" / \
-    "separability.json"
+# a result of the first scheme (version 1): the first digits study's a-mae-continued-s0 (git show
+# 90d0846:studies/digits/results/a-mae-continued-s0/eval/separability.json, written without indentation)
+LEGACY = Path(__file__).resolve().parent / "data" / "separability-v1.json"
 
 
 @pytest.fixture(scope="module")
