@@ -269,7 +269,7 @@ study_compare() {  # A B referee-seed: B minus A against the referee, in B's eva
 }
 
 study_evaluate() {
-  local d r t tag first_ref=${REFEREE_SEEDS%% *}
+  local d r t tag
   for d in untrained $(printf 'teacher-s%s ' $TEACHER_SEEDS) "${RUNS[@]%%|*}"; do
     for r in $REFEREE_SEEDS; do
       [[ -f "$OUT/$d/eval-referee-s$r/separability.json" ]] || job "separability-$d-s$r" \

@@ -17,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from claims import _ci  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = {"digits": "digits (16 px)", "cifar10-cpu": "CIFAR-10, CPU scale"}
 BEGIN, END = "<!-- verdicts: begin (python studies/verdicts.py --write README.md) -->", "<!-- verdicts: end -->"
@@ -34,10 +37,7 @@ def _load(folder: Path) -> dict | None:
 
 def _interval(entry: dict) -> str:
     across = entry["across_teachers"]
-    if not across.get("n"):
-        return "–"
-    ci = across.get("ci")
-    return f"{across['mean']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    return _ci(across) if across.get("n") else "–"  # claims.md's format
 
 
 def cells(claims: dict | None) -> dict[tuple[str, str], str]:
