@@ -139,6 +139,33 @@ def test_layers_last_equals_todays_numbers_and_every_layer_has_an_entry(command,
     assert every["layer"] == DEPTH
 
 
+def test_only_the_evaluated_encoders_fits_repeat_per_block_the_baselines_are_fitted_and_scored_once(
+        run, split, monkeypatch):
+    from imae.eval import separability
+
+    heads, gains = [], []
+    real_fit, real_gain = separability.fit_cached_many, separability.Scorer.gain
+    monkeypatch.setattr(separability, "fit_cached_many",
+                        lambda xs, *a, **k: heads.append((xs[0].shape[1], len(xs))) or real_fit(xs, *a, **k))
+    monkeypatch.setattr(separability.Scorer, "gain", lambda self, m, p: gains.append(m) or real_gain(self, m, p))
+    cfg = EvalConfig()
+    cfg.features.layers, cfg.features.cache = "all", False
+    cfg.separability.alphas, cfg.separability.mask_ratio, cfg.separability.bootstrap = [0.2, 0.4], 0.75, 20
+    cfg.validate()
+    mae, referee = load_subject(run["mae"]), load_subject(run["referee"])
+    m = measure(mae, referee, split, make_pairs(split.labels, same_class_p="random", seed=0), cfg,
+                device=torch.device("cpu"), show_progress=False)
+    width, pixels = mae.model.arch.embed_dim, 3 * cfg.separability.pixel_size ** 2
+    # per block: one batch of heads over the alphas, one partner head; the pixels' heads once for all blocks
+    assert sorted(heads) == sorted([(width, 2), (width, 1)] * DEPTH + [(pixels, 2)])
+    baselines, groups = len(cfg.separability.baselines), 4  # {distill, encoder} x {sub, dom}
+    assert len(gains) == groups * 2 * (DEPTH + baselines)  # the encoder's at every block, each baseline's once
+    per_block = [m.at_layer(k).results["classification"]["baselines"] for k in (1, 2, 3)]
+    assert per_block[0]["pixels"] == per_block[2]["pixels"]
+    assert [m.at_layer(k).results["tokens"]["0.75"]["gain"]["pixels"] for k in (1, 2)] == \
+        [m.at_layer(3).results["tokens"]["0.75"]["gain"]["pixels"]] * 2
+
+
 def test_a_block_that_does_not_exist_is_a_one_line_error(run, capsys):
     with pytest.raises(SystemExit) as e:
         main(["knn", str(run["mae"]), "--layers", "7", *fast_sets()])

@@ -252,6 +252,8 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
     spaces = (["distill"] if dmap is not None else []) + ["encoder"]
     fit_s = 0.0
     state = {k: _Layer() for k in layers}
+    shared: dict[tuple, Any] = {}  # the baselines' scores: the same at every block, so bootstrapped once
+    cls_shared: dict[str, torch.Tensor] = {}  # classification inputs that are the same at every block (pixels)
 
     def evaluated(x, nz, r, ps):  # E's tokens of one input at every measured block
         if last_only:
@@ -291,7 +293,8 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
             for name, errs in partner.items():
                 for group, e in errs.items():
                     space, who = group.split("/")
-                    block["partner"].setdefault(name, {}).setdefault(space, {})[who] = scorer.r2(e)
+                    block["partner"].setdefault(name, {}).setdefault(space, {})[who] = _once(
+                        shared if name in baselines else None, ("partner", rk, name, group), lambda e=e: scorer.r2(e))
                     st.raw[("partner", rk, name, space, who)] = e
             pooled_partner = {p: _partner_fit(src[f"E{p}_dom"].unsqueeze(1), src[f"E{p}_sub"].unsqueeze(1),
                                               pooled_targets[p][0], _zeros(len(pairs)), pooled_targets[p][1], scorer)
@@ -341,7 +344,8 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
                 block = st.tokens[rk]
                 errs_of = {"encoder": _fit(mx["E"], y, pos, groups, scorer), **base_errs}
                 for name in predictors:
-                    _record(block, name, errs_of[name], partners[k][name], scorer, st.raw, rk, ak)
+                    _record(block, name, errs_of[name], partners[k][name], scorer, st.raw, rk, ak,
+                            memo=shared if name in baselines else None)
                 if k == depth:
                     for who, entry in _branch_scores(mx, src_all, pos, scorer, st.raw, rk, ak).items():
                         block.setdefault("branches", {}).setdefault(who, {})[ak] = entry
@@ -352,7 +356,8 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
                             key=f"pooled_{p}")
                 if r == cls_ratio:
                     st.cls_inputs[f"enc/{ak}"] = mx[pool]
-                    st.cls_inputs[f"pix/{ak}"] = mx["pix_pool"]
+            if r == cls_ratio:
+                cls_shared[f"pix/{ak}"] = mx_all["pix_pool"]
             fit_s += time.perf_counter() - t0
     common: dict[str, Any] = {
         "scheme": "tokens",
@@ -370,13 +375,19 @@ def measure(subject: Subject, reference: Subject, split: Split, pairs: PairSet, 
         "superposition": {alpha_key(a): {"sub": superposition(a), "dom": 1 - superposition(a)} for a in s.alphas},
     }
     out: dict[int, Measurement] = {}
+    classify = s.classify and split.has_labels
+    if classify:  # the pixel heads once, for every block
+        t0 = time.perf_counter()
+        pixel_hits = _class_hits(cls_shared, split, scorer, cfg, device)
+        fit_s += time.perf_counter() - t0
     for k, st in state.items():
         results = {**common, "tokens": st.tokens}
         if st.pooled:
             results["pooled"] = st.pooled
-        if s.classify and split.has_labels:
+        if classify:
             t0 = time.perf_counter()
-            results["classification"] = _classify(st.cls_inputs, split, scorer, cfg, device, st.raw)
+            hits = {**_class_hits(st.cls_inputs, split, scorer, cfg, device), **pixel_hits}
+            results["classification"] = _classify(hits, split, scorer, cfg, st.raw)
             results["classification"]["ratio"] = alpha_key(cls_ratio)
             fit_s += time.perf_counter() - t0
         out[k] = Measurement(SeparabilityResult(results), {}, st.raw, scorer)
@@ -475,14 +486,27 @@ def _partner_fit(of_dom: torch.Tensor, of_sub: torch.Tensor, y: torch.Tensor, po
     return errs
 
 
+def _once(memo: dict[tuple, Any] | None, key: tuple, score: Callable[[], Any]) -> Any:
+    """``score()``, computed once per key when a memo is given (a baseline's scores are the same at every block)."""
+    if memo is None:
+        return score()
+    if key not in memo:
+        memo[key] = score()
+    return memo[key]
+
+
 def _record(block: dict[str, Any], name: str, errs: dict[str, PairErrors], partner: dict[str, PairErrors],
-            scorer: Scorer, raw: dict, rk: str, ak: str, key: str | None = None) -> None:
-    """Store one predictor's mixture R^2 and gain at one alpha: block["mixture"|"gain"][name][space][source][ak]."""
+            scorer: Scorer, raw: dict, rk: str, ak: str, key: str | None = None,
+            memo: dict[tuple, Any] | None = None) -> None:
+    """Store one predictor's mixture R^2 and gain at one alpha: block["mixture"|"gain"][name][space][source][ak].
+    ``memo``: scores already computed for this predictor at another block (baselines only)."""
     for group, e in errs.items():
         space, who = group.split("/")
-        block["mixture"].setdefault(name, {}).setdefault(space, {}).setdefault(who, {})[ak] = scorer.r2(e)
+        at = (name, group, rk, ak)
+        block["mixture"].setdefault(name, {}).setdefault(space, {}).setdefault(who, {})[ak] = _once(
+            memo, ("mixture", *at), lambda e=e: scorer.r2(e))
         gains = block["gain"].setdefault(name, {}).setdefault(space, {}).setdefault(who, {})
-        gains[ak] = scorer.gain(e, partner[group])
+        gains[ak] = _once(memo, ("gain", *at), lambda e=e, group=group: scorer.gain(e, partner[group]))
         raw[("mixture", rk, key or name, space, who, ak)] = e
 
 
@@ -499,34 +523,46 @@ def _branch_scores(mx, src, pos, scorer: Scorer, raw: dict, rk: str, ak: str) ->
     return out
 
 
-def _classify(inputs: dict[str, torch.Tensor], split: Split, scorer: Scorer, cfg: EvalConfig,
-              device: torch.device, raw: dict) -> dict[str, Any]:
-    """Linear heads predicting (subordinate class, dominant class) from each pooled input, fitted on the fit +
-    validation pairs, scored on the test pairs. Every head has the same fixed penalty (``linprobe.l2``, else
-    :data:`imae.eval.probe_heads.DEFAULT_L2`), whatever the model."""
+def _class_hits(inputs: dict[str, torch.Tensor], split: Split, scorer: Scorer, cfg: EvalConfig,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Linear heads predicting (subordinate class, dominant class) from each pooled input [P, D] ("kind/alpha" or
+    "kind"), fitted on the fit + validation pairs: each input's hits on the test pairs [T, 2] bool. Every head has
+    the same fixed penalty (``linprobe.l2``, else :data:`imae.eval.probe_heads.DEFAULT_L2`), whatever the model;
+    the inputs of one kind (one width) are fitted as one batched problem, always the same batch for a kind."""
     pairs = scorer.pairs
     train = torch.cat([scorer.fit, scorer.val])
     y = torch.stack([split.labels[pairs.sub], split.labels[pairs.dom]], dim=1)  # [P, 2]
     y_test = y[scorer.test]
-    out: dict[str, Any] = {"pool": cfg.features.pool, "encoder": {}, "baselines": {"pixels": {}}}
     groups: dict[str, list[str]] = defaultdict(list)
     for name in inputs:
         groups[name.split("/")[0]].append(name)
-    for kind, names in groups.items():  # inputs of one width are fitted as one batched problem
+    hits = {}
+    for names in groups.values():
         fits = fit_cached_many([inputs[n][train] for n in names], y[train], split.num_classes, cfg.linprobe,
                                seed=cfg.seed, device=device)
         for name, fit in zip(names, fits):
-            hit = predict(fit.head, inputs[name][scorer.test]).argmax(-1) == y_test  # [T, 2]
-            entry = {who: scorer.accuracy(hit[:, k]) for k, who in enumerate(SOURCES)}
-            ak = name.split("/")[1] if "/" in name else None
-            if kind == "enc":
-                out["encoder"][ak] = entry
-                for k, who in enumerate(SOURCES):
-                    raw[("acc", who, ak)] = hit[:, k]
-            elif kind == "pix":
-                out["baselines"]["pixels"][ak] = entry
-            else:
-                out["baselines"]["partner_only"] = entry
+            hits[name] = predict(fit.head, inputs[name][scorer.test]).argmax(-1) == y_test
+    return hits
+
+
+def _classify(hits: dict[str, torch.Tensor], split: Split, scorer: Scorer, cfg: EvalConfig,
+              raw: dict) -> dict[str, Any]:
+    """The classification entry from :func:`_class_hits`' hits of E's pooled mixture latents (``enc/<alpha>``),
+    the pooled mixture pixels (``pix/<alpha>``) and E on the dominant image alone (``partner``)."""
+    pairs = scorer.pairs
+    y_test = torch.stack([split.labels[pairs.sub], split.labels[pairs.dom]], dim=1)[scorer.test]  # [T, 2]
+    out: dict[str, Any] = {"pool": cfg.features.pool, "encoder": {}, "baselines": {"pixels": {}}}
+    for name, hit in hits.items():
+        entry = {who: scorer.accuracy(hit[:, k]) for k, who in enumerate(SOURCES)}
+        kind, ak = name.split("/") if "/" in name else (name, None)
+        if kind == "enc":
+            out["encoder"][ak] = entry
+            for k, who in enumerate(SOURCES):
+                raw[("acc", who, ak)] = hit[:, k]
+        elif kind == "pix":
+            out["baselines"]["pixels"][ak] = entry
+        else:
+            out["baselines"]["partner_only"] = entry
     out["chance"] = {who: _majority_rate(y_test[:, k]) for k, who in enumerate(SOURCES)}
     diff = ~scorer.same  # where the subordinate's class is not the dominant's: the only pairs its accuracy means
     out["chance_diff"] = {who: _majority_rate(y_test[diff, k]) for k, who in enumerate(SOURCES)}

@@ -87,19 +87,24 @@ def fit_tokens(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, fit_rows: to
     choice = {name: choose_penalty(fit, ptp, pty[:, cols], float(vy2[cols].sum()), float(vy2[cols].sum()),
                                    penalties, cols) for name, cols in groups.items()}
     maps = {name: fit.weights(c.penalty, groups[name])[0] for name, c in choice.items()}
-    return {name: PairErrors(*_test_errors(x, y, pos, mx, my, test_rows, maps[name], groups[name]),
-                             choice[name].penalty, choice[name].val_r2) for name in groups}
+    errors = _test_errors(x, y, pos, mx, my, test_rows, maps, groups)
+    return {name: PairErrors(*errors[name], choice[name].penalty, choice[name].val_r2) for name in groups}
 
 
-def _test_errors(x, y, pos, mx, my, rows, w: torch.Tensor, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    sse, sst = [], []
+def _test_errors(x, y, pos, mx, my, rows, maps: dict[str, torch.Tensor],
+                 groups: dict[str, slice]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per test pair of ``rows`` and target group: (sse [T_test], sst [T_test]) of the group's map [D, E_group];
+    each block of tokens is centred once for all groups."""
+    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in groups}
     t = x.shape[1]
     for b in _blocks(rows):
-        yc = _centred(y[..., cols], pos, my[:, cols], b)
-        err = yc - _centred(x, pos, mx, b) @ w
-        sse.append((err**2).view(b.numel(), t, -1).sum((1, 2)))
-        sst.append((yc**2).view(b.numel(), t, -1).sum((1, 2)))
-    return torch.cat(sse), torch.cat(sst)
+        xc, ys = _centred(x, pos, mx, b), _centred(y, pos, my, b)
+        for name, cols in groups.items():
+            yc = ys[:, cols].contiguous()
+            err = yc - xc @ maps[name]
+            parts[name][0].append((err**2).view(b.numel(), t, -1).sum((1, 2)))
+            parts[name][1].append((yc**2).view(b.numel(), t, -1).sum((1, 2)))
+    return {name: (torch.cat(sse), torch.cat(sst)) for name, (sse, sst) in parts.items()}
 
 
 def direct_errors(pred: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, fit_rows: torch.Tensor,
