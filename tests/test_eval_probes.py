@@ -286,6 +286,42 @@ def test_search_and_curve_share_one_batched_fit_chunked_by_batched_elements(monk
     assert calls == [[1e-3, 1e-2, 1e-1]]  # the fit part (85% of the rows) is smaller: one batch
 
 
+def test_a_solo_grid_fits_each_head_as_the_refit_does_and_no_worse_than_the_batched_run():
+    x, y = _cancelling_signal(300)
+    cfg = LinearProbeConfig(l2_grid=[1e-4, 1e-2, 1.0], max_iter=200)
+    solo = probe_heads.fit_grid(x, y, 2, cfg, probe_heads.l2_grid(cfg), solo=True)
+    batched = probe_heads.fit_grid(x, y, 2, cfg, probe_heads.l2_grid(cfg))
+    for v, head in zip(probe_heads.l2_grid(cfg), solo):
+        alone = fit_cached(x, y, 2, cfg, l2=v)
+        assert torch.equal(head.head.fc.weight, alone.head.fc.weight)  # bit for bit: the head fit_probe refits
+        assert torch.equal(head.head.bn.running_mean, alone.head.bn.running_mean)
+    # each head's own objective: solo runs reach at least the batched run's value (which stops for all at once)
+    for v, a, b in zip(probe_heads.l2_grid(cfg), solo, batched):
+        assert _objective(a.head, x, y, v) <= _objective(b.head, x, y, v) + 1e-6
+
+
+def _objective(head, x, y, l2):
+    """Mean cross-entropy + l2 / 2 |W|^2 of a fitted head on x [N, D], labels y [N]."""
+    with torch.no_grad():
+        logits = predict(head, x)[:, 0]
+        return float(torch.nn.functional.cross_entropy(logits, y) + 0.5 * l2 * (head.fc.weight ** 2).sum())
+
+
+def test_the_attentive_setting_search_fits_each_penalty_on_its_own(monkeypatch):
+    from imae.config.evaluate import EvalConfig
+    from imae.eval import attentive
+
+    seen = []
+    real = probe_heads.select_l2
+    monkeypatch.setattr(attentive, "select_l2", lambda *a, **k: seen.append(k.get("solo")) or real(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    tokens, labels = torch.randn(120, 5, 8, generator=g), torch.arange(120) % 3
+    cfg = EvalConfig()
+    cfg.probe.epochs, cfg.linprobe.l2_grid = 1, [1e-3, 1.0]
+    attentive.choose_setting(tokens, labels, 3, cfg)
+    assert seen == [True] * (len(cfg.probe.lr_grid) * len(cfg.probe.weight_decay_grid))
+
+
 def test_a_shared_l2_gives_nearly_identical_features_nearly_identical_accuracy():
     from imae.eval.probe_heads import fit_probe
 

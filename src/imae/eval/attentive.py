@@ -15,7 +15,8 @@ the cls token beside the pooled vectors, so the probe holds the cls linear probe
 Hyper-parameters (the queries' learning rate and weight decay over ``probe.lr_grid`` x
 ``probe.weight_decay_grid``, the head's l2 over ``linprobe.l2_grid``) are chosen on the linear probe's seeded,
 stratified validation share (``linprobe.l2_val_fraction``) of the *training* split: best validation top-1
-(ties: the first), the l2 by the linear probe's one-standard-error rule; then both stages are refitted on the
+(ties: the first), the l2 by the linear probe's one-standard-error rule, each penalty's head fitted on its own
+as the final head is (``solo``, :func:`imae.eval.probe_heads.fit_grid`); then both stages are refitted on the
 whole training split; the evaluation split is only scored. ``probe.lr`` and ``probe.weight_decay`` both set
 skip the search (rule "given"; l2: ``linprobe.l2``, else the fixed default); ``imae compare`` gives both models
 one setting, chosen on the referee's training tokens before either model is looked at.
@@ -153,7 +154,8 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
                                  seed=seed, device=device)
             feats = torch.zeros(y.shape[0], pool.classifier[1].in_features)
             feats[fit_idx], feats[val_idx] = pool_tokens(pool, x[fit_idx]), pool_tokens(pool, x[val_idx])
-            sel = select_l2(feats, y, num_classes, cfg.linprobe, seed=seed, device=device)  # the same split
+            # the same split; each penalty's head fitted on its own, as the refit (fit_attentive) fits it
+            sel = select_l2(feats, y, num_classes, cfg.linprobe, seed=seed, device=device, solo=True)
             grid.append({"lr": float(lr), "weight_decay": float(wd), "l2": sel["l2"],
                          "val_top1": sel["best_val_top1"]})
             if best is None or grid[-1]["val_top1"] > best["val_top1"]:

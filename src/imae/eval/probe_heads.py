@@ -203,10 +203,18 @@ def l2_grid(cfg: LinearProbeConfig) -> list[float]:
 
 
 def fit_grid(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, grid: Sequence[float], *,
-             seed: int = 0, device: torch.device | str = "cpu") -> list[HeadFit]:
+             seed: int = 0, device: torch.device | str = "cpu", solo: bool = False) -> list[HeadFit]:
     """One head per penalty of ``grid``, all on the same x [N, D], y: fitted as batched problems of at most
-    :data:`BATCHED_ELEMENTS` feature floats (so an ImageNet-sized set is not copied len(grid) times at once)."""
+    :data:`BATCHED_ELEMENTS` feature floats (so an ImageNet-sized set is not copied len(grid) times at once).
+
+    ``solo``: each head fitted on its own instead, exactly as :func:`fit_cached` fits it (same start, its own
+    L-BFGS run and stopping point). A batched run is one L-BFGS over all heads' parameters: it stops when the
+    slowest problem does (often ``max_iter``), so it costs len(grid) x that many iterations, and a head's last
+    digits depend on the penalties beside it; solo runs stop each at its own convergence, which the strong
+    penalties reach in a fraction of the iterations."""
     grid = [float(v) for v in grid]
+    if solo:
+        return [fit_cached(x, y, num_classes, cfg, seed=seed, device=device, l2=v) for v in grid]
     per_batch = max(1, BATCHED_ELEMENTS // max(x.numel(), 1))
     fits: list[HeadFit] = []
     for i in range(0, len(grid), per_batch):
@@ -256,20 +264,20 @@ def validation_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch
 
 
 def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: LinearProbeConfig, *, seed: int = 0,
-              device: torch.device | str = "cpu") -> dict[str, Any]:
+              device: torch.device | str = "cpu", solo: bool = False) -> dict[str, Any]:
     """Choose the probe's l2 on a validation share of the training features x [N, D], labels y [N].
 
     One head per value of ``cfg.l2_grid`` is fitted on the fit part and scored (top-1) on the validation
     part. Rule: the largest l2 whose validation top-1 is within one standard error of the best
     (sqrt(p (1 - p) / n_val) at the best p), so that a penalty is only relaxed when that measurably helps.
-    Returns the record written into the result file (``l2`` is the choice)."""
+    Returns the record written into the result file (``l2`` is the choice). ``solo``: see :func:`fit_grid`."""
     fit_idx, val_idx = validation_split(y, cfg.l2_val_fraction, seed)
     if val_idx.numel() == 0 or fit_idx.numel() < 2:
         raise ConfigError(f"{y.shape[0]} training images are too few to choose linprobe.l2 on a validation share "
                           f"of {cfg.l2_val_fraction:g}; set linprobe.l2=VALUE")
     grid = l2_grid(cfg)
     xv, yv = x[val_idx], y[val_idx]
-    fits = fit_grid(x[fit_idx], y[fit_idx], num_classes, cfg, grid, seed=seed, device=device)
+    fits = fit_grid(x[fit_idx], y[fit_idx], num_classes, cfg, grid, seed=seed, device=device, solo=solo)
     acc = [topk_accuracy(predict(f.head, xv)[:, 0], yv) for f in fits]
     best = max(acc)
     se = math.sqrt(best * (1 - best) / val_idx.numel())
