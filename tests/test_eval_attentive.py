@@ -73,14 +73,20 @@ def test_no_test_image_reaches_the_choice_of_the_setting(monkeypatch):
     cfg = _cfg(epochs=2)
     chosen = choose_setting(xtr, ytr, 4, cfg, seed=0)
     calls.clear()
-    attentive_probe(xtr, ytr, xte, yte, 4, cfg, device="cpu")
+    chosen_entry, chosen_hits = attentive_probe(xtr, ytr, xte, yte, 4, cfg, device="cpu")
     train_ids, test_ids = set(range(200)), set(range(10_000, 10_080))
     fit_ids, val_ids = set(chosen["fit_index"].tolist()), set(chosen["val_index"].tolist())
     assert fit_ids.isdisjoint(val_ids) and fit_ids | val_ids == train_ids
     settings = len(cfg.probe.lr_grid) * len(cfg.probe.weight_decay_grid)
     assert calls[:3 * settings] == [("train", fit_ids), ("pool", fit_ids), ("pool", val_ids)] * settings
-    # then both stages refitted on every training row, and only then the test rows, to be scored
-    assert calls[3 * settings:] == [("train", train_ids), ("pool", train_ids), ("pool", test_ids)]
+    # then the chosen setting's queries (kept) pool every training row for the head's refit, and only then the
+    # test rows, to be scored
+    assert calls[3 * settings:] == [("pool", train_ids), ("pool", test_ids)]
+    calls.clear()  # the same setting given: its queries are trained on the same fit share, to the same probe
+    given = {k: chosen[k] for k in ("lr", "weight_decay", "l2")}
+    given_entry, given_hits = attentive_probe(xtr, ytr, xte, yte, 4, cfg, device="cpu", setting=given)
+    assert calls == [("train", fit_ids), ("pool", train_ids), ("pool", test_ids)]
+    assert torch.equal(given_hits, chosen_hits) and given_entry["top1"] == chosen_entry["top1"]
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,12 @@ Hyper-parameters (the queries' learning rate and weight decay over ``probe.lr_gr
 ``probe.weight_decay_grid``, the head's l2 over ``linprobe.l2_grid``) are chosen on the linear probe's seeded,
 stratified validation share (``linprobe.l2_val_fraction``) of the *training* split: best validation top-1
 (ties: the first), the l2 by the linear probe's one-standard-error rule, each penalty's head fitted on its own
-as the final head is (``solo``, :func:`imae.eval.probe_heads.fit_grid`); then both stages are refitted on the
-whole training split; the evaluation split is only scored. ``probe.lr`` and ``probe.weight_decay`` both set
-skip the search (rule "given"; l2: ``linprobe.l2``, else the fixed default); ``imae compare`` gives both models
-one setting, chosen on the referee's training tokens before either model is looked at.
+as the final head is (``solo``, :func:`imae.eval.probe_heads.fit_grid`). The queries are always those trained
+on the fit share (the chosen setting's are kept; a given or shared setting trains them there too, so every
+command fits a model the same way); the head is then refitted on every training row at the chosen l2; the
+evaluation split is only scored. ``probe.lr`` and ``probe.weight_decay`` both set skip the search (rule
+"given"; l2: ``linprobe.l2``, else the fixed default); ``imae compare`` gives both models one setting, chosen
+on the referee's training tokens before either model is looked at.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from imae.eval.eval_split import Split, digest
 from imae.eval.features import FEATURE_VERSION, FeatureCache, eval_precision
 from imae.eval.probe_heads import DEFAULT_L2, fit_probe, predict, select_l2, topk_accuracy, validation_split
 
+LN_EPS = 1e-5  # F.layer_norm's default
 GIVEN = "given"
 CHOSEN = "best_top1_on_validation"
 SHARED = "shared: best_top1_on_validation of the reference's training tokens"
@@ -60,17 +63,38 @@ class AttentivePool(nn.Module):
         nn.init.trunc_normal_(self.classifier[1].weight, std=0.01)
         nn.init.zeros_(self.classifier[1].bias)
 
-    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [N, T, D] -> weights [N, Q, T] (each row sums to 1)."""
-        t = F.layer_norm(tokens.float(), tokens.shape[-1:])
-        return torch.softmax(t @ self.queries.T / math.sqrt(t.shape[-1]), dim=1).transpose(1, 2)
+    def attention(self, tokens: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [N, T, D] (and their :func:`token_stats` [N, T, 2], computed here when not given) -> weights
+        [N, Q, T] (each row sums to 1).
 
-    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        LN(t) . q = (t . q - mean(t) sum(q)) * rstd(t): the logits of normalising the tokens first, without
+        writing (and differentiating through) a normalised copy of them; with the statistics computed once per
+        fit, a training step reads the tokens a few times instead of a few dozen (the queries' training is
+        bound by reading them)."""
         t = tokens.float()
-        return torch.cat([t[:, 0], (self.attention(t) @ t).flatten(1)], dim=1)
+        stats = token_stats(t) if stats is None else stats.float()
+        logits = (t @ self.queries.T - stats[..., :1] * self.queries.sum(-1)) * stats[..., 1:]
+        return torch.softmax(logits / math.sqrt(t.shape[-1]), dim=1).transpose(1, 2)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooled(tokens))
+    def pooled(self, tokens: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [N, T, D] -> [N, D + Q * D]: the cls token beside the Q pooled vectors."""
+        t = tokens.float()
+        return torch.cat([t[:, 0], (self.attention(t, stats) @ t).flatten(1)], dim=1)
+
+    def forward(self, tokens: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.pooled(tokens, stats))
+
+
+@torch.no_grad()
+def token_stats(tokens: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """tokens [N, T, D] -> [N, T, 2] float32: each token's mean and 1 / sqrt(var + eps) over D, as F.layer_norm
+    computes them."""
+    parts = []
+    for i in range(0, tokens.shape[0], batch_size):
+        t = tokens[i:i + batch_size].float()
+        _, mean, rstd = torch.native_layer_norm(t, t.shape[-1:], None, None, LN_EPS)
+        parts.append(torch.cat([mean, rstd], dim=-1))
+    return torch.cat(parts) if parts else torch.zeros(*tokens.shape[:2], 2)
 
 
 @dataclass
@@ -91,6 +115,7 @@ def train_queries(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, *, lr: 
         torch.manual_seed(seed)
         pool = AttentivePool(x.shape[-1], num_classes, p.queries).to(device)
     opt = torch.optim.AdamW(pool.parameters(), lr=lr, weight_decay=weight_decay)
+    stats = token_stats(x).to(device)  # once per fit: the steps read them by row
     n, batch = x.shape[0], min(p.batch_size, x.shape[0])
     steps, step = p.epochs * math.ceil(n / batch), 0
     for _epoch in range(p.epochs):
@@ -101,7 +126,7 @@ def train_queries(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, *, lr: 
                 continue
             for group in opt.param_groups:  # cosine from lr to 0
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = F.cross_entropy(pool(x[rows].to(device)), y[rows].to(device))
+            loss = F.cross_entropy(pool(x[rows].to(device), stats[rows]), y[rows].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -118,11 +143,17 @@ def pool_tokens(pool: AttentivePool, x: torch.Tensor, batch_size: int = 1024) ->
 
 
 def fit_attentive(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, lr: float, weight_decay: float,
-                  l2: float, seed: int = 0, device: torch.device | str = "cpu") -> AttentiveFit:
-    """Both stages on tokens x [N, T, D]: the queries (:func:`train_queries`), then the linear probe (MAE's head,
-    L-BFGS, penalty ``l2``) on the pooled features. ``cfg``: the evaluation configuration."""
+                  l2: float, seed: int = 0, device: torch.device | str = "cpu",
+                  pool: AttentivePool | None = None) -> AttentiveFit:
+    """Both stages on tokens x [N, T, D]: the queries (:func:`train_queries`) on the fit share of the linear
+    probe's seeded split (:func:`imae.eval.probe_heads.validation_split`; ``pool``: queries already trained
+    there with this setting, as :func:`choose_setting` leaves them), then the linear probe (MAE's head, L-BFGS,
+    penalty ``l2``) on the pooled features of every row. ``cfg``: the evaluation configuration."""
     t0 = time.perf_counter()
-    pool = train_queries(x, y, num_classes, cfg.probe, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
+    if pool is None:
+        fit_idx, _ = validation_split(y, cfg.linprobe.l2_val_fraction, seed)
+        pool = train_queries(x[fit_idx], y[fit_idx], num_classes, cfg.probe, lr=lr, weight_decay=weight_decay,
+                             seed=seed, device=device)
     head, _ = fit_probe(pool_tokens(pool, x), y, num_classes, cfg.linprobe, seed=seed, device=device, l2=l2,
                         rule="attentive")
     return AttentiveFit(pool, head, l2, time.perf_counter() - t0)
@@ -140,7 +171,8 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
     probe's split): for each (lr, weight decay), queries trained on the fit part, then the linear head's l2
     chosen on the validation part by the linear probe's rule. Returns {"lr", "weight_decay", "l2", "rule",
     "selection": {"val_images", "grid": [{"lr", "weight_decay", "l2", "val_top1"}]}, "fit_index",
-    "val_index"} (the last two: training-split rows, for checks; not written)."""
+    "val_index", "pool"} (the last three are not written: training-split rows, for checks, and the chosen
+    setting's queries, which :func:`fit_attentive` keeps)."""
     p = cfg.probe
     fit_idx, val_idx = validation_split(y, cfg.linprobe.l2_val_fraction, seed)
     if val_idx.numel() == 0 or fit_idx.numel() < 2:
@@ -159,10 +191,10 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
             grid.append({"lr": float(lr), "weight_decay": float(wd), "l2": sel["l2"],
                          "val_top1": sel["best_val_top1"]})
             if best is None or grid[-1]["val_top1"] > best["val_top1"]:
-                best = grid[-1]
+                best, best_pool = grid[-1], pool
     return {"lr": best["lr"], "weight_decay": best["weight_decay"], "l2": best["l2"], "rule": CHOSEN,
             "selection": {"val_images": int(val_idx.numel()), "grid": grid}, "fit_index": fit_idx,
-            "val_index": val_idx}
+            "val_index": val_idx, "pool": best_pool}
 
 
 def setting_of(cfg, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, seed: int, device) -> dict[str, Any]:
@@ -177,20 +209,23 @@ def setting_of(cfg, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, seed:
 
 def attentive_probe(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, num_classes: int,
                     cfg, *, device, setting: dict[str, Any] | None = None) -> tuple[dict[str, Any], torch.Tensor]:
-    """Choose the setting on the training tokens (unless ``setting`` is given: a shared one), refit on all of
-    them, score the evaluation tokens. Returns the result entry and the per-image hits [M] bool."""
+    """Choose the setting on the training tokens (unless ``setting`` is given: a shared one), keep (or train) its
+    queries on the fit share, refit the head on every training row, score the evaluation tokens. Returns the
+    result entry and the per-image hits [M] bool."""
     p = cfg.probe
     t0 = time.perf_counter()
+    pool = None
     if setting is None:
         setting = setting_of(cfg, xtr, ytr, num_classes, seed=cfg.seed, device=device)
+        pool = setting.get("pool")  # chosen here: its queries were trained on these tokens' fit share
     fit = fit_attentive(xtr, ytr, num_classes, cfg, lr=setting["lr"], weight_decay=setting["weight_decay"],
-                        l2=setting["l2"], seed=cfg.seed, device=device)
+                        l2=setting["l2"], seed=cfg.seed, device=device, pool=pool)
     logits = predict_attentive(fit, xte)
     entry: dict[str, Any] = {"head": "attentive", "queries": p.queries, "epochs": p.epochs,
                              "top1": topk_accuracy(logits, yte, 1)}
     if logits.shape[-1] > 5:
         entry["top5"] = topk_accuracy(logits, yte, 5)
-    entry.update({k: v for k, v in setting.items() if k not in ("fit_index", "val_index")})
+    entry.update({k: v for k, v in setting.items() if k not in ("fit_index", "val_index", "pool")})
     entry["fit_s"] = time.perf_counter() - t0
     return entry, logits.argmax(-1) == yte
 
