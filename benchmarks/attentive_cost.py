@@ -11,7 +11,7 @@ extracts the cls features and the tokens once, then times alternately:
 - ``linear``: what ``imae linprobe`` fits on the cached cls features (the l2 search on the validation share,
   the refit, the test top-1 curve over ``linprobe.l2_grid``);
 - ``attentive``: what ``--head attentive`` adds on the cached tokens (the setting chosen on the same validation
-  share, both stages refitted, the test split scored), at the default ``probe`` settings.
+  share, its queries kept and the head refitted, the test split scored), at the default ``probe`` settings.
 
 Writes ``benchmarks/results/attentive-cost-<device>.json`` and ``.md`` (medians and their ratio).
 """
