@@ -149,7 +149,8 @@ def main(folder: Path, ratio: str | None = None, referee: str | None = None) -> 
     of all teachers pooled: mean ± the half-width of the 95% t-interval over teachers)."""
     arms: dict[str, list[dict]] = {}
     for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
-        arm = re.sub(r"-[st]\d+$", "", run.name)
+        # a referee is one model, not a replicate: each keeps its own row (one may have failed its start check)
+        arm = run.name if run.name.startswith("referee-") else re.sub(r"-[st]\d+$", "", run.name)
         arms.setdefault(arm, []).append(run_values(run, ratio, referee))
     found = folder.glob(f"*/{eval_dir(referee)}/separability.json")
     scored = {run: res for run in sorted(p.parent.parent for p in found) if (res := separability(run, referee))}

@@ -484,6 +484,8 @@ def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_p
     tab = table.main(folder, referee="4")
     row = next(line for line in tab.splitlines() if line.startswith("| b-imae |")).split(" | ")
     assert row[1] == "3"  # the three teachers pooled in one row
+    referees = [line.split(" | ")[:2] for line in tab.splitlines() if line.startswith("| referee")]
+    assert referees == [["| referee-s3", "1"], ["| referee-s4", "1"], ["| referee-s5", "1"]]  # never pooled
     assert table.main(folder, referee="4") != table.main(folder, referee="5")  # each referee its own scores
     assert "| b-imae | 3 | – |" in table.main(folder)  # without a referee: eval/ holds no separability
 
