@@ -17,7 +17,8 @@ The cached probe's L2 penalty, and the rule that chose it (``l2_rule`` in every 
   points from run to run, so models are compared at ONE penalty, never each at its own choice.
 :func:`accuracy_curve` / :func:`curve_hits` give the test top-1 (per-item hits) at every point of
 ``linprobe.l2_grid``, each head fitted on the whole training split, so that a result shows how much hangs
-on the penalty. :func:`fit_grid` is the one batched fit over a grid that the search and the curve share.
+on the penalty. :func:`fit_grid` is the one fit over a grid that the search and the curve share (batched;
+``solo=True``: each head alone, as the attentive probe's search fits them).
 
 The head can predict K labels at once (``outputs=K``: K softmaxes over the same classes); the separability
 scheme predicts the subordinate's and the dominant's class of a mixture with one head.
