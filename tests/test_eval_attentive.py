@@ -53,6 +53,37 @@ def test_the_attentive_probe_reads_a_label_that_lives_in_one_patch_token_where_t
     assert cls_top1 < 0.4  # chance is 0.25
 
 
+def test_the_attention_from_token_statistics_is_layer_norm_then_dot_product_for_several_queries():
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    tokens = (torch.randn(40, 17, 32, generator=g) * 2 + 0.5).half()  # float16, as cached
+    pool = attentive.AttentivePool(32, 5, queries=3)
+    with torch.no_grad():
+        pool.queries.normal_(generator=g)
+    t = tokens.float()
+    normed = torch.nn.functional.layer_norm(t, (32,))  # the head's definition: LN without affine, then q
+    expected = torch.softmax(normed @ pool.queries.T / math.sqrt(32), dim=1).transpose(1, 2)  # [N, Q, T]
+    given = attentive.token_stats(tokens, batch_size=16)  # chunked, as the training computes them once
+    for weights in (pool.attention(tokens), pool.attention(tokens, given)):
+        assert weights.shape == (40, 3, 17)
+        torch.testing.assert_close(weights, expected, rtol=0, atol=1e-5)
+    assert torch.equal(given, attentive.token_stats(tokens))  # chunking changes nothing
+    pooled = pool.pooled(tokens)
+    assert torch.allclose(pooled[:, 32:].view(40, 3, 32), expected @ t, atol=1e-5)
+
+
+def test_settings_trained_side_by_side_are_bit_for_bit_the_settings_trained_alone():
+    x, y = planted_tokens(90, seed=0)
+    p = _cfg(epochs=2).probe
+    together = attentive.train_queries_many(x, y, 4, p, [(1e-2, 1e-4), (1e-1, 0.0)], seed=3)
+    for pool, (lr, wd) in zip(together, [(1e-2, 1e-4), (1e-1, 0.0)]):
+        alone = attentive.train_queries(x, y, 4, p, lr=lr, weight_decay=wd, seed=3)
+        for a, b in zip(pool.state_dict().values(), alone.state_dict().values()):
+            assert torch.equal(a, b)
+    assert not torch.equal(together[0].queries, together[1].queries)
+
+
 def test_no_test_image_reaches_the_choice_of_the_setting(monkeypatch):
     """Every token row carries its image's id (train: 0..N-1, test: 10,000 + j): the queries trained and the
     tokens pooled while the setting is chosen are training rows only (queries: the fit rows; pooled: the fit
@@ -61,12 +92,12 @@ def test_no_test_image_reaches_the_choice_of_the_setting(monkeypatch):
     xte, yte = planted_tokens(80, seed=1)
     xtr[:, 1, 0], xte[:, 1, 0] = torch.arange(200).float(), 10_000 + torch.arange(80).float()
     calls = []
-    real_train, real_pool = attentive.train_queries, attentive.pool_tokens
+    real_train, real_pool = attentive.train_queries_many, attentive.pool_tokens
 
     def ids(x):
         return set(x[:, 1, 0].long().tolist())
 
-    monkeypatch.setattr(attentive, "train_queries",
+    monkeypatch.setattr(attentive, "train_queries_many",
                         lambda x, *a, **k: calls.append(("train", ids(x))) or real_train(x, *a, **k))
     monkeypatch.setattr(attentive, "pool_tokens",
                         lambda pool, x, *a, **k: calls.append(("pool", ids(x))) or real_pool(pool, x, *a, **k))
@@ -78,10 +109,10 @@ def test_no_test_image_reaches_the_choice_of_the_setting(monkeypatch):
     fit_ids, val_ids = set(chosen["fit_index"].tolist()), set(chosen["val_index"].tolist())
     assert fit_ids.isdisjoint(val_ids) and fit_ids | val_ids == train_ids
     settings = len(cfg.probe.lr_grid) * len(cfg.probe.weight_decay_grid)
-    assert calls[:3 * settings] == [("train", fit_ids), ("pool", fit_ids), ("pool", val_ids)] * settings
-    # then the chosen setting's queries (kept) pool every training row for the head's refit, and only then the
-    # test rows, to be scored
-    assert calls[3 * settings:] == [("pool", train_ids), ("pool", test_ids)]
+    # every setting's queries trained on the fit part (side by side), each pooling the training rows only for
+    # the l2 choice (fit part) and its scoring (validation part); the chosen setting's queries and pooled rows
+    # are kept for the head's refit, and only then the test rows are pooled, to be scored
+    assert calls == [("train", fit_ids)] + [("pool", train_ids)] * settings + [("pool", test_ids)]
     calls.clear()  # the same setting given: its queries are trained on the same fit share, to the same probe
     given = {k: chosen[k] for k in ("lr", "weight_decay", "l2")}
     given_entry, given_hits = attentive_probe(xtr, ytr, xte, yte, 4, cfg, device="cpu", setting=given)

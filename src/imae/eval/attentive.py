@@ -86,15 +86,16 @@ class AttentivePool(nn.Module):
 
 
 @torch.no_grad()
-def token_stats(tokens: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """tokens [N, T, D] -> [N, T, 2] float32: each token's mean and 1 / sqrt(var + eps) over D, as F.layer_norm
-    computes them."""
+def token_stats(tokens: torch.Tensor, batch_size: int = 1024, device: torch.device | str | None = None) -> torch.Tensor:
+    """tokens [N, T, D] -> [N, T, 2] float32 on ``device`` (default: the tokens'): each token's mean and
+    1 / sqrt(var + eps) over D, as F.layer_norm computes them (computed there, in chunks of ``batch_size``)."""
+    device = tokens.device if device is None else torch.device(device)
     parts = []
     for i in range(0, tokens.shape[0], batch_size):
-        t = tokens[i:i + batch_size].float()
+        t = tokens[i:i + batch_size].to(device).float()
         _, mean, rstd = torch.native_layer_norm(t, t.shape[-1:], None, None, LN_EPS)
         parts.append(torch.cat([mean, rstd], dim=-1))
-    return torch.cat(parts) if parts else torch.zeros(*tokens.shape[:2], 2)
+    return torch.cat(parts) if parts else torch.zeros(*tokens.shape[:2], 2, device=device)
 
 
 @dataclass
@@ -109,13 +110,23 @@ def train_queries(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, *, lr: 
                   seed: int = 0, device: torch.device | str = "cpu") -> AttentivePool:
     """Stage 1: the queries (and a throw-away classifier) by AdamW with a cosine schedule, on tokens x [N, T, D]
     (any float dtype), labels y [N]; ``p``: the ``probe`` configuration."""
+    return train_queries_many(x, y, num_classes, p, [(lr, weight_decay)], seed=seed, device=device)[0]
+
+
+def train_queries_many(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, settings: list[tuple[float, float]], *,
+                       seed: int = 0, device: torch.device | str = "cpu") -> list[AttentivePool]:
+    """:func:`train_queries` for each (lr, weight decay) of ``settings``, side by side: every setting starts from
+    the same seeded queries and sees the same seeded batches, so each result is bit for bit the one trained
+    alone; each batch is gathered (and its token statistics read) once for all of them."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        pool = AttentivePool(x.shape[-1], num_classes, p.queries).to(device)
-    opt = torch.optim.AdamW(pool.parameters(), lr=lr, weight_decay=weight_decay)
-    stats = token_stats(x).to(device)  # once per fit: the steps read them by row
+    pools, opts = [], []
+    for lr, weight_decay in settings:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pools.append(AttentivePool(x.shape[-1], num_classes, p.queries).to(device))
+        opts.append(torch.optim.AdamW(pools[-1].parameters(), lr=lr, weight_decay=weight_decay))
+    stats = token_stats(x, device=device)  # once per fit: the steps read them by row
     n, batch = x.shape[0], min(p.batch_size, x.shape[0])
     steps, step = p.epochs * math.ceil(n / batch), 0
     for _epoch in range(p.epochs):
@@ -124,14 +135,16 @@ def train_queries(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, *, lr: 
             rows = order[i:i + batch]
             if rows.numel() < 2:  # BatchNorm needs two rows
                 continue
-            for group in opt.param_groups:  # cosine from lr to 0
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = F.cross_entropy(pool(x[rows].to(device), stats[rows]), y[rows].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            xb, sb, yb = x[rows].to(device), stats[rows], y[rows].to(device)
+            for pool, opt, (lr, _) in zip(pools, opts, settings):
+                for group in opt.param_groups:  # cosine from lr to 0
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                loss = F.cross_entropy(pool(xb, sb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             step += 1
-    return pool.eval().requires_grad_(False)
+    return [pool.eval().requires_grad_(False) for pool in pools]
 
 
 @torch.no_grad()
@@ -144,19 +157,20 @@ def pool_tokens(pool: AttentivePool, x: torch.Tensor, batch_size: int = 1024) ->
 
 def fit_attentive(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, lr: float, weight_decay: float,
                   l2: float, seed: int = 0, device: torch.device | str = "cpu",
-                  pool: AttentivePool | None = None) -> AttentiveFit:
+                  pool: tuple[AttentivePool, torch.Tensor] | None = None) -> AttentiveFit:
     """Both stages on tokens x [N, T, D]: the queries (:func:`train_queries`) on the fit share of the linear
-    probe's seeded split (:func:`imae.eval.probe_heads.validation_split`; ``pool``: queries already trained
-    there with this setting, as :func:`choose_setting` leaves them), then the linear probe (MAE's head, L-BFGS,
-    penalty ``l2``) on the pooled features of every row. ``cfg``: the evaluation configuration."""
+    probe's seeded split (:func:`imae.eval.probe_heads.validation_split`), then the linear probe (MAE's head,
+    L-BFGS, penalty ``l2``) on the pooled features of every row. ``pool``: (queries, x pooled by them) already
+    computed with this setting on these tokens, as :func:`choose_setting` leaves them. ``cfg``: the evaluation
+    configuration."""
     t0 = time.perf_counter()
     if pool is None:
         fit_idx, _ = validation_split(y, cfg.linprobe.l2_val_fraction, seed)
-        pool = train_queries(x[fit_idx], y[fit_idx], num_classes, cfg.probe, lr=lr, weight_decay=weight_decay,
-                             seed=seed, device=device)
-    head, _ = fit_probe(pool_tokens(pool, x), y, num_classes, cfg.linprobe, seed=seed, device=device, l2=l2,
-                        rule="attentive")
-    return AttentiveFit(pool, head, l2, time.perf_counter() - t0)
+        queries = train_queries(x[fit_idx], y[fit_idx], num_classes, cfg.probe, lr=lr, weight_decay=weight_decay,
+                                seed=seed, device=device)
+        pool = (queries, pool_tokens(queries, x))
+    head, _ = fit_probe(pool[1], y, num_classes, cfg.linprobe, seed=seed, device=device, l2=l2, rule="attentive")
+    return AttentiveFit(pool[0], head, l2, time.perf_counter() - t0)
 
 
 def predict_attentive(fit: AttentiveFit, x: torch.Tensor) -> torch.Tensor:
@@ -172,29 +186,26 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
     chosen on the validation part by the linear probe's rule. Returns {"lr", "weight_decay", "l2", "rule",
     "selection": {"val_images", "grid": [{"lr", "weight_decay", "l2", "val_top1"}]}, "fit_index",
     "val_index", "pool"} (the last three are not written: training-split rows, for checks, and the chosen
-    setting's queries, which :func:`fit_attentive` keeps)."""
+    setting's queries with every training row pooled by them, which :func:`fit_attentive` keeps)."""
     p = cfg.probe
     fit_idx, val_idx = validation_split(y, cfg.linprobe.l2_val_fraction, seed)
     if val_idx.numel() == 0 or fit_idx.numel() < 2:
         raise ConfigError(f"{y.shape[0]} training images are too few to choose the attentive probe's setting on a "
                           f"validation share of {cfg.linprobe.l2_val_fraction:g}; set probe.lr=VALUE and "
                           f"probe.weight_decay=VALUE")
+    settings = [(float(lr), float(wd)) for lr in p.lr_grid for wd in p.weight_decay_grid]
+    pools = train_queries_many(x[fit_idx], y[fit_idx], num_classes, p, settings, seed=seed, device=device)
     grid, best = [], None
-    for lr in p.lr_grid:
-        for wd in p.weight_decay_grid:
-            pool = train_queries(x[fit_idx], y[fit_idx], num_classes, p, lr=float(lr), weight_decay=float(wd),
-                                 seed=seed, device=device)
-            feats = torch.zeros(y.shape[0], pool.classifier[1].in_features)
-            feats[fit_idx], feats[val_idx] = pool_tokens(pool, x[fit_idx]), pool_tokens(pool, x[val_idx])
-            # the same split; each penalty's head fitted on its own, as the refit (fit_attentive) fits it
-            sel = select_l2(feats, y, num_classes, cfg.linprobe, seed=seed, device=device, solo=True)
-            grid.append({"lr": float(lr), "weight_decay": float(wd), "l2": sel["l2"],
-                         "val_top1": sel["best_val_top1"]})
-            if best is None or grid[-1]["val_top1"] > best["val_top1"]:
-                best, best_pool = grid[-1], pool
+    for (lr, wd), pool in zip(settings, pools):
+        feats = pool_tokens(pool, x)  # every training row, pooled by queries trained on the fit part alone
+        # the same split; each penalty's head fitted on its own, as the refit (fit_attentive) fits it
+        sel = select_l2(feats, y, num_classes, cfg.linprobe, seed=seed, device=device, solo=True)
+        grid.append({"lr": lr, "weight_decay": wd, "l2": sel["l2"], "val_top1": sel["best_val_top1"]})
+        if best is None or grid[-1]["val_top1"] > best["val_top1"]:
+            best, kept = grid[-1], (pool, feats)
     return {"lr": best["lr"], "weight_decay": best["weight_decay"], "l2": best["l2"], "rule": CHOSEN,
             "selection": {"val_images": int(val_idx.numel()), "grid": grid}, "fit_index": fit_idx,
-            "val_index": val_idx, "pool": best_pool}
+            "val_index": val_idx, "pool": kept}
 
 
 def setting_of(cfg, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, seed: int, device) -> dict[str, Any]:
