@@ -157,20 +157,21 @@ def pool_tokens(pool: AttentivePool, x: torch.Tensor, batch_size: int = 1024) ->
 
 def fit_attentive(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, lr: float, weight_decay: float,
                   l2: float, seed: int = 0, device: torch.device | str = "cpu",
-                  pool: tuple[AttentivePool, torch.Tensor] | None = None) -> AttentiveFit:
+                  kept: tuple[AttentivePool, torch.Tensor] | None = None) -> AttentiveFit:
     """Both stages on tokens x [N, T, D]: the queries (:func:`train_queries`) on the fit share of the linear
     probe's seeded split (:func:`imae.eval.probe_heads.validation_split`), then the linear probe (MAE's head,
-    L-BFGS, penalty ``l2``) on the pooled features of every row. ``pool``: (queries, x pooled by them) already
+    L-BFGS, penalty ``l2``) on the pooled features of every row. ``kept``: (queries, x pooled by them) already
     computed with this setting on these tokens, as :func:`choose_setting` leaves them. ``cfg``: the evaluation
     configuration."""
     t0 = time.perf_counter()
-    if pool is None:
+    if kept is None:
         fit_idx, _ = validation_split(y, cfg.linprobe.l2_val_fraction, seed)
         queries = train_queries(x[fit_idx], y[fit_idx], num_classes, cfg.probe, lr=lr, weight_decay=weight_decay,
                                 seed=seed, device=device)
-        pool = (queries, pool_tokens(queries, x))
-    head, _ = fit_probe(pool[1], y, num_classes, cfg.linprobe, seed=seed, device=device, l2=l2, rule="attentive")
-    return AttentiveFit(pool[0], head, l2, time.perf_counter() - t0)
+        kept = (queries, pool_tokens(queries, x))
+    queries, pooled = kept
+    head, _ = fit_probe(pooled, y, num_classes, cfg.linprobe, seed=seed, device=device, l2=l2, rule="attentive")
+    return AttentiveFit(queries, head, l2, time.perf_counter() - t0)
 
 
 def predict_attentive(fit: AttentiveFit, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +186,7 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
     probe's split): for each (lr, weight decay), queries trained on the fit part, then the linear head's l2
     chosen on the validation part by the linear probe's rule. Returns {"lr", "weight_decay", "l2", "rule",
     "selection": {"val_images", "grid": [{"lr", "weight_decay", "l2", "val_top1"}]}, "fit_index",
-    "val_index", "pool"} (the last three are not written: training-split rows, for checks, and the chosen
+    "val_index", "kept"} (the last three are not written: training-split rows, for checks, and the chosen
     setting's queries with every training row pooled by them, which :func:`fit_attentive` keeps)."""
     p = cfg.probe
     fit_idx, val_idx = validation_split(y, cfg.linprobe.l2_val_fraction, seed)
@@ -205,7 +206,7 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
             best, kept = grid[-1], (pool, feats)
     return {"lr": best["lr"], "weight_decay": best["weight_decay"], "l2": best["l2"], "rule": CHOSEN,
             "selection": {"val_images": int(val_idx.numel()), "grid": grid}, "fit_index": fit_idx,
-            "val_index": val_idx, "pool": kept}
+            "val_index": val_idx, "kept": kept}
 
 
 def setting_of(cfg, x: torch.Tensor, y: torch.Tensor, num_classes: int, *, seed: int, device) -> dict[str, Any]:
@@ -225,18 +226,18 @@ def attentive_probe(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte
     result entry and the per-image hits [M] bool."""
     p = cfg.probe
     t0 = time.perf_counter()
-    pool = None
+    kept = None
     if setting is None:
         setting = setting_of(cfg, xtr, ytr, num_classes, seed=cfg.seed, device=device)
-        pool = setting.get("pool")  # chosen here: its queries were trained on these tokens' fit share
+        kept = setting.get("kept")  # chosen here: its queries were trained on these tokens' fit share
     fit = fit_attentive(xtr, ytr, num_classes, cfg, lr=setting["lr"], weight_decay=setting["weight_decay"],
-                        l2=setting["l2"], seed=cfg.seed, device=device, pool=pool)
+                        l2=setting["l2"], seed=cfg.seed, device=device, kept=kept)
     logits = predict_attentive(fit, xte)
     entry: dict[str, Any] = {"head": "attentive", "queries": p.queries, "epochs": p.epochs,
                              "top1": topk_accuracy(logits, yte, 1)}
     if logits.shape[-1] > 5:
         entry["top5"] = topk_accuracy(logits, yte, 5)
-    entry.update({k: v for k, v in setting.items() if k not in ("fit_index", "val_index", "pool")})
+    entry.update({k: v for k, v in setting.items() if k not in ("fit_index", "val_index", "kept")})
     entry["fit_s"] = time.perf_counter() - t0
     return entry, logits.argmax(-1) == yte
 
