@@ -114,10 +114,12 @@ def train_queries(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, *, lr: 
 
 
 def train_queries_many(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, settings: list[tuple[float, float]], *,
-                       seed: int = 0, device: torch.device | str = "cpu") -> list[AttentivePool]:
+                       seed: int = 0, device: torch.device | str = "cpu",
+                       stats: torch.Tensor | None = None) -> list[AttentivePool]:
     """:func:`train_queries` for each (lr, weight decay) of ``settings``, side by side: every setting starts from
     the same seeded queries and sees the same seeded batches, so each result is bit for bit the one trained
-    alone; each batch is gathered (and its token statistics read) once for all of them."""
+    alone; each batch is gathered (and its token statistics read) once for all of them. ``stats``: x's
+    :func:`token_stats`, when the caller has them."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     pools, opts = [], []
@@ -126,7 +128,8 @@ def train_queries_many(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, se
             torch.manual_seed(seed)
             pools.append(AttentivePool(x.shape[-1], num_classes, p.queries).to(device))
         opts.append(torch.optim.AdamW(pools[-1].parameters(), lr=lr, weight_decay=weight_decay))
-    stats = token_stats(x, device=device)  # once per fit: the steps read them by row
+    # once per fit: the steps read them by row
+    stats = token_stats(x, device=device) if stats is None else stats.to(device)
     n, batch = x.shape[0], min(p.batch_size, x.shape[0])
     steps, step = p.epochs * math.ceil(n / batch), 0
     for _epoch in range(p.epochs):
@@ -148,10 +151,14 @@ def train_queries_many(x: torch.Tensor, y: torch.Tensor, num_classes: int, p, se
 
 
 @torch.no_grad()
-def pool_tokens(pool: AttentivePool, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """tokens x [N, T, D] -> pooled features [N, (1 + Q) * D] (float32, CPU)."""
+def pool_tokens(pool: AttentivePool, x: torch.Tensor, batch_size: int = 1024,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens x [N, T, D] -> pooled features [N, (1 + Q) * D] (float32, CPU); ``stats``: x's :func:`token_stats`
+    when the caller has them (else computed batch by batch)."""
     device = pool.queries.device
-    parts = [pool.pooled(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
+    parts = [pool.pooled(x[i:i + batch_size].to(device),
+                         None if stats is None else stats[i:i + batch_size].to(device)).cpu()
+             for i in range(0, x.shape[0], batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0, pool.classifier[1].in_features)
 
 
@@ -195,10 +202,12 @@ def choose_setting(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg, *, s
                           f"validation share of {cfg.linprobe.l2_val_fraction:g}; set probe.lr=VALUE and "
                           f"probe.weight_decay=VALUE")
     settings = [(float(lr), float(wd)) for lr in p.lr_grid for wd in p.weight_decay_grid]
-    pools = train_queries_many(x[fit_idx], y[fit_idx], num_classes, p, settings, seed=seed, device=device)
+    stats = token_stats(x)  # once for the queries' training and every setting's pooling
+    pools = train_queries_many(x[fit_idx], y[fit_idx], num_classes, p, settings, seed=seed, device=device,
+                               stats=stats[fit_idx])
     grid, best = [], None
     for (lr, wd), pool in zip(settings, pools):
-        feats = pool_tokens(pool, x)  # every training row, pooled by queries trained on the fit part alone
+        feats = pool_tokens(pool, x, stats=stats)  # every training row, pooled by queries trained on the fit part alone
         # the same split; each penalty's head fitted on its own, as the refit (fit_attentive) fits it
         sel = select_l2(feats, y, num_classes, cfg.linprobe, seed=seed, device=device, solo=True)
         grid.append({"lr": lr, "weight_decay": wd, "l2": sel["l2"], "val_top1": sel["best_val_top1"]})
