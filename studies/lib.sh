@@ -21,7 +21,8 @@
 #                  failed one stops the study once its phase has ended. The small models of the CPU scales use one
 #                  core about as well as two, so JOBS=2 nearly halves the wall time on this 2-core machine (two
 #                  CIFAR-10 teachers side by side: 12-17 s an epoch each in their epochs.jsonl; one alone on two
-#                  threads: 382 images/s, 13 s an epoch, in the first study's studies/cifar10-cpu/results/plan.txt)
+#                  threads: 382 images/s, 13 s an epoch, in the first study's plan:
+#                  git show f53cfb4:studies/cifar10-cpu/results/plan.txt)
 #   DRY_RUN=1      print every command instead of running it (IMAE and PY become echo); PLAN_ONLY=1: the plan only
 #   BUDGET_S       plan the largest version that fits this many device seconds (studies/budget.py: teachers,
 #                  referees, arms and epochs, each run's time); MAE_IMG_S / IMAE_IMG_S: training images per

@@ -77,10 +77,17 @@ def _check_teachers_results(results: Path, committed: Path) -> None:
     for r in recomputed["referees"]:
         tab = table.main(results, referee=r)
         assert tab == (committed / f"table-referee-s{r}.md").read_text()
+        unmasked = committed / f"table-referee-s{r}-unmasked.md"
+        if unmasked.is_file():
+            assert table.main(results, ratio="0", referee=r) == unmasked.read_text()
         assert tab.startswith("| arm | teachers |") and table.OLD_SCHEME not in tab
         for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
             assert f"| baseline: {baseline} (a-mae-continued-t0) |" in tab
         assert "| b-imae | 3 |" in tab and "| teacher | 3 |" in tab  # the three teachers pooled per arm
+        # one teacher's arm: its un-mixing gain with the pair-bootstrap interval of its separability result
+        g = table.separability(results / "c-imae-nodistill-t0", r).gain("sub")
+        row = next(line for line in tab.splitlines() if line.startswith("| c-imae-nodistill |")).split(" | ")
+        assert row[1] == "1" and row[5] == f"{g['gain']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
 
     def rule(entry: dict) -> None:
         lo, hi = entry["across_teachers"]["ci"]
@@ -99,34 +106,6 @@ def _check_teachers_results(results: Path, committed: Path) -> None:
             if m in c:
                 rule(c[m])
     assert recomputed["claim 2"]["referee"] == first and len(recomputed["claim 2"]["l2"]) == 1  # one penalty
-
-
-def test_table_reads_a_new_scheme_result_with_its_gain_interval_and_no_old_scheme_line(tmp_path):
-    import table
-
-    from imae.eval.separability_result import SeparabilityResult
-
-    out = tmp_path / "results"
-    shutil.copytree(ROOT / "studies" / "cifar10-cpu" / "results", out)  # the first design's committed results
-    for path in out.glob("*/eval/separability.json"):  # in version 2's layout, with intervals
-        rec = json.loads(path.read_text())
-        data = SeparabilityResult.from_json(rec["results"]).to_json()
-        del data["legacy"]
-        for block in data["tokens"].values():
-            for by_space in block["gain"].values():
-                for by_source in by_space.values():
-                    for by_alpha in by_source.values():
-                        for e in by_alpha.values():
-                            e["ci"] = [e["gain"] - 0.01, e["gain"] + 0.01]
-        rec["results"] = data
-        path.write_text(json.dumps(rec))
-    tab = table.main(out)
-    assert tab.startswith("| arm |") and table.OLD_SCHEME not in tab
-    res = table.separability(out / "c-imae-nodistill-s0")
-    assert not res.legacy
-    g = res.gain("sub")["gain"]
-    row = next(line for line in tab.splitlines() if line.startswith("| c-imae-nodistill |")).split(" | ")
-    assert row[5] == f"{g:.3f} [{g - 0.01:.3f}, {g + 0.01:.3f}]"
 
 
 def test_plateau_test_uses_the_last_tenth_of_the_epochs(results):
