@@ -2,17 +2,16 @@
 """A study's results table (Markdown) from its collected run folders.
 
     python studies/table.py studies/digits/results --referee 4 --write studies/digits/results/table-referee-s4.md
-    python studies/table.py studies/cifar10-cpu/results --ratio 0 > studies/cifar10-cpu/results/table-unmasked.md
+    python studies/table.py studies/cifar10-cpu/results --referee 3 --ratio 0   # unmasked
 
 Every separability number is read through :class:`imae.eval.separability_result.SeparabilityResult` (its
-headline alpha, mask ratio and space; either scheme version). Rows: the arms (run folders named
-``<arm>-s<seed>``, ``teacher``, ``untrained``), each as the mean over its seeds ± the half-width of a 95%
-t-interval across seeds (one seed: the value with its 95% pair-bootstrap interval in brackets, where the
-result has one), then the baselines of the first arm's separability result. Columns: token R²(sub) at alpha
-0.1 / 0.3 / 0.45 (the headline mask ratio, the training one, or ``--ratio`` R, one of the ratios the
-separability runs scored, e.g. 0 for unmasked; the headline space; the one reference of the study); the
-subordinate's un-mixing gain at the headline alpha (R²(sub) from the mixture minus R²(sub) from the partner
-image alone; a point value in results of the old scheme, which have no interval for it); the own branch
+headline alpha, mask ratio and space). Rows: the arms (run folders named ``<arm>-t<teacher>``, ``teacher-s<T>``,
+``untrained``; each referee its own row), each as the mean over its teachers ± the half-width of a 95%
+t-interval over teachers (one run: the value with its 95% pair-bootstrap interval in brackets), then the
+baselines of the first arm's separability result. Columns: token R²(sub) at alpha 0.1 / 0.3 / 0.45 (the
+headline mask ratio, the training one, or ``--ratio`` R, one of the ratios the separability runs scored, e.g. 0
+for unmasked; the headline space; against ``--referee``); the subordinate's un-mixing gain at the headline
+alpha (R²(sub) from the mixture minus R²(sub) from the partner image alone); the own branch
 maps' R²(sub) at the headline alpha (i-MAE arms that distil; without distillation the maps were never
 trained on the reference's tokens); the subordinate's class accuracy at the headline alpha on all test pairs
 (at the ratio the separability result's ``classification.ratio`` names, whatever ``--ratio`` is); linear
@@ -34,22 +33,17 @@ from stats import t_half_width
 from imae.eval.separability_result import PREDICTORS, SeparabilityResult
 
 ALPHAS = ("0.1", "0.3", "0.45")
-OLD_SCHEME = ("Measured by the old scheme (against the teacher, same-class pairs sharing images); "
-              "see issue 'The paper's three questions, again'. The gain is a point value: that scheme gives "
-              "it no interval.")
-
 
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text())["results"] if path.is_file() else None
 
 
-def eval_dir(referee: str | None = None) -> str:
-    """The folder of a run's separability result: ``eval``, or ``eval-referee-s<SEED>`` in a study of
-    independent teachers (one per referee)."""
-    return f"eval-referee-s{referee}" if referee is not None else "eval"
+def eval_dir(referee: str) -> str:
+    """The folder of a run's separability result against one referee: ``eval-referee-s<SEED>``."""
+    return f"eval-referee-s{referee}"
 
 
-def separability(run: Path, referee: str | None = None) -> SeparabilityResult | None:
+def separability(run: Path, referee: str) -> SeparabilityResult | None:
     """The separability result of one run folder (None without one, or without token-level scores)."""
     results = _json(run / eval_dir(referee) / "separability.json")
     try:
@@ -72,7 +66,7 @@ def _distils(run: Path) -> bool:
     return (cfg.get("imae") or {}).get("distill", True) is not False
 
 
-def run_values(run: Path, ratio: str | None = None, referee: str | None = None) -> dict[str, tuple[float, list | None]]:
+def run_values(run: Path, referee: str, ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
     """{column: (value, pair-bootstrap ci or None)} of one run folder."""
     out: dict[str, tuple[float, list | None]] = {}
     res = separability(run, referee)
@@ -144,22 +138,19 @@ def baseline_rows(res: SeparabilityResult, ratio: str | None) -> dict[str, dict[
     return rows
 
 
-def main(folder: Path, ratio: str | None = None, referee: str | None = None) -> str:
-    """The table; ``referee``: in a study of independent teachers, the referee whose scores it shows (the arms
-    of all teachers pooled: mean ± the half-width of the 95% t-interval over teachers)."""
+def main(folder: Path, referee: str, ratio: str | None = None) -> str:
+    """The table against ``referee`` (the referee seed whose scores it shows); the arms of all teachers pooled:
+    mean ± the half-width of the 95% t-interval over teachers."""
     arms: dict[str, list[dict]] = {}
     for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
         # a referee is one model, not a replicate: each keeps its own row (one may have failed its start check)
         arm = run.name if run.name.startswith("referee-") else re.sub(r"-[st]\d+$", "", run.name)
-        arms.setdefault(arm, []).append(run_values(run, ratio, referee))
+        arms.setdefault(arm, []).append(run_values(run, referee, ratio))
     found = folder.glob(f"*/{eval_dir(referee)}/separability.json")
     scored = {run: res for run in sorted(p.parent.parent for p in found) if (res := separability(run, referee))}
     first, res = next(iter(scored.items()), (None, None))
     titles = header(res.head["alpha"] if res else "–")
-    unit = "teachers" if referee else "seeds"  # a study of independent teachers pools an arm's teachers
-    lines = [f"| arm | {unit} | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
-    if any(r.legacy for r in scored.values()):
-        lines = [OLD_SCHEME, "", *lines]
+    lines = ["| arm | teachers | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
     for arm, runs in arms.items():
         cells = [cell([r[c] for r in runs if c in r], c) for c in COLUMNS]
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
@@ -176,14 +167,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="A study's results table (Markdown) from its collected run folders.")
     parser.add_argument("results", type=Path, help="a study's results folder (studies/<scale>/results)")
     parser.add_argument("--ratio", help="the mask ratio to tabulate (default: the training ratio; 0: unmasked)")
-    parser.add_argument("--referee", help="a study of independent teachers: the referee seed whose scores to "
-                                          "tabulate (each run's eval-referee-s<SEED>/)")
+    parser.add_argument("--referee", required=True,
+                        help="the referee seed whose scores to tabulate (each run's eval-referee-s<SEED>/)")
     parser.add_argument("--write", type=Path, help="write the table to this file instead of printing it")
     args = parser.parse_args()
     if not args.results.is_dir():
         parser.exit(2, f"error: {args.results} is not a folder; give a study's results folder "
                        "(studies/<scale>/results)\n")
-    text = main(args.results, args.ratio, args.referee)
+    text = main(args.results, args.referee, args.ratio)
     if args.write:
         args.write.write_text(text)
     else:

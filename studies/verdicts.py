@@ -4,10 +4,9 @@
     python studies/verdicts.py                   # prints the table from each scale's results/claims.json
     python studies/verdicts.py --write README.md  # replaces the table between the README's verdict markers
 
-Reads the claims a study of independent teachers wrote (``studies/claims.py``: ``main_teachers``); a scale whose
-claims are not of that layout yet (still running, or the old single-teacher design) is shown as such. Every
-number is (b) i-MAE minus the control (claims 1, 2) or the arm minus (b) (claim 3), its mean over teachers
-[95% t-interval over teachers], and the verdict the study's rule gives.
+Reads the claims each study wrote (``studies/claims.py``); a scale without them yet (still running) is shown as
+such. Every number is (b) i-MAE minus the control (claims 1, 2) or the arm minus (b) (claim 3), its mean over
+teachers [95% t-interval over teachers], and the verdict the study's rule gives.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ def _load(folder: Path) -> dict | None:
     path = folder / "claims.json"
     if not path.is_file():
         return None
-    claims = json.loads(path.read_text())
-    return claims if claims.get("layout") == "independent teachers" else None
+    return json.loads(path.read_text())
 
 
 def _interval(entry: dict) -> str:

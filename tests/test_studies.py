@@ -25,51 +25,14 @@ def results(request, tmp_path):
     return out, committed
 
 
-def _teachers(folder: Path) -> bool:
-    """A study of independent teachers (issue 26's layout), not the first single-teacher design."""
-    return any(folder.glob("b-imae-t*"))
-
-
 def test_committed_table_and_claims_are_what_the_scripts_compute_from_the_committed_results(results):
-    import claims
-    import table
-
-    results, committed = results
-    if _teachers(committed):
-        _check_teachers_results(results, committed)
-        return
-    tab = table.main(results)
-    assert tab == (committed / "table.md").read_text()
-    for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
-        assert f"| baseline: {baseline} (a-mae-continued-s0) |" in tab  # the trivial models on the same pairs
-    assert "| teacher | 1 | – | – | – | – | – | – | 0." in tab  # where every arm starts: semantics, scored
-    # the committed results are of the old scheme, read through SeparabilityResult: said so, no R² sum; the gain
-    # is the point value mixture R² minus partner-only R² at the headline alpha
-    assert tab.startswith(table.OLD_SCHEME + "\n\n| arm |") and "R² sum" not in tab
-    res = table.separability(results / "b-imae-s0")
-    assert res.legacy and res.head["alpha"] == "0.3"
-    row = next(line for line in tab.splitlines() if line.startswith("| f-imae-sub |")).split(" | ")
-    sub = table.separability(results / "f-imae-sub-s0")
-    assert row[5] == f"{sub.r2('sub')['r2'] - sub.partner('sub')['r2']:.3f}"
-    if (committed / "table-unmasked.md").is_file():
-        assert table.main(results, "0") == (committed / "table-unmasked.md").read_text()
-    recomputed = claims.main(results)
-    assert recomputed == json.loads((committed / "claims.json").read_text())
-    assert (results / "claims.md").read_text() == (committed / "claims.md").read_text()
-    # the verdicts follow the stated rule from the intervals
-    for measure in (*(v for k, v in recomputed["separability"].items() if k != "space"),
-                    *recomputed["semantics"].values()):
-        lo, hi = measure["across_seeds"]["ci"]
-        assert measure["verdict"] == ("holds" if lo > 0 else "does not hold" if hi < 0 else "cannot tell")
-
-
-def _check_teachers_results(results: Path, committed: Path) -> None:
     """A committed study of independent teachers: its tables per referee and its claims are what the scripts
     compute from its committed runs, every verdict follows the rule from its interval over teachers, and the
     per-teacher differences are those of the committed comparisons."""
     import claims
     import table
 
+    results, committed = results
     recomputed = claims.main(results)
     assert recomputed == json.loads((committed / "claims.json").read_text())
     assert (results / "claims.md").read_text() == (committed / "claims.md").read_text()
@@ -80,7 +43,7 @@ def _check_teachers_results(results: Path, committed: Path) -> None:
         unmasked = committed / f"table-referee-s{r}-unmasked.md"
         if unmasked.is_file():
             assert table.main(results, ratio="0", referee=r) == unmasked.read_text()
-        assert tab.startswith("| arm | teachers |") and table.OLD_SCHEME not in tab
+        assert tab.startswith("| arm | teachers |")
         for baseline in ("superposition", "pixels", "reference on mixture", "random init", "partner only"):
             assert f"| baseline: {baseline} (a-mae-continued-t0) |" in tab
         assert "| b-imae | 3 |" in tab and "| teacher | 3 |" in tab  # the three teachers pooled per arm
@@ -116,7 +79,7 @@ def test_plateau_test_uses_the_last_tenth_of_the_epochs(results):
     assert (p["window"], p["before"], p["last"]) == (2, 1.0, 0.90) and p["flat"] is False
     assert curves.plateau([1.0] * 29 + [0.99])["flat"] is True
     out = curves.main(results)
-    b, a = ("b-imae-t0", "a-mae-continued-t0") if _teachers(committed) else ("b-imae-s0", "a-mae-continued-s0")
+    b, a = "b-imae-t0", "a-mae-continued-t0"
     assert set(out) >= {a, b} and out[b]["loss"].startswith("distill")
     assert out == json.loads((committed / "plateau.json").read_text())  # the committed check is what it computes
     assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,17 +90,12 @@ def test_headline_figure_draws_the_arms_and_their_difference_from_the_mae_with_c
     import figure
 
     results, committed = results
-    if _teachers(committed):  # per referee: b minus a of each teacher, the band the interval over teachers
-        r = json.loads((committed / "claims.json").read_text())["referees"][0]
-        _, minus_a = figure.teacher_curves(results, r)
-        across = claims.main(results)["claim 1"]["vs"]["a"]["referees"][r]["across_teachers"]
-        mean, lo, hi = minus_a["b-imae"]["0.3"]
-        assert mean == pytest.approx(across["mean"]) and [lo, hi] == pytest.approx(across["ci"])
-    else:
-        compares = figure._compares(results)
-        assert len(compares) == 3  # (b) minus (a), one per seed: the band of the right-hand panel
-        across = claims.main(results)["separability"]["token_r2_sub@0.3"]["across_seeds"]
-        assert sum(c["token_r2_sub"]["0.3"]["diff"] for c in compares) / 3 == pytest.approx(across["mean"])
+    # per referee: b minus a of each teacher, the band the interval over teachers
+    r = json.loads((committed / "claims.json").read_text())["referees"][0]
+    _, minus_a = figure.teacher_curves(results, r)
+    across = claims.main(results)["claim 1"]["vs"]["a"]["referees"][r]["across_teachers"]
+    mean, lo, hi = minus_a["b-imae"]["0.3"]
+    assert mean == pytest.approx(across["mean"]) and [lo, hi] == pytest.approx(across["ci"])
     out = figure.main(results)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -466,7 +424,6 @@ def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_p
     referees = [line.split(" | ")[:2] for line in tab.splitlines() if line.startswith("| referee")]
     assert referees == [["| referee-s3", "1"], ["| referee-s4", "1"], ["| referee-s5", "1"]]  # never pooled
     assert table.main(folder, referee="4") != table.main(folder, referee="5")  # each referee its own scores
-    assert "| b-imae | 3 | – |" in table.main(folder)  # without a referee: eval/ holds no separability
 
 
 def test_the_start_checks_read_every_probe_at_the_first_teachers_penalty(tmp_path):
