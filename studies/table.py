@@ -11,13 +11,13 @@ t-interval over teachers (one run: the value with its 95% pair-bootstrap interva
 baselines of the first arm's separability result. Columns: token R²(sub) at alpha 0.1 / 0.3 / 0.45 (the
 headline mask ratio, the training one, or ``--ratio`` R, one of the ratios the separability runs scored, e.g. 0
 for unmasked; the headline space; against ``--referee``); the subordinate's un-mixing gain at the headline
-alpha (R²(sub) from the mixture minus R²(sub) from the partner image alone); the own branch
-maps' R²(sub) at the headline alpha (i-MAE arms that distil; without distillation the maps were never
-trained on the reference's tokens); the subordinate's class accuracy at the headline alpha on all test pairs
-(at the ratio the separability result's ``classification.ratio`` names, whatever ``--ratio`` is); linear
-probe, kNN, NMI and training images/s: the run's fastest epoch, since on a shared machine an epoch is only
-ever slowed by other jobs, and the fastest is the least disturbed (an undisturbed epoch varies by about 10%).
-There is no R² sum column: a sum above 1 is not evidence of un-mixing.
+alpha (R²(sub) from the mixture minus R²(sub) from the partner image alone); the subordinate's class accuracy
+at the headline alpha on all test pairs (at the ratio the separability result's ``classification.ratio``
+names, whatever ``--ratio`` is); linear probe, kNN, NMI and training images/s: the run's fastest epoch, since
+on a shared machine an epoch is only ever slowed by other jobs, and the fastest is the least disturbed (an
+undisturbed epoch varies by about 10%).
+There is no R² sum column (a sum above 1 is not evidence of un-mixing) and no column of the i-MAE's own branch
+maps: against a referee they read a distillation space they were never fitted to.
 """
 
 from __future__ import annotations
@@ -59,13 +59,6 @@ def checked_ratio(res: SeparabilityResult, ratio: str | None) -> str | None:
     return ratio
 
 
-def _distils(run: Path) -> bool:
-    import yaml
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    return (cfg.get("imae") or {}).get("distill", True) is not False
-
-
 def run_values(run: Path, referee: str, ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
     """{column: (value, pair-bootstrap ci or None)} of one run folder."""
     out: dict[str, tuple[float, list | None]] = {}
@@ -79,9 +72,6 @@ def run_values(run: Path, referee: str, ratio: str | None = None) -> dict[str, t
         gain = res.gain("sub", ratio=ratio)
         if gain:
             out["gain"] = (gain["gain"], gain["ci"])
-        branch = res.branch("sub", ratio=ratio)
-        if branch and _distils(run):  # without distillation the branch maps were never trained on these targets
-            out["branch"] = (branch["r2"], branch["ci"])
         acc = res.class_accuracy("sub", subset=None)
         if acc:
             out["acc"] = (acc["acc"], acc["ci"])
@@ -99,12 +89,12 @@ def run_values(run: Path, referee: str, ratio: str | None = None) -> dict[str, t
     return out
 
 
-COLUMNS = [*(f"r2 {a}" for a in ALPHAS), "gain", "branch", "acc", "linprobe", "knn", "nmi", "img/s"]
+COLUMNS = [*(f"r2 {a}" for a in ALPHAS), "gain", "acc", "linprobe", "knn", "nmi", "img/s"]
 
 
 def header(alpha: str) -> list[str]:
-    """The column titles; ``alpha``: the headline alpha the gain, branch and accuracy columns are read at."""
-    return [*(f"token R²(sub) α={a}" for a in ALPHAS), f"gain(sub) α={alpha}", "own branch R²(sub)",
+    """The column titles; ``alpha``: the headline alpha the gain and accuracy columns are read at."""
+    return [*(f"token R²(sub) α={a}" for a in ALPHAS), f"gain(sub) α={alpha}",
             f"sub class acc. α={alpha}", "linear probe", "kNN", "NMI", "train img/s"]
 
 
