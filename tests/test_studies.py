@@ -301,7 +301,8 @@ def test_claims_of_independent_teachers_on_planted_results(tmp_path):
     assert two["vs"]["a"]["probe"] == "linear probe on the cls token at the one penalty"
     assert out["claim 3"]["minus_b"]["d"]["attentive"]["across_teachers"]["n"] == 3
     three = out["claim 3"]
-    assert three["minus_b"]["d"]["linprobe"]["verdict"] == "does not hold" and three["verdict"] == "holds"
+    # a change of either sign: (d) below (b) is a change, so its measure and the claim hold
+    assert three["minus_b"]["d"]["linprobe"]["verdict"] == "holds" and three["verdict"] == "holds"
     assert out["claims"]["1 separability"] == {f"vs {claims.CONTROLS[t]}": v for t, v in
                                                (("a", "cannot tell"), ("ap", "holds"), ("h", "does not hold"))}
     md = (tmp_path / "claims.md").read_text()
