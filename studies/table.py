@@ -13,11 +13,12 @@ headline mask ratio, the training one, or ``--ratio`` R, one of the ratios the s
 for unmasked; the headline space; against ``--referee``); the subordinate's un-mixing gain at the headline
 alpha (R²(sub) from the mixture minus R²(sub) from the partner image alone); the subordinate's class accuracy
 at the headline alpha on all test pairs (at the ratio the separability result's ``classification.ratio``
-names, whatever ``--ratio`` is); linear probe, kNN, NMI and training images/s: the run's fastest epoch, since
-on a shared machine an epoch is only ever slowed by other jobs, and the fastest is the least disturbed (an
-undisturbed epoch varies by about 10%).
-There is no R² sum column (a sum above 1 is not evidence of un-mixing) and no column of the i-MAE's own branch
-maps: against a referee they read a distillation space they were never fitted to.
+names, whatever ``--ratio`` is); linear probe (at the run's own penalty, ``eval/semantics.json``: the claims
+read ``imae compare``'s one penalty instead), kNN, NMI and training images/s: the run's fastest epoch, since on
+a shared machine an epoch is only ever slowed by other jobs, and the fastest is the least disturbed (an
+undisturbed epoch varies by about 10%). There is no R² sum column (a sum above 1 is not evidence of
+un-mixing) and no column of the i-MAE's own branch maps: against a referee they read a distillation space they
+were never fitted to.
 """
 
 from __future__ import annotations
@@ -138,16 +139,19 @@ def main(folder: Path, referee: str, ratio: str | None = None) -> str:
         arms.setdefault(arm, []).append(run_values(run, referee, ratio))
     found = folder.glob(f"*/{eval_dir(referee)}/separability.json")
     scored = {run: res for run in sorted(p.parent.parent for p in found) if (res := separability(run, referee))}
-    first, res = next(iter(scored.items()), (None, None))
-    titles = header(res.head["alpha"] if res else "–")
+    if not scored:
+        found = sorted({p.name.removeprefix("eval-referee-s") for p in folder.glob("*/eval-referee-s*")}, key=int)
+        sys.exit(f"error: {folder}: no run has separability scores against referee {referee}; "
+                 f"give --referee one of: {', '.join(found) or 'none (no eval-referee-s<SEED>/ folder)'}")
+    first, res = next(iter(scored.items()))
+    titles = header(res.head["alpha"])
     lines = ["| arm | teachers | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
     for arm, runs in arms.items():
         cells = [cell([r[c] for r in runs if c in r], c) for c in COLUMNS]
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
-    if res:
-        for name, values in baseline_rows(res, checked_ratio(res, ratio)).items():
-            cells = [cell([values[c]], c) if c in values else "–" for c in COLUMNS]
-            lines.append(f"| baseline: {name.replace('_', ' ')} ({first.name}) | | " + " | ".join(cells) + " |")
+    for name, values in baseline_rows(res, checked_ratio(res, ratio)).items():
+        cells = [cell([values[c]], c) if c in values else "–" for c in COLUMNS]
+        lines.append(f"| baseline: {name.replace('_', ' ')} ({first.name}) | | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -425,6 +425,8 @@ def test_table_and_figure_read_a_study_of_independent_teachers_per_referee(tmp_p
     referees = [line.split(" | ")[:2] for line in tab.splitlines() if line.startswith("| referee")]
     assert referees == [["| referee-s3", "1"], ["| referee-s4", "1"], ["| referee-s5", "1"]]  # never pooled
     assert table.main(folder, referee="4") != table.main(folder, referee="5")  # each referee its own scores
+    with pytest.raises(SystemExit, match="against referee 9; give --referee one of: 4, 5$"):
+        table.main(folder, referee="9")  # s3 failed its start check: no run is scored against it either
 
 
 def test_the_start_checks_read_every_probe_at_the_first_teachers_penalty(tmp_path):
