@@ -35,18 +35,15 @@ from imae.eval.separability_result import PREDICTORS, SeparabilityResult
 
 ALPHAS = ("0.1", "0.3", "0.45")
 
+
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text())["results"] if path.is_file() else None
 
 
-def eval_dir(referee: str) -> str:
-    """The folder of a run's separability result against one referee: ``eval-referee-s<SEED>``."""
-    return f"eval-referee-s{referee}"
-
-
 def separability(run: Path, referee: str) -> SeparabilityResult | None:
-    """The separability result of one run folder (None without one, or without token-level scores)."""
-    results = _json(run / eval_dir(referee) / "separability.json")
+    """The separability result of one run folder against a referee (``RUN/eval-referee-s<SEED>/``; None without
+    one, or without token-level scores)."""
+    results = _json(run / f"eval-referee-s{referee}" / "separability.json")
     try:
         return SeparabilityResult.from_json(results) if results else None
     except ValueError:  # an older, not token-level result
@@ -60,10 +57,11 @@ def checked_ratio(res: SeparabilityResult, ratio: str | None) -> str | None:
     return ratio
 
 
-def run_values(run: Path, referee: str, ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
-    """{column: (value, pair-bootstrap ci or None)} of one run folder."""
+def run_values(run: Path, res: SeparabilityResult | None,
+               ratio: str | None = None) -> dict[str, tuple[float, list | None]]:
+    """{column: (value, pair-bootstrap ci or None)} of one run folder; ``res``: its separability result against
+    the table's referee (None without one)."""
     out: dict[str, tuple[float, list | None]] = {}
-    res = separability(run, referee)
     if res:
         ratio = checked_ratio(res, ratio)
         for a in ALPHAS:
@@ -133,12 +131,13 @@ def main(folder: Path, referee: str, ratio: str | None = None) -> str:
     """The table against ``referee`` (the referee seed whose scores it shows); the arms of all teachers pooled:
     mean ± the half-width of the 95% t-interval over teachers."""
     arms: dict[str, list[dict]] = {}
+    scored = {}  # run -> its separability result against the referee, each read once
     for run in sorted(p.parent for p in folder.glob("*/config.yaml")):
+        if res := separability(run, referee):
+            scored[run] = res
         # a referee is one model, not a replicate: each keeps its own row (one may have failed its start check)
         arm = run.name if run.name.startswith("referee-") else re.sub(r"-[st]\d+$", "", run.name)
-        arms.setdefault(arm, []).append(run_values(run, referee, ratio))
-    found = folder.glob(f"*/{eval_dir(referee)}/separability.json")
-    scored = {run: res for run in sorted(p.parent.parent for p in found) if (res := separability(run, referee))}
+        arms.setdefault(arm, []).append(run_values(run, res, ratio))
     if not scored:
         found = sorted({p.name.removeprefix("eval-referee-s") for p in folder.glob("*/eval-referee-s*")}, key=int)
         sys.exit(f"error: {folder}: no run has separability scores against referee {referee}; "
