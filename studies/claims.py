@@ -86,12 +86,18 @@ def change_verdict(intervals: list[dict]) -> str:
     return "holds" if any(i.get("ci") and (i["ci"][0] > 0 or i["ci"][1] < 0) for i in intervals) else "cannot tell"
 
 
-def over_teachers(per: dict[str, dict]) -> dict:
-    """{teacher: {"a", "b", "diff", "ci"}} -> the per-teacher entries, the t-interval over teachers, the verdict."""
+def change_over_teachers(across: dict) -> str:
+    """The rule of a claim of a change (claim 3) for one measure's interval over teachers."""
+    return change_verdict([across])
+
+
+def over_teachers(per: dict[str, dict], rule=verdict_over_teachers) -> dict:
+    """{teacher: {"a", "b", "diff", "ci"}} -> the per-teacher entries, the t-interval over teachers, the verdict
+    by ``rule`` (directional; :func:`change_over_teachers` for claim 3)."""
     across = t_interval([v["diff"] for v in per.values()]) if per else {"n": 0, "mean": float("nan"), "ci": None}
     return {"per_teacher": {t: {"a": v.get("a"), "b": v.get("b"), "diff": v["diff"], "ci_within_teacher": v.get("ci")}
                             for t, v in per.items()},
-            "across_teachers": across, "verdict": verdict_over_teachers(across)}
+            "across_teachers": across, "verdict": rule(across)}
 
 
 def _compare(run: Path, referee: str, tag: str) -> dict | None:
@@ -175,14 +181,13 @@ def main(folder: Path) -> dict:
     out["claim 2"] = {"referee": first, "l2": sorted(l2s), "vs": claim2}
     claim3 = {}
     for tag in P_ARMS:
-        claim3[tag] = {"linprobe": over_teachers(per_teacher("linprobe", tag, first, b_tag=tag, vs="b")),
-                       "knn": over_teachers(per_teacher("knn", tag, first, b_tag=tag, vs="b")),
-                       "nmi": over_teachers(_nmi_diffs(folder, teachers, tag, "b"))}
+        change = change_over_teachers  # a claim of a change, either sign: each measure by that rule
+        claim3[tag] = {"linprobe": over_teachers(per_teacher("linprobe", tag, first, b_tag=tag, vs="b"), change),
+                       "knn": over_teachers(per_teacher("knn", tag, first, b_tag=tag, vs="b"), change),
+                       "nmi": over_teachers(_nmi_diffs(folder, teachers, tag, "b"), change)}
         attentive = per_teacher("attentive", tag, first, b_tag=tag, vs="b")
         if attentive:
-            claim3[tag]["attentive"] = over_teachers(attentive)
-        for entry in claim3[tag].values():  # a claim of a change, either sign: each measure by that rule
-            entry["verdict"] = change_verdict([entry["across_teachers"]])
+            claim3[tag]["attentive"] = over_teachers(attentive, change)
     out["claim 3"] = {"referee": first, "minus_b": claim3, "probe": VERDICT_PROBE,
                       "verdict": change_verdict([v["linprobe"]["across_teachers"] for v in claim3.values()])}
     out["claims"] = {"1 separability": {f"vs {CONTROLS[t]}": claim1[t]["verdict"] for t in CONTROLS},
